@@ -1,0 +1,324 @@
+// miseg-bench: speed and memory of the training core, each figure beside a baseline
+// measured in the same run so that ratios survive a change of machine.
+//   miseg-bench train  full semi-supervised steps vs labeled-only steps
+//   miseg-bench mi     the MI loss (forward + backward) vs a per-displacement formulation
+//   miseg-bench infer  segmenting one volume vs the bare network forward passes
+// Prints one JSON object with --json, a readable table otherwise.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/utils.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "core/phantom/phantom.h"
+#include "core/train/inference.h"
+#include "core/train/losses.h"
+#include "core/train/model_io.h"
+#include "core/train/preprocess.h"
+#include "core/train/trainer.h"
+
+ABSL_FLAG(int64_t, size, 128, "model grid (and training crop) size in pixels");
+ABSL_FLAG(int64_t, labeled_batch, 4, "train: labeled slices per step");
+ABSL_FLAG(int64_t, unlabeled_batch, 8, "train: unlabeled slices per step");
+ABSL_FLAG(int64_t, classes, 4, "number of classes K, background included");
+ABSL_FLAG(int, threads, 2, "intra-op CPU threads");
+ABSL_FLAG(int64_t, steps, 10, "train: timed steps; mi/infer: timed repetitions");
+ABSL_FLAG(int64_t, warmup, 3, "untimed warm-up steps or repetitions");
+ABSL_FLAG(int64_t, window, 1, "MI window d");
+ABSL_FLAG(int64_t, batch, 8, "mi: batch size B");
+ABSL_FLAG(int64_t, slices, 20, "infer: slices of the volume");
+ABSL_FLAG(int64_t, matrix, 256, "infer: in-plane size of the volume");
+ABSL_FLAG(bool, tta, false, "infer: flip test-time augmentation");
+ABSL_FLAG(std::string, device, "cpu", "torch device");
+ABSL_FLAG(bool, json, false, "print one JSON object");
+
+namespace miseg {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Figures = std::vector<std::pair<std::string, std::string>>;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
+}
+
+double PeakRssMb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+std::string Num(double v) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.4g", v);
+  return buffer;
+}
+
+void Print(const std::string& benchmark, const Figures& figures) {
+  if (absl::GetFlag(FLAGS_json)) {
+    std::string out = absl::StrCat("{\"benchmark\": \"", benchmark, "\"");
+    for (const auto& [key, value] : figures) {
+      const bool number = !value.empty() && (std::isdigit(value[0]) || value[0] == '-');
+      absl::StrAppend(&out, ", \"", key, "\": ", number ? value : absl::StrCat("\"", value, "\""));
+    }
+    std::cout << out << "}" << std::endl;
+  } else {
+    std::cout << "miseg-bench " << benchmark << "\n";
+    for (const auto& [key, value] : figures) std::printf("  %-34s %s\n", key.c_str(), value.c_str());
+  }
+}
+
+Figures CommonFigures() {
+  return {{"device", absl::GetFlag(FLAGS_device)},
+          {"threads", std::to_string(absl::GetFlag(FLAGS_threads))},
+          {"torch_threads", std::to_string(at::get_num_threads())}};
+}
+
+TrainingData PhantomData(int labeled, int unlabeled) {
+  TrainingData data;
+  for (int i = 0; i < labeled + unlabeled; ++i) {
+    PhantomSubject s = GeneratePhantomSubject(/*population_seed=*/2026, i);
+    TrainingVolume v{"phantom-" + std::to_string(i), std::move(s.image), std::nullopt};
+    if (i < labeled) v.labels = std::move(s.labels);
+    (i < labeled ? data.labeled : data.unlabeled).push_back(std::move(v));
+  }
+  return data;
+}
+
+TrainerConfig BenchConfig() {
+  TrainerConfig c;
+  c.model.classes = absl::GetFlag(FLAGS_classes);
+  c.model.grid_size = absl::GetFlag(FLAGS_size);
+  c.labeled_batch = absl::GetFlag(FLAGS_labeled_batch);
+  c.unlabeled_batch = absl::GetFlag(FLAGS_unlabeled_batch);
+  c.mi_window = absl::GetFlag(FLAGS_window);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.device = absl::GetFlag(FLAGS_device);
+  c.total_steps = absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_steps);
+  c.validate_every = 0;
+  return c;
+}
+
+// Milliseconds of each timed step (after warm-up) of one training run.
+absl::StatusOr<std::vector<double>> TimeTraining(const TrainerConfig& config,
+                                                 const TrainingData& data) {
+  auto trainer = Trainer::Create(config, data);
+  if (!trainer.ok()) return trainer.status();
+  std::vector<double> ms;
+  const int64_t warmup = absl::GetFlag(FLAGS_warmup);
+  auto outcome = (*trainer)->Run({[&](const StepMetrics& m) {
+    if (m.step > warmup) ms.push_back(1000.0 / m.steps_per_second);
+  }});
+  if (!outcome.ok()) return outcome.status();
+  return ms;
+}
+
+int RunTrain() {
+  // Phantom classes are 4; other K reuse them with labels folded into the last class.
+  const TrainingData data = PhantomData(/*labeled=*/2, /*unlabeled=*/2);
+  TrainerConfig full = BenchConfig();
+  if (full.model.classes != 4) {
+    std::cerr << "train: the phantom has 4 classes; use --classes 4\n";
+    return 2;
+  }
+  auto semi = TimeTraining(full, data);
+  if (!semi.ok()) {
+    std::cerr << semi.status() << "\n";
+    return 1;
+  }
+  const double rss_after_semi = PeakRssMb();
+  TrainerConfig labeled_only = full;
+  labeled_only.w_mi = 0;
+  labeled_only.w_cons = 0;
+  auto baseline = TimeTraining(labeled_only, data);
+  if (!baseline.ok()) {
+    std::cerr << baseline.status() << "\n";
+    return 1;
+  }
+  const double step_ms = Median(*semi);
+  const double baseline_ms = Median(*baseline);
+  Figures f = CommonFigures();
+  const int64_t slices = full.labeled_batch + 2 * full.unlabeled_batch;
+  f.insert(f.end(), {{"size", std::to_string(full.model.grid_size)},
+                     {"labeled_batch", std::to_string(full.labeled_batch)},
+                     {"unlabeled_batch", std::to_string(full.unlabeled_batch)},
+                     {"window", std::to_string(full.mi_window)},
+                     {"timed_steps", std::to_string(semi->size())},
+                     {"steps_per_second", Num(1000.0 / step_ms)},
+                     {"step_ms_median", Num(step_ms)},
+                     {"step_ms_min", Num(*std::min_element(semi->begin(), semi->end()))},
+                     {"step_ms_max", Num(*std::max_element(semi->begin(), semi->end()))},
+                     {"slices_per_second", Num(slices * 1000.0 / step_ms)},
+                     {"labeled_only_step_ms_median", Num(baseline_ms)},
+                     {"semi_over_labeled_only", Num(step_ms / baseline_ms)},
+                     {"peak_rss_mb", Num(rss_after_semi)}});
+  Print("train", f);
+  return 0;
+}
+
+// The same loss written the direct way: one shifted product per displacement.
+torch::Tensor PerDisplacementMi(const torch::Tensor& a, const torch::Tensor& c, int64_t d) {
+  const int64_t H = a.size(2), W = a.size(3);
+  std::vector<torch::Tensor> joints;
+  for (int64_t dy = -d; dy <= d; ++dy)
+    for (int64_t dx = -d; dx <= d; ++dx) {
+      const int64_t h = H - std::abs(dy), w = W - std::abs(dx);
+      const torch::Tensor as = a.narrow(2, std::max<int64_t>(0, -dy), h).narrow(3, std::max<int64_t>(0, -dx), w);
+      const torch::Tensor cs = c.narrow(2, std::max<int64_t>(0, dy), h).narrow(3, std::max<int64_t>(0, dx), w);
+      joints.push_back(torch::einsum("bihw,bjhw->ij", {as, cs}));
+    }
+  torch::Tensor joint = torch::stack(joints);
+  joint = joint / joint.sum({1, 2}, true);
+  joint = (joint + joint.transpose(1, 2)) / 2;
+  const torch::Tensor r = joint.sum(2, true), s = joint.sum(1, true);
+  const torch::Tensor info = (joint * (torch::log(torch::clamp_min(joint, 1e-8)) -
+                                       torch::log(torch::clamp_min(r, 1e-8)) -
+                                       torch::log(torch::clamp_min(s, 1e-8)))).sum({1, 2});
+  return -info.mean();
+}
+
+template <typename Fn>
+std::vector<double> TimeRepeated(Fn fn) {
+  for (int64_t i = 0; i < absl::GetFlag(FLAGS_warmup); ++i) fn();
+  std::vector<double> ms;
+  for (int64_t i = 0; i < absl::GetFlag(FLAGS_steps); ++i) {
+    const auto start = Clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  return ms;
+}
+
+int RunMi() {
+  auto device = ResolveDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::cerr << device.status() << "\n";
+    return 1;
+  }
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const int64_t B = absl::GetFlag(FLAGS_batch), K = absl::GetFlag(FLAGS_classes);
+  const int64_t S = absl::GetFlag(FLAGS_size), d = absl::GetFlag(FLAGS_window);
+  torch::manual_seed(1);
+  const auto opts = torch::TensorOptions().device(*device);
+  const torch::Tensor la = torch::randn({B, K, S, S}, opts).requires_grad_(true);
+  const torch::Tensor lc = torch::randn({B, K, S, S}, opts).requires_grad_(true);
+  const auto sync = [&] {
+    if (device->is_cuda()) la.grad().sum().item<float>();  // waits for the stream
+  };
+  const auto run = [&](bool direct) {
+    const torch::Tensor a = torch::softmax(la, 1), c = torch::softmax(lc, 1);
+    torch::Tensor loss = direct ? PerDisplacementMi(a, c, d) : MutualInformationLoss(a, c, {d, 1.0, 1e-8});
+    loss.backward();
+    sync();
+  };
+  const double conv_ms = Median(TimeRepeated([&] { run(false); }));
+  const double direct_ms = Median(TimeRepeated([&] { run(true); }));
+  Figures f = CommonFigures();
+  f.insert(f.end(), {{"B", std::to_string(B)}, {"K", std::to_string(K)}, {"H", std::to_string(S)},
+                     {"W", std::to_string(S)}, {"window", std::to_string(d)},
+                     {"ms_median", Num(conv_ms)},
+                     {"per_displacement_ms_median", Num(direct_ms)},
+                     {"conv_over_per_displacement", Num(conv_ms / direct_ms)},
+                     {"peak_rss_mb", Num(PeakRssMb())}});
+  Print("mi", f);
+  return 0;
+}
+
+int RunInfer() {
+  // A model with the requested grid, trained for one step: speed does not depend on weights.
+  TrainerConfig config = BenchConfig();
+  config.total_steps = 1;
+  auto trainer = Trainer::Create(config, PhantomData(1, 0));
+  const std::string model_path =
+      (std::filesystem::temp_directory_path() / ("miseg-bench-" + std::to_string(::getpid()) + ".model")).string();
+  if (!trainer.ok() || !(*trainer)->Run({}).ok() || !(*trainer)->ExportModel(model_path).ok()) {
+    std::cerr << "infer: could not build a model\n";
+    return 1;
+  }
+  auto segmenter = Segmenter::Load(model_path, {absl::GetFlag(FLAGS_device), 16, absl::GetFlag(FLAGS_tta)});
+  std::filesystem::remove(model_path);
+  if (!segmenter.ok()) {
+    std::cerr << segmenter.status() << "\n";
+    return 1;
+  }
+  PhantomOptions options;
+  options.min_slices = options.max_slices = static_cast<int>(absl::GetFlag(FLAGS_slices));
+  options.min_matrix = options.max_matrix = static_cast<int>(absl::GetFlag(FLAGS_matrix));
+  const PhantomSubject subject = GeneratePhantomSubject(7, 0, options);
+  const double segment_ms = Median(TimeRepeated([&] { (void)(*segmenter)->Segment(subject.image); }));
+  // Baseline: the same network alone on already-prepared slices (weights do not matter).
+  auto device = ResolveDevice(absl::GetFlag(FLAGS_device));
+  auto prepared = PrepareVolume(subject.image, nullptr, config.model);
+  UNet net(UNetOptionsFor(config.model));
+  net->to(*device);
+  net->eval();
+  const double forward_ms = Median(TimeRepeated([&] {
+    torch::NoGradGuard no_grad;
+    for (int64_t s = 0; s < prepared->images.size(0); s += 16) {
+      torch::Tensor out = net->forward(prepared->images.narrow(0, s, std::min<int64_t>(16, prepared->images.size(0) - s)).to(*device));
+      out.sum().item<float>();
+    }
+  }));
+  Figures f = CommonFigures();
+  f.insert(f.end(), {{"slices", std::to_string(absl::GetFlag(FLAGS_slices))},
+                     {"matrix", std::to_string(absl::GetFlag(FLAGS_matrix))},
+                     {"grid", std::to_string(config.model.grid_size)},
+                     {"tta", absl::GetFlag(FLAGS_tta) ? "true" : "false"},
+                     {"ms_median", Num(segment_ms)},
+                     {"slices_per_second", Num(absl::GetFlag(FLAGS_slices) * 1000.0 / segment_ms)},
+                     {"network_only_ms_median", Num(forward_ms)},
+                     {"segment_over_network_only", Num(segment_ms / forward_ms)},
+                     {"peak_rss_mb", Num(PeakRssMb())}});
+  Print("infer", f);
+  return 0;
+}
+
+}  // namespace
+}  // namespace miseg
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "miseg-bench train|mi|infer [flags]\n"
+      "  e.g. miseg-bench train --size 128 --labeled_batch 4 --unlabeled_batch 8 --classes 4 "
+      "--threads 2 --steps 10 --json");
+  // Accept --labeled-batch as well as --labeled_batch.
+  std::vector<std::string> storage;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) == 0) {
+      for (size_t j = 2; j < std::min(eq, arg.size()); ++j)
+        if (arg[j] == '-') arg[j] = '_';
+    }
+    storage.push_back(arg);
+  }
+  std::vector<char*> args = {argv[0]};
+  for (std::string& s : storage) args.push_back(s.data());
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() != 2) {
+    std::cerr << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
+  const std::string command = positional[1];
+  if (command == "train") return miseg::RunTrain();
+  if (command == "mi") return miseg::RunMi();
+  if (command == "infer") return miseg::RunInfer();
+  std::cerr << "unknown benchmark '" << command << "'\n" << absl::ProgramUsageMessage() << "\n";
+  return 2;
+}

@@ -1,0 +1,48 @@
+// Inference: a 3D volume in, a label volume on the same grid out. Torch-free header, so
+// the server can hold a Segmenter without compiling LibTorch headers.
+#ifndef MISEG_CORE_TRAIN_INFERENCE_H_
+#define MISEG_CORE_TRAIN_INFERENCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/train/config.h"
+#include "core/volume/volume.h"
+
+namespace miseg {
+
+struct InferenceOptions {
+  std::string device = "cpu";
+  int64_t batch_slices = 16;  // slices per forward pass: bounds memory on large volumes
+  bool flip_tta = false;      // average the predictions of the identity and the three flips
+};
+
+// A loaded model, ready to segment. Segment is const and safe to call from several threads
+// at once: the network is in eval mode and only read.
+class Segmenter {
+ public:
+  // Loads a model file or a training checkpoint. NotFound, DataLoss (corrupt or not a
+  // model), InvalidArgument / FailedPrecondition (device).
+  static absl::StatusOr<std::unique_ptr<Segmenter>> Load(const std::string& model_path,
+                                                         const InferenceOptions& options = {});
+  ~Segmenter();
+  Segmenter(const Segmenter&) = delete;
+  Segmenter& operator=(const Segmenter&) = delete;
+
+  const ModelSpec& spec() const;
+
+  // Labels in 0..classes-1 on exactly the grid of image. InvalidArgument for an
+  // inconsistent volume.
+  absl::StatusOr<LabelVolume> Segment(const ImageVolume& image) const;
+
+ private:
+  struct State;
+  explicit Segmenter(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace miseg
+
+#endif  // MISEG_CORE_TRAIN_INFERENCE_H_

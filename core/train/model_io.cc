@@ -1,0 +1,150 @@
+// Model archive I/O and volume prediction.
+#include "core/train/model_io.h"
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include <torch/cuda.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/utils.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/train/perturbation.h"
+#include "core/train/torch_status.h"
+
+namespace miseg {
+
+UNetOptions UNetOptionsFor(const ModelSpec& spec) {
+  UNetOptions options;
+  options.in_channels = 1;
+  options.classes = spec.classes;
+  options.widths = spec.widths;
+  return options;
+}
+
+absl::StatusOr<torch::Device> ResolveDevice(const std::string& name) {
+  torch::Device device(torch::kCPU);
+  absl::Status parsed = GuardTorch("device", absl::StatusCode::kInvalidArgument, [&] {
+    device = torch::Device(name);
+    return absl::OkStatus();
+  });
+  if (!parsed.ok()) return parsed;
+  if (device.is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", name, "': CUDA is not available in this build or machine"));
+    }
+    if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count())) {
+      return absl::FailedPreconditionError(absl::StrCat("device '", name, "': only ",
+                                                        torch::cuda::device_count(),
+                                                        " CUDA device(s) present"));
+    }
+  } else if (!device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat("device '", name, "': only cpu and cuda are supported"));
+  }
+  return device;
+}
+
+void WriteModel(torch::serialize::OutputArchive& archive, const ModelSpec& spec, UNet& model) {
+  archive.write("miseg/spec", c10::IValue(SerializeModelSpec(spec)));
+  torch::serialize::OutputArchive weights;
+  model->save(weights);
+  archive.write("model", weights);
+}
+
+absl::Status SaveArchiveAtomically(torch::serialize::OutputArchive& archive,
+                                   const std::string& path) {
+  const std::string temporary = path + ".tmp";
+  absl::Status saved = GuardTorch(absl::StrCat("writing ", path), absl::StatusCode::kInternal, [&] {
+    archive.save_to(temporary);
+    return absl::OkStatus();
+  });
+  if (!saved.ok()) {
+    std::remove(temporary.c_str());
+    return saved;
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+  if (error) {
+    std::remove(temporary.c_str());
+    return absl::InternalError(absl::StrCat("renaming ", temporary, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) {
+    return absl::NotFoundError(absl::StrCat("model file not found: ", path));
+  }
+  torch::serialize::InputArchive archive;
+  absl::Status loaded = GuardTorch(absl::StrCat("reading ", path), absl::StatusCode::kDataLoss, [&] {
+    archive.load_from(path, torch::Device(torch::kCPU));
+    return absl::OkStatus();
+  });
+  if (!loaded.ok()) return loaded;
+  return archive;
+}
+
+absl::StatusOr<ModelSpec> ReadSpec(torch::serialize::InputArchive& archive) {
+  c10::IValue value;
+  if (!archive.try_read("miseg/spec", value) || !value.isString()) {
+    return absl::DataLossError("not a miseg model file: no model spec inside");
+  }
+  return ParseModelSpec(value.toStringRef());
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const torch::Device& device) {
+  auto archive = OpenArchive(path);
+  if (!archive.ok()) return archive.status();
+  auto spec = ReadSpec(*archive);
+  if (!spec.ok()) return spec.status();
+  LoadedModel loaded;
+  loaded.spec = *spec;
+  absl::Status status = GuardTorch(absl::StrCat("loading weights from ", path),
+                                   absl::StatusCode::kDataLoss, [&] {
+    loaded.model = UNet(UNetOptionsFor(loaded.spec));
+    torch::serialize::InputArchive weights;
+    if (!archive->try_read("model", weights)) {
+      return absl::DataLossError("model file has no weights");
+    }
+    loaded.model->load(weights);
+    loaded.model->to(device);
+    loaded.model->eval();
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return loaded;
+}
+
+LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const torch::Device& device,
+                            int64_t batch_slices, bool flip_tta) {
+  torch::NoGradGuard no_grad;
+  const VolumeGeometry& g = volume.geometry;
+  LabelVolume labels(g);
+  const std::vector<DihedralTransform> flips = {
+      {}, {true, false, 0}, {false, true, 0}, {true, true, 0}};
+  const size_t views = flip_tta ? flips.size() : 1;
+  for (int64_t start = 0; start < g.slices; start += batch_slices) {
+    const int64_t count = std::min(batch_slices, g.slices - start);
+    const torch::Tensor input = volume.images.narrow(0, start, count).to(device);
+    torch::Tensor probs;
+    for (size_t v = 0; v < views; ++v) {
+      const torch::Tensor view_probs = InvertDihedral(
+          flips[v], torch::softmax(model->forward(ApplyDihedral(flips[v], input)), 1));
+      probs = probs.defined() ? probs + view_probs : view_probs;
+    }
+    if (views > 1) probs = probs / static_cast<double>(views);
+    const torch::Tensor predicted = ProbabilitiesToOriginalGrid(probs, volume.mapping)
+                                        .argmax(1)
+                                        .to(torch::kCPU, torch::kUInt8)
+                                        .contiguous();
+    std::memcpy(&labels.voxels[static_cast<size_t>(start * g.slice_size())],
+                predicted.data_ptr<uint8_t>(), static_cast<size_t>(count * g.slice_size()));
+  }
+  return labels;
+}
+
+}  // namespace miseg

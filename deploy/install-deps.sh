@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package miseg needs to build, run and test.
+# The one install script: the README's commands and .ci/run all start here, so a
+# fresh machine and CI get exactly the same set. Idempotent: a second run is quick.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build pkg-config
+  # training core
+  libtorch-dev libabsl-dev libgloo-dev
+  # libopenblas0-serial, not the pthread variant: with the pthread one, civetweb
+  # (under prometheus-cpp's Exposer) cannot start its threads (measured here).
+  libopenblas0-serial
+  # server, client, DICOM
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libdcmtk-dev dcmtk
+  prometheus-cpp-dev libsqlite3-dev libcurl4-openssl-dev
+  # tests
+  libgtest-dev libgmock-dev clang libclang-rt-14-dev dicom3tools orthanc orthanc-dicomweb
+  prometheus python3-pydicom python3-grpcio
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# The pthread OpenBLAS must go: it shadows the serial one through alternatives.
+if dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q "install ok installed"; then
+  missing+=("libopenblas0-pthread-")
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"

@@ -1,0 +1,260 @@
+// The trainer on small phantoms: the loss goes down, a resumed run reproduces the
+// uninterrupted one exactly, cancellation stops between steps, exported models segment on
+// the source grid, and bad configurations, data and checkpoints are refused.
+#include "core/train/trainer.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include <gtest/gtest.h>
+
+#include "core/phantom/phantom.h"
+#include "core/train/inference.h"
+
+namespace miseg {
+namespace {
+
+TrainingVolume PhantomVolume(int index, bool labeled) {
+  PhantomOptions options;
+  options.min_slices = 3;
+  options.max_slices = 4;
+  options.min_matrix = 72;
+  options.max_matrix = 96;
+  PhantomSubject subject = GeneratePhantomSubject(/*population_seed=*/11, index, options);
+  TrainingVolume v;
+  v.id = "phantom-" + std::to_string(index);
+  v.image = std::move(subject.image);
+  if (labeled) v.labels = std::move(subject.labels);
+  return v;
+}
+
+TrainingData SmallData() {
+  TrainingData data;
+  data.labeled = {PhantomVolume(0, true), PhantomVolume(1, true)};
+  data.unlabeled = {PhantomVolume(2, false), PhantomVolume(3, false)};
+  data.validation = {PhantomVolume(4, true)};
+  return data;
+}
+
+TrainerConfig SmallConfig() {
+  TrainerConfig config;
+  config.model.widths = {8, 16, 32};
+  config.model.grid_size = 48;
+  config.labeled_batch = 4;
+  config.unlabeled_batch = 4;
+  config.total_steps = 80;
+  config.warmup_steps = 5;
+  config.rampup_steps = 20;
+  config.learning_rate = 1e-2;
+  config.validate_every = 0;
+  config.threads = 2;
+  config.seed = 5;
+  return config;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = std::filesystem::temp_directory_path() /
+            ("miseg_trainer_test_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+TEST(Trainer, ShortRunLowersTheLossAndReportsEveryTerm) {
+  auto trainer = Trainer::Create(SmallConfig(), SmallData());
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  std::vector<StepMetrics> steps;
+  std::vector<ValidationMetrics> validations;
+  auto outcome = (*trainer)->Run({[&](const StepMetrics& m) { steps.push_back(m); },
+                                  [&](const ValidationMetrics& v) { validations.push_back(v); }});
+  ASSERT_TRUE(outcome.ok()) << outcome.status();
+  EXPECT_EQ(*outcome, RunOutcome::kFinished);
+  ASSERT_EQ(steps.size(), 80u);
+  const auto mean_supervised = [&](size_t from, size_t to) {
+    double sum = 0;
+    for (size_t i = from; i < to; ++i) sum += steps[i].supervised;
+    return sum / static_cast<double>(to - from);
+  };
+  EXPECT_LT(mean_supervised(70, 80), 0.5 * mean_supervised(0, 10));
+  for (const StepMetrics& m : steps) {
+    EXPECT_TRUE(std::isfinite(m.loss));
+    EXPECT_LE(m.mutual_information, 0);  // -I averaged over displacements
+    EXPECT_GE(m.consistency, 0);
+    EXPECT_GT(m.learning_rate, 0);
+    EXPECT_GT(m.steps_per_second, 0);
+    EXPECT_DOUBLE_EQ(m.slices_per_second, m.steps_per_second * 12);
+  }
+  EXPECT_DOUBLE_EQ(steps.back().unsupervised_weight, 1.0);
+  EXPECT_LT(steps.front().unsupervised_weight, 0.01);
+  ASSERT_EQ(validations.size(), 1u);  // at the end
+  ASSERT_EQ(validations[0].dice_per_class.size(), 3u);
+  for (double d : validations[0].dice_per_class) {
+    EXPECT_GE(d, 0.0);
+    EXPECT_LE(d, 1.0);
+  }
+}
+
+TEST(Trainer, ResumeReproducesTheUninterruptedRun) {
+  TempDir dir;
+  TrainerConfig config = SmallConfig();
+  config.total_steps = 8;
+  const TrainingData data = SmallData();
+  std::vector<double> uninterrupted;
+  {
+    auto trainer = Trainer::Create(config, data);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    ASSERT_TRUE((*trainer)->Run({[&](const StepMetrics& m) { uninterrupted.push_back(m.loss); }}).ok());
+    ASSERT_TRUE((*trainer)->ExportModel(dir.file("uninterrupted.model")).ok());
+  }
+  std::vector<double> resumed;
+  {
+    auto first = Trainer::Create(config, data);
+    ASSERT_TRUE(first.ok());
+    auto outcome = (*first)->Run({[&](const StepMetrics& m) { resumed.push_back(m.loss); }},
+                                 nullptr, /*max_steps=*/4);
+    ASSERT_TRUE(outcome.ok());
+    EXPECT_EQ(*outcome, RunOutcome::kStepLimit);
+    ASSERT_TRUE((*first)->SaveCheckpoint(dir.file("step4.ckpt")).ok());
+  }
+  {
+    // A fresh process would do exactly this: build from the config, then load.
+    TrainerConfig other_seed = config;
+    other_seed.seed = 99;  // the checkpoint's random state must win over the seed
+    auto second = Trainer::Create(other_seed, data);
+    ASSERT_TRUE(second.ok());
+    absl::Status loaded = (*second)->LoadCheckpoint(dir.file("step4.ckpt"));
+    ASSERT_TRUE(loaded.ok()) << loaded;
+    EXPECT_EQ((*second)->step(), 4);
+    ASSERT_TRUE((*second)->Run({[&](const StepMetrics& m) { resumed.push_back(m.loss); }}).ok());
+    ASSERT_TRUE((*second)->ExportModel(dir.file("resumed.model")).ok());
+  }
+  ASSERT_EQ(resumed.size(), uninterrupted.size());
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    EXPECT_EQ(resumed[i], uninterrupted[i]) << "step " << i + 1;
+  }
+  // Same weights: identical segmentations of an unseen volume.
+  auto a = Segmenter::Load(dir.file("uninterrupted.model"));
+  auto b = Segmenter::Load(dir.file("resumed.model"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  const TrainingVolume unseen = PhantomVolume(9, false);
+  EXPECT_EQ((*a)->Segment(unseen.image)->voxels, (*b)->Segment(unseen.image)->voxels);
+}
+
+TEST(Trainer, CancellationStopsBetweenSteps) {
+  std::atomic<bool> cancel{false};
+  auto trainer = Trainer::Create(SmallConfig(), SmallData());
+  ASSERT_TRUE(trainer.ok());
+  auto outcome = (*trainer)->Run({[&](const StepMetrics& m) {
+                                   if (m.step == 3) cancel = true;
+                                 }},
+                                 &cancel);
+  ASSERT_TRUE(outcome.ok());
+  EXPECT_EQ(*outcome, RunOutcome::kCancelled);
+  EXPECT_EQ((*trainer)->step(), 3);
+}
+
+TEST(Trainer, LabeledOnlyAblationSkipsTheUnlabeledBranch) {
+  TrainerConfig config = SmallConfig();
+  config.w_mi = 0;
+  config.w_cons = 0;
+  config.total_steps = 3;
+  auto trainer = Trainer::Create(config, SmallData());
+  ASSERT_TRUE(trainer.ok());
+  std::vector<StepMetrics> steps;
+  ASSERT_TRUE((*trainer)->Run({[&](const StepMetrics& m) { steps.push_back(m); }}).ok());
+  for (const StepMetrics& m : steps) {
+    EXPECT_EQ(m.mutual_information, 0);
+    EXPECT_EQ(m.consistency, 0);
+    EXPECT_DOUBLE_EQ(m.loss, m.supervised);
+    EXPECT_DOUBLE_EQ(m.slices_per_second, m.steps_per_second * 4);
+  }
+}
+
+TEST(Trainer, ExportedModelSegmentsOnTheSourceGrid) {
+  TempDir dir;
+  TrainerConfig config = SmallConfig();
+  config.total_steps = 2;
+  auto trainer = Trainer::Create(config, SmallData());
+  ASSERT_TRUE(trainer.ok());
+  ASSERT_TRUE((*trainer)->Run({}).ok());
+  ASSERT_TRUE((*trainer)->ExportModel(dir.file("m.model")).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.file("m.model.tmp")));
+  for (bool tta : {false, true}) {
+    auto segmenter = Segmenter::Load(dir.file("m.model"), {"cpu", 2, tta});
+    ASSERT_TRUE(segmenter.ok()) << segmenter.status();
+    EXPECT_EQ((*segmenter)->spec().grid_size, 48);
+    const TrainingVolume v = PhantomVolume(7, false);
+    auto labels = (*segmenter)->Segment(v.image);
+    ASSERT_TRUE(labels.ok()) << labels.status();
+    EXPECT_TRUE(labels->geometry.SameGrid(v.image.geometry));
+    EXPECT_EQ(labels->voxels.size(), v.image.voxels.size());
+    for (uint8_t l : labels->voxels) ASSERT_LT(l, 4);
+  }
+}
+
+TEST(Trainer, RefusesBadConfigurationsAndData) {
+  TrainerConfig config = SmallConfig();
+  config.model.grid_size = 50;  // not a multiple of 4 for a 3-level U-Net
+  EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+  config = SmallConfig();
+  config.learning_rate = -1;
+  EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+  config = SmallConfig();
+  config.device = "tpu:0";
+  EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+
+  TrainingData no_labels = SmallData();
+  no_labels.labeled[1].labels.reset();
+  auto refused = Trainer::Create(SmallConfig(), no_labels);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("phantom-1"), std::string::npos);
+
+  TrainingData none;
+  EXPECT_EQ(Trainer::Create(SmallConfig(), none).status().code(), absl::StatusCode::kInvalidArgument);
+
+  TrainingData mismatched = SmallData();
+  mismatched.validation[0].labels = PhantomVolume(5, true).labels;
+  EXPECT_EQ(Trainer::Create(SmallConfig(), mismatched).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Trainer, RefusesMissingCorruptAndForeignCheckpoints) {
+  TempDir dir;
+  auto trainer = Trainer::Create(SmallConfig(), SmallData());
+  ASSERT_TRUE(trainer.ok());
+  EXPECT_EQ((*trainer)->LoadCheckpoint(dir.file("absent.ckpt")).code(), absl::StatusCode::kNotFound);
+
+  std::ofstream(dir.file("garbage.ckpt")) << "this is not a checkpoint";
+  EXPECT_EQ((*trainer)->LoadCheckpoint(dir.file("garbage.ckpt")).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Segmenter::Load(dir.file("garbage.ckpt")).status().code(), absl::StatusCode::kDataLoss);
+
+  ASSERT_TRUE((*trainer)->SaveCheckpoint(dir.file("good.ckpt")).ok());
+  const auto size = std::filesystem::file_size(dir.file("good.ckpt"));
+  std::filesystem::copy_file(dir.file("good.ckpt"), dir.file("truncated.ckpt"));
+  std::filesystem::resize_file(dir.file("truncated.ckpt"), size / 2);
+  EXPECT_EQ((*trainer)->LoadCheckpoint(dir.file("truncated.ckpt")).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ((*trainer)->step(), 0);  // a refused checkpoint leaves the trainer untouched
+
+  TrainerConfig wider = SmallConfig();
+  wider.model.widths = {8, 16, 64};
+  auto other = Trainer::Create(wider, SmallData());
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ((*other)->LoadCheckpoint(dir.file("good.ckpt")).code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // An exported model (no optimizer state) is not a resumable checkpoint.
+  ASSERT_TRUE((*trainer)->ExportModel(dir.file("only.model")).ok());
+  EXPECT_EQ((*trainer)->LoadCheckpoint(dir.file("only.model")).code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace miseg
