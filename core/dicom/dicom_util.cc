@@ -1,0 +1,224 @@
+// DCMTK glue: status conversion, UIDs, in-memory Part-10 buffers.
+#include "core/dicom/dicom_util.h"
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <dcmtk/dcmdata/dcdatset.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcostrmb.h>
+#include <dcmtk/dcmdata/dcwcache.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+
+#include "absl/numeric/int128.h"
+#include "absl/strings/str_cat.h"
+
+namespace miseg {
+namespace {
+
+std::string Decimal(absl::uint128 value) {
+  if (value == 0) return "0";
+  std::string digits;
+  while (value != 0) {
+    digits.insert(digits.begin(), static_cast<char>('0' + static_cast<int>(value % 10)));
+    value /= 10;
+  }
+  return digits;
+}
+
+// FNV-1a, twice with different offsets: a stable 128-bit digest of a name (not for
+// security, only for reproducible UIDs).
+absl::uint128 Digest(absl::string_view name) {
+  uint64_t h1 = 1469598103934665603ULL, h2 = 0x84222325CBF29CE4ULL;
+  for (unsigned char c : name) {
+    h1 = (h1 ^ c) * 1099511628211ULL;
+    h2 = (h2 ^ c) * 0x100000001B3ULL + 0x9E3779B97F4A7C15ULL;
+  }
+  return absl::MakeUint128(h1, h2);
+}
+
+std::string FromRoot(absl::uint128 value, absl::string_view root) {
+  if (root.empty()) {
+    // 2.25.<UUID>: set the version (4) and variant bits as a UUID would carry them.
+    value = (value & ~(absl::MakeUint128(0xF000, 0) )) | absl::MakeUint128(0x4000, 0);
+    return absl::StrCat("2.25.", Decimal(value));
+  }
+  // 64 bits keep root + suffix within the 64 characters a UID may have.
+  std::string uid = absl::StrCat(root, ".", Decimal(absl::Uint128Low64(value) >> 1 | 1));
+  if (uid.size() > 64) uid.resize(64);
+  while (!uid.empty() && (uid.back() == '.' )) uid.pop_back();
+  return uid;
+}
+
+}  // namespace
+
+absl::Status FromCondition(const OFCondition& condition, absl::string_view context,
+                           absl::StatusCode code) {
+  if (condition.good()) return absl::OkStatus();
+  return absl::Status(code, absl::StrCat(context, ": ", condition.text()));
+}
+
+std::string NewUid(absl::string_view root) {
+  static thread_local std::mt19937_64 engine{std::random_device{}()};
+  return FromRoot(absl::MakeUint128(engine(), engine()), root);
+}
+
+std::string DeterministicUid(absl::string_view name, absl::string_view root) {
+  return FromRoot(Digest(name), root);
+}
+
+namespace {
+
+// Reads a deflated Part-10 file: the meta header as it is, the dataset after inflating it
+// ourselves with a cap. Left to DCMTK, the dataset is read straight from the inflating
+// stream, where no element length can be checked against what remains: a few megabytes of
+// deflated zeros claiming a 4 GiB element fill 4 GiB. Returns the condition of the read.
+OFCondition ReadDeflated(const std::string& bytes, int64_t max_inflated_bytes,
+                         DcmFileFormat* file, bool* too_large) {
+  *too_large = false;
+  DcmInputBufferStream meta_stream;
+  meta_stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
+  meta_stream.setEos();
+  DcmMetaInfo* meta = file->getMetaInfo();
+  meta->transferInit();
+  OFCondition read = meta->read(meta_stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+  meta->transferEnd();
+  if (read.bad()) return read;
+  const offile_off_t offset = meta_stream.tell();
+  if (offset <= 0 || static_cast<size_t>(offset) > bytes.size()) return EC_InvalidStream;
+
+  DcmInputBufferStream deflated;
+  deflated.setBuffer(bytes.data() + offset, static_cast<offile_off_t>(bytes.size()) - offset);
+  deflated.setEos();
+  read = deflated.installCompressionFilter(ESC_zlib);
+  if (read.bad()) return read;
+  std::string inflated;
+  std::vector<char> chunk(size_t{1} << 16);
+  while (!deflated.eos()) {
+    const offile_off_t got = deflated.read(chunk.data(), static_cast<offile_off_t>(chunk.size()));
+    if (got <= 0) break;  // corrupt or cut short: the dataset read below says which
+    if (static_cast<int64_t>(inflated.size()) + got > max_inflated_bytes) {
+      *too_large = true;
+      return EC_IllegalCall;
+    }
+    inflated.append(chunk.data(), static_cast<size_t>(got));
+  }
+  DcmInputBufferStream plain;
+  plain.setBuffer(inflated.data(), static_cast<offile_off_t>(inflated.size()));
+  plain.setEos();
+  DcmDataset* dataset = file->getDataset();
+  dataset->transferInit();
+  read = dataset->read(plain, EXS_LittleEndianExplicit, EGL_noChange, DCM_MaxReadLength);
+  dataset->transferEnd();
+  return read;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(const std::string& bytes,
+                                                          absl::string_view name,
+                                                          int64_t max_inflated_bytes) {
+  if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(name, ": empty file"));
+  const bool part10 = bytes.size() >= 132 && bytes.compare(128, 4, "DICM") == 0;
+  auto file = std::make_unique<DcmFileFormat>();
+  OFCondition read = EC_Normal;
+  bool deflated = false;
+  if (part10) {
+    // Peek at the transfer syntax: the meta header is small and always explicit LE.
+    DcmMetaInfo meta;
+    DcmInputBufferStream stream;
+    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
+    stream.setEos();
+    meta.transferInit();
+    OFString syntax;
+    if (meta.read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength).good() &&
+        meta.findAndGetOFString(DCM_TransferSyntaxUID, syntax).good()) {
+      deflated = DcmXfer(syntax.c_str()).getStreamCompression() == ESC_zlib;
+    }
+    meta.transferEnd();
+  }
+  if (deflated) {
+    bool too_large = false;
+    read = ReadDeflated(bytes, max_inflated_bytes, file.get(), &too_large);
+    if (too_large) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": deflated dataset inflates beyond the limit of ", max_inflated_bytes, " bytes"));
+    }
+  } else {
+    DcmInputBufferStream stream;
+    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
+    stream.setEos();
+    file->transferInit();
+    read = file->read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+    file->transferEnd();
+  }
+  if (read.bad()) {
+    // What was read before the failure may name the instance; a UID is no patient data.
+    std::string who(name);
+    OFString uid;
+    if (file->getDataset() != nullptr &&
+        file->getDataset()->findAndGetOFString(DCM_SOPInstanceUID, uid).good() && !uid.empty()) {
+      absl::StrAppend(&who, " (SOP Instance UID ", uid.c_str(), ")");
+    }
+    // Without the Part-10 "DICM" marker DCMTK guesses a bare dataset, and anything that is
+    // not one fails that guess: say "not DICOM" rather than blame the stream.
+    if (!part10) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": not DICOM (no Part-10 header, and not a readable bare dataset: ", read.text(),
+          ")"));
+    }
+    // With the whole buffer given (setEos), "suspension" can only mean the data ended early;
+    // DCMTK says "invalid stream" when an element claims more bytes than remain.
+    if (read == EC_StreamNotifyClient || read == EC_InvalidStream) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": truncated or corrupt (", read.text(), ")"));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": not readable as DICOM (", read.text(), ")"));
+  }
+  if (file->getDataset() == nullptr || file->getDataset()->card() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": not DICOM (no data elements)"));
+  }
+  return file;
+}
+
+absl::StatusOr<std::string> SerializeDicom(DcmFileFormat& file, E_TransferSyntax syntax) {
+  file.validateMetaInfo(syntax);
+  // Written in chunks: the size up front is unknown for deflated syntaxes (incompressible
+  // data grows a little), and a fixed buffer would cut such files short.
+  std::string out;
+  std::vector<char> chunk(size_t{1} << 20);
+  DcmOutputBufferStream stream(chunk.data(), static_cast<offile_off_t>(chunk.size()));
+  auto drain = [&stream, &out] {
+    void* buffer = nullptr;
+    offile_off_t size = 0;
+    stream.flushBuffer(buffer, size);
+    if (size > 0) out.append(static_cast<const char*>(buffer), static_cast<size_t>(size));
+    return size;
+  };
+  file.transferInit();
+  OFCondition written = EC_StreamNotifyClient;
+  while (written == EC_StreamNotifyClient) {
+    written = file.write(stream, syntax, EET_ExplicitLength, nullptr);
+    drain();
+  }
+  if (written.good()) {
+    // Push out what a compression filter still holds.
+    int idle = 0;
+    while (!stream.isFlushed() && idle < 2) {
+      stream.flush();
+      idle = drain() > 0 ? 0 : idle + 1;
+    }
+    if (!stream.isFlushed()) written = EC_IllegalCall;
+  }
+  file.transferEnd();
+  if (written.bad()) return FromCondition(written, "serialising DICOM", absl::StatusCode::kInternal);
+  return out;
+}
+
+}  // namespace miseg

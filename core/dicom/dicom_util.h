@@ -1,0 +1,47 @@
+// Small helpers shared by the DICOM I/O library: DCMTK conditions to absl::Status (the one
+// place that conversion happens), UID generation, and Part-10 (de)serialisation in memory.
+// Internal to core/dicom: it includes DCMTK headers.
+#ifndef MISEG_CORE_DICOM_DICOM_UTIL_H_
+#define MISEG_CORE_DICOM_DICOM_UTIL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <dcmtk/config/osconfig.h>  // must come first
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/ofstd/ofcond.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace miseg {
+
+// OK stays OK; anything else becomes `code` with "context: DCMTK's text".
+absl::Status FromCondition(const OFCondition& condition, absl::string_view context,
+                           absl::StatusCode code = absl::StatusCode::kInvalidArgument);
+
+// A new globally unique UID: root + "." + a random 64-bit-derived suffix when root is set,
+// otherwise 2.25.<random 128-bit UUID as decimal> (ISO/IEC 9834-8; needs no registration).
+std::string NewUid(absl::string_view root = "");
+
+// A deterministic UID under 2.25 (or root) derived from a name, e.g. for phantom studies
+// that must get the same UIDs every time they are generated.
+std::string DeterministicUid(absl::string_view name, absl::string_view root = "");
+
+// Parses a Part-10 buffer (or a raw dataset with no meta header). InvalidArgument naming
+// `name` when it is not DICOM or is truncated. A deflated dataset is inflated first and
+// refused when it would exceed max_inflated_bytes (a small file can inflate to gigabytes).
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(
+    const std::string& bytes, absl::string_view name,
+    int64_t max_inflated_bytes = int64_t{1} << 30);
+
+// Serialises to a Part-10 buffer in the given transfer syntax (explicit VR little endian by
+// default).
+absl::StatusOr<std::string> SerializeDicom(DcmFileFormat& file,
+                                           E_TransferSyntax syntax = EXS_LittleEndianExplicit);
+
+}  // namespace miseg
+
+#endif  // MISEG_CORE_DICOM_DICOM_UTIL_H_

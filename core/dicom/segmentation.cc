@@ -1,0 +1,727 @@
+// DICOM SEG out (DCMTK's dcmseg builds the object) and in (read straight from the dataset,
+// so that every malformed input gets a specific message instead of a generic dcmseg
+// failure, and nothing is allocated before the sizes are checked against the pixel data).
+//
+// Choices made here, for whoever reads our SEGs:
+// - Segments: one per foreground class, SegmentLabel = the class name as given,
+//   SegmentAlgorithmType AUTOMATIC, SegmentAlgorithmName "miseg". Codes: category SCT
+//   123037004 "Anatomical Structure"; types SCT 53085002 "Right ventricle", 74281007
+//   "Myocardium", 87878005 "Left ventricle" (the whole structures, as the phantom labels
+//   the ventricular cavities under those names). Other classes: category SCT 91723000
+//   "Anatomical Structure", type SCT 85756007 "Tissue", told apart only by their label.
+// - Algorithm identification (per segment): family DCM 123110 "Artificial Intelligence",
+//   AlgorithmName "miseg", AlgorithmVersion = the miseg version, AlgorithmParameters
+//   "model_version=<model version>" when one is given.
+// - Frames: for each segment, one frame per source slice where the segment is present; an
+//   empty segment gets one all-zero frame on slice 0 (so that it is not a segment without
+//   frames, which some readers refuse). Dimensions: ReferencedSegmentNumber, then
+//   ImagePositionPatient.
+// - Reading: overlapping segments resolve to the higher segment number (later wins).
+#include "core/dicom/segmentation.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <dcmtk/config/osconfig.h>  // must come first
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmfg/fgderimg.h>
+#include <dcmtk/dcmfg/fgfracon.h>
+#include <dcmtk/dcmfg/fgpixmsr.h>
+#include <dcmtk/dcmfg/fgplanor.h>
+#include <dcmtk/dcmfg/fgplanpo.h>
+#include <dcmtk/dcmiod/iodmacro.h>
+#include <dcmtk/dcmiod/iodrules.h>
+#include <dcmtk/dcmseg/segdoc.h>
+#include <dcmtk/dcmseg/segment.h>
+#include <dcmtk/ofstd/ofstd.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/common/status_macros.h"
+#include "core/dicom/dicom_util.h"
+#include "core/dicom/series_reader.h"
+
+namespace miseg {
+namespace {
+
+struct Code {
+  const char* value;
+  const char* scheme;
+  const char* meaning;
+};
+
+constexpr Code kCardiacCategory = {"123037004", "SCT", "Anatomical Structure"};
+constexpr Code kGenericCategory = {"91723000", "SCT", "Anatomical Structure"};
+constexpr Code kGenericType = {"85756007", "SCT", "Tissue"};
+constexpr Code kAlgorithmFamily = {"123110", "DCM", "Artificial Intelligence"};
+
+struct CardiacClass {
+  const char* name;  // normalised class name
+  Code type;
+};
+constexpr CardiacClass kCardiacClasses[] = {
+    {"right ventricle", {"53085002", "SCT", "Right ventricle"}},
+    {"myocardium", {"74281007", "SCT", "Myocardium"}},
+    {"left ventricle", {"87878005", "SCT", "Left ventricle"}},
+};
+
+// Lower case, '_' and '-' as spaces, runs of spaces collapsed, trimmed: "Left_Ventricle"
+// and "left ventricle" are the same class.
+std::string Normalise(const std::string& name) {
+  std::string out;
+  for (char c : name) {
+    char d = (c == '_' || c == '-') ? ' ' : absl::ascii_tolower(static_cast<unsigned char>(c));
+    if (d == ' ' && (out.empty() || out.back() == ' ')) continue;
+    out.push_back(d);
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+const CardiacClass* FindCardiac(const std::string& class_name) {
+  std::string n = Normalise(class_name);
+  if (n == "rv") n = "right ventricle";
+  if (n == "lv") n = "left ventricle";
+  if (n == "myo" || n == "lv myocardium" || n == "left ventricular myocardium") n = "myocardium";
+  for (const CardiacClass& c : kCardiacClasses) {
+    if (n == c.name) return &c;
+  }
+  return nullptr;
+}
+
+// A DS value of at most 16 characters, locale-independent.
+std::string FormatDs(double value) {
+  if (value == 0.0) return "0";
+  for (int precision = 9; precision >= 1; --precision) {
+    char buffer[64];
+    OFStandard::ftoa(buffer, sizeof(buffer), value, 0, 0, precision);
+    if (std::string(buffer).size() <= 16) return buffer;
+  }
+  return "0";
+}
+
+std::array<double, 3> SlicePosition(const VolumeGeometry& g, int64_t k) {
+  std::array<double, 3> p;
+  for (int i = 0; i < 3; ++i)
+    p[i] = g.origin_mm[i] + static_cast<double>(k) * g.slice_spacing_mm * g.slice_direction[i];
+  return p;
+}
+
+bool IsMultiFrameClass(const std::string& sop_class) {
+  static const std::set<std::string> kClasses = {UID_EnhancedMRImageStorage,
+                                                 UID_EnhancedCTImageStorage,
+                                                 UID_EnhancedMRColorImageStorage,
+                                                 UID_LegacyConvertedEnhancedMRImageStorage,
+                                                 UID_LegacyConvertedEnhancedCTImageStorage,
+                                                 UID_EnhancedPETImageStorage,
+                                                 UID_LegacyConvertedEnhancedPETImageStorage};
+  return kClasses.count(sop_class) > 0;
+}
+
+CodeSequenceMacro MakeCode(const Code& code) {
+  return CodeSequenceMacro(code.value, code.scheme, code.meaning);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
+                                              const SegmentationWriteOptions& options) {
+  const VolumeGeometry& g = source.image.geometry;
+  if (!source.image.consistent()) {
+    return absl::InvalidArgumentError(
+        "WriteSegmentation: the source volume's voxels do not match its geometry");
+  }
+  if (!labels.consistent() || !labels.geometry.SameGrid(g)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WriteSegmentation: labels (", labels.geometry.slices, "x", labels.geometry.rows, "x",
+        labels.geometry.cols, ") are not on the source series' grid (", g.slices, "x", g.rows, "x",
+        g.cols, ")"));
+  }
+  if (source.slices.size() != static_cast<size_t>(g.slices)) {
+    return absl::InvalidArgumentError(
+        "WriteSegmentation: the source has not one SliceSource per slice");
+  }
+  if (g.rows > 65535 || g.cols > 65535) {
+    return absl::InvalidArgumentError("WriteSegmentation: frames beyond 65535 rows or columns");
+  }
+  if (options.class_names.size() < 2 || options.class_names.size() > 256) {
+    return absl::InvalidArgumentError("WriteSegmentation: need background plus 1 to 255 classes");
+  }
+  const size_t num_classes = options.class_names.size();
+  for (uint8_t v : labels.voxels) {
+    if (v >= num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("WriteSegmentation: label ",
+                                                     static_cast<int>(v), " has no class name (",
+                                                     num_classes, " classes)"));
+    }
+  }
+  for (const SliceSource& s : source.slices) {
+    if (s.sop_instance_uid.empty() || s.sop_class_uid.empty()) {
+      return absl::InvalidArgumentError(
+          "WriteSegmentation: a source slice lacks its SOP Class or Instance UID");
+    }
+  }
+
+  // Patient, study and frame of reference come from the source's first instance.
+  std::unique_ptr<DcmFileFormat> header;
+  if (!source.reference_header.empty()) {
+    ASSIGN_OR_RETURN(header, ParseDicom(source.reference_header, "the source's reference header"));
+  } else {
+    header = std::make_unique<DcmFileFormat>();
+  }
+  DcmDataset& hds = *header->getDataset();
+  OFString text;
+  if (hds.findAndGetOFString(DCM_StudyInstanceUID, text).bad() || text.empty()) {
+    if (source.study_instance_uid.empty()) {
+      return absl::InvalidArgumentError("WriteSegmentation: the source has no Study Instance UID");
+    }
+    hds.putAndInsertString(DCM_StudyInstanceUID, source.study_instance_uid.c_str());
+  }
+  std::string for_uid = source.frame_of_reference_uid;
+  if (for_uid.empty() && hds.findAndGetOFString(DCM_FrameOfReferenceUID, text).good())
+    for_uid = text.c_str();
+  if (!for_uid.empty()) hds.putAndInsertString(DCM_FrameOfReferenceUID, for_uid.c_str());
+  const bool has_for = !for_uid.empty();
+
+  const IODGeneralEquipmentModule::EquipmentInfo equipment(
+      "miseg", "miseg", "0",
+      options.algorithm_version.empty() ? "unknown" : options.algorithm_version);
+  const ContentIdentificationMacro content("1", "MISEG", options.series_description, "miseg^");
+  DcmSegmentation* raw = nullptr;
+  RETURN_IF_ERROR(FromCondition(
+      DcmSegmentation::createBinarySegmentation(raw, static_cast<Uint16>(g.rows),
+                                                static_cast<Uint16>(g.cols), equipment, content),
+      "creating the SEG", absl::StatusCode::kInternal));
+  std::unique_ptr<DcmSegmentation> seg(raw);
+  // DCMTK 3.6.7 runs its dimension check on a dataset that has no per-frame groups yet, so
+  // it checks nothing and only logs a warning on every write; the frames are consistent by
+  // construction (one FrameContent per frame, both index values always set).
+  seg->setCheckDimensionsOnWrite(OFFalse);
+  RETURN_IF_ERROR(FromCondition(
+      seg->importHierarchy(hds, /*readPatient=*/OFTrue, /*readStudy=*/OFTrue,
+                           /*readFoR=*/has_for ? OFTrue : OFFalse, /*readSeries=*/OFFalse),
+      "importing patient and study from the source"));
+  if (!has_for) {
+    // dcmseg insists on a Frame of Reference; the SEG IOD needs one only when frames carry
+    // no Derivation Image references, and ours always do. A new UID would claim a spatial
+    // frame the source never had, so the module is left out instead.
+    for (const DcmTagKey& tag : {DCM_FrameOfReferenceUID, DCM_PositionReferenceIndicator}) {
+      if (IODRule* rule = seg->getRules()->getByTag(tag)) rule->setType("3");
+    }
+  }
+  // importHierarchy also takes over the source's equipment: the SEG's is ours.
+  RETURN_IF_ERROR(FromCondition(seg->setEquipmentInfo(equipment), "setting equipment",
+                                absl::StatusCode::kInternal));
+  const std::string series_uid =
+      options.series_instance_uid.empty() ? NewUid(options.uid_root) : options.series_instance_uid;
+  const std::string sop_uid =
+      options.sop_instance_uid.empty() ? NewUid(options.uid_root) : options.sop_instance_uid;
+  RETURN_IF_ERROR(FromCondition(seg->getSeries().setSeriesInstanceUID(series_uid.c_str()),
+                                "Series Instance UID"));
+  RETURN_IF_ERROR(
+      FromCondition(seg->getSOPCommon().setSOPInstanceUID(sop_uid.c_str()), "SOP Instance UID"));
+  RETURN_IF_ERROR(
+      FromCondition(seg->getSeries().setSeriesNumber(absl::StrCat(options.series_number).c_str()),
+                    "Series Number"));
+  if (!options.series_description.empty()) {
+    RETURN_IF_ERROR(
+        FromCondition(seg->getSeries().setSeriesDescription(options.series_description.c_str()),
+                      "Series Description"));
+  }
+
+  // Segments.
+  std::vector<Uint16> segment_numbers(num_classes, 0);
+  for (size_t c = 1; c < num_classes; ++c) {
+    const std::string& name = options.class_names[c];
+    const CardiacClass* cardiac = FindCardiac(name);
+    const CodeSequenceMacro category =
+        MakeCode(cardiac != nullptr ? kCardiacCategory : kGenericCategory);
+    const CodeSequenceMacro type = MakeCode(cardiac != nullptr ? cardiac->type : kGenericType);
+    std::string label = name.empty() ? absl::StrCat("class ", c) : name.substr(0, 64);
+    DcmSegment* segment = nullptr;
+    RETURN_IF_ERROR(FromCondition(DcmSegment::create(segment, label.c_str(), category, type,
+                                                     DcmSegTypes::SAT_AUTOMATIC, "miseg"),
+                                  absl::StrCat("creating segment for class ", c)));
+    std::unique_ptr<DcmSegment> owned(segment);
+    AlgorithmIdentificationMacro algorithm;
+    algorithm.getAlgorithmFamilyCode().set(kAlgorithmFamily.value, kAlgorithmFamily.scheme,
+                                           kAlgorithmFamily.meaning);
+    algorithm.setAlgorithmName("miseg");
+    algorithm.setAlgorithmVersion(
+        options.algorithm_version.empty() ? "unknown" : options.algorithm_version.c_str());
+    if (!options.model_version.empty()) {
+      algorithm.setAlgorithmParameters(
+          absl::StrCat("model_version=", options.model_version).c_str(), OFFalse);
+    }
+    RETURN_IF_ERROR(FromCondition(owned->setSegmentationAlgorithmIdentification(algorithm),
+                                  absl::StrCat("algorithm identification of class ", c)));
+    if (cardiac != nullptr) owned->setSegmentDescription(cardiac->type.meaning);
+    RETURN_IF_ERROR(FromCondition(seg->addSegment(owned.get(), segment_numbers[c]),
+                                  absl::StrCat("adding segment for class ", c),
+                                  absl::StatusCode::kInternal));
+    owned.release();  // the SEG owns it now
+  }
+
+  // Shared functional groups: pixel measures and orientation (only with a frame of
+  // reference: without one, patient-space geometry means nothing to the SEG).
+  FGPixelMeasures measures;
+  measures.setPixelSpacing(
+      absl::StrCat(FormatDs(g.row_spacing_mm), "\\", FormatDs(g.col_spacing_mm)).c_str());
+  measures.setSliceThickness(FormatDs(g.slice_spacing_mm).c_str());
+  measures.setSpacingBetweenSlices(FormatDs(g.slice_spacing_mm).c_str());
+  RETURN_IF_ERROR(
+      FromCondition(seg->addForAllFrames(measures), "pixel measures", absl::StatusCode::kInternal));
+  if (has_for) {
+    FGPlaneOrientationPatient orientation;
+    orientation.setImageOrientationPatient(
+        FormatDs(g.row_direction[0]).c_str(), FormatDs(g.row_direction[1]).c_str(),
+        FormatDs(g.row_direction[2]).c_str(), FormatDs(g.col_direction[0]).c_str(),
+        FormatDs(g.col_direction[1]).c_str(), FormatDs(g.col_direction[2]).c_str());
+    RETURN_IF_ERROR(FromCondition(seg->addForAllFrames(orientation), "plane orientation",
+                                  absl::StatusCode::kInternal));
+  }
+  const std::string dimension_uid = NewUid(options.uid_root);
+  IODMultiframeDimensionModule& dims = seg->getDimensions();
+  RETURN_IF_ERROR(FromCondition(
+      dims.addDimensionIndex(DCM_ReferencedSegmentNumber, dimension_uid.c_str(),
+                             DCM_SegmentIdentificationSequence, "ReferencedSegmentNumber"),
+      "dimension index", absl::StatusCode::kInternal));
+  if (has_for) {
+    RETURN_IF_ERROR(
+        FromCondition(dims.addDimensionIndex(DCM_ImagePositionPatient, dimension_uid.c_str(),
+                                             DCM_PlanePositionSequence, "ImagePositionPatient"),
+                      "dimension index", absl::StatusCode::kInternal));
+  } else {
+    // No patient-space positions: the second dimension is the slice's place in the stack.
+    RETURN_IF_ERROR(
+        FromCondition(dims.addDimensionIndex(DCM_InStackPositionNumber, dimension_uid.c_str(),
+                                             DCM_FrameContentSequence, "InStackPositionNumber"),
+                      "dimension index", absl::StatusCode::kInternal));
+  }
+
+  // Which source instances are multi-frame (their references need a frame number).
+  std::map<std::string, int> frames_per_instance;
+  for (const SliceSource& s : source.slices) ++frames_per_instance[s.sop_instance_uid];
+
+  const int64_t slice_size = g.slice_size();
+  std::vector<Uint8> frame(static_cast<size_t>(slice_size));
+  for (size_t c = 1; c < num_classes; ++c) {
+    std::vector<int64_t> slices_with_class;
+    for (int64_t k = 0; k < g.slices; ++k) {
+      const uint8_t* slice = labels.voxels.data() + k * slice_size;
+      if (std::find(slice, slice + slice_size, static_cast<uint8_t>(c)) != slice + slice_size) {
+        slices_with_class.push_back(k);
+      }
+    }
+    const bool empty_segment = slices_with_class.empty();
+    if (empty_segment) slices_with_class.push_back(0);
+    for (int64_t k : slices_with_class) {
+      const uint8_t* slice = labels.voxels.data() + k * slice_size;
+      for (int64_t i = 0; i < slice_size; ++i) {
+        frame[static_cast<size_t>(i)] = (!empty_segment && slice[i] == c) ? 1 : 0;
+      }
+      const SliceSource& src = source.slices[static_cast<size_t>(k)];
+      OFVector<FGBase*> per_frame;
+      std::unique_ptr<FGPlanePosPatient> position;
+      if (has_for) {
+        const std::array<double, 3> p = SlicePosition(g, k);
+        position.reset(FGPlanePosPatient::createMinimal(
+            FormatDs(p[0]).c_str(), FormatDs(p[1]).c_str(), FormatDs(p[2]).c_str()));
+        if (position == nullptr) return absl::InternalError("WriteSegmentation: plane position");
+        per_frame.push_back(position.get());
+      }
+      FGFrameContent frame_content;
+      frame_content.setDimensionIndexValues(segment_numbers[c], 0);
+      frame_content.setDimensionIndexValues(static_cast<Uint32>(k + 1), 1);
+      if (!has_for) {
+        frame_content.setStackID("1");
+        frame_content.setInStackPositionNumber(static_cast<Uint32>(k + 1));
+      }
+      per_frame.push_back(&frame_content);
+
+      ImageSOPInstanceReferenceMacro reference;
+      reference.setReferencedSOPClassUID(src.sop_class_uid.c_str());
+      reference.setReferencedSOPInstanceUID(src.sop_instance_uid.c_str());
+      if (frames_per_instance[src.sop_instance_uid] > 1 || src.frame_number > 1 ||
+          IsMultiFrameClass(src.sop_class_uid)) {
+        if (src.frame_number < 1 || src.frame_number > 65535) {
+          return absl::InvalidArgumentError(
+              "WriteSegmentation: a source frame number is out of range");
+        }
+        reference.addReferencedFrameNumber(static_cast<Uint16>(src.frame_number));
+      }
+      OFVector<ImageSOPInstanceReferenceMacro> references;
+      references.push_back(reference);
+      std::unique_ptr<FGDerivationImage> derivation(
+          DcmSegmentation::createDerivationImageFG(references, "Segmentation by miseg"));
+      if (derivation == nullptr)
+        return absl::InternalError("WriteSegmentation: derivation image functional group");
+      per_frame.push_back(derivation.get());
+
+      RETURN_IF_ERROR(FromCondition(seg->addFrame(frame.data(), segment_numbers[c], per_frame),
+                                    absl::StrCat("adding frame for slice ", k),
+                                    absl::StatusCode::kInternal));
+    }
+  }
+
+  // Referenced Series Sequence: every source instance.
+  auto* series_item = new IODSeriesAndInstanceReferenceMacro::ReferencedSeriesItem;
+  seg->getCommonInstanceReference().getReferencedSeriesItems().push_back(series_item);  // owns it
+  RETURN_IF_ERROR(
+      FromCondition(series_item->setSeriesInstanceUID(source.series_instance_uid.c_str()),
+                    "referenced Series Instance UID"));
+  std::set<std::string> referenced;
+  for (const SliceSource& s : source.slices) {
+    if (!referenced.insert(s.sop_instance_uid).second) continue;
+    RETURN_IF_ERROR(FromCondition(
+        series_item->addReference(s.sop_class_uid.c_str(), s.sop_instance_uid.c_str()),
+        "referenced instance"));
+  }
+
+  DcmFileFormat file;
+  RETURN_IF_ERROR(FromCondition(seg->writeDataset(*file.getDataset()), "writing the SEG",
+                                absl::StatusCode::kInternal));
+  if (!has_for) {
+    // Without plane orientations, the General Image module wants Patient Orientation (2C).
+    file.getDataset()->insertEmptyElement(DCM_PatientOrientation);
+  }
+  return SerializeDicom(file);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading.
+namespace {
+
+struct SegError {
+  std::string seg_uid;
+  absl::Status operator()(const std::string& what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SEG ", seg_uid.empty() ? "(no SOP Instance UID)" : seg_uid, ": ", what));
+  }
+};
+
+std::string GetString(DcmItem& item, const DcmTagKey& tag) {
+  OFString value;
+  if (item.findAndGetOFString(tag, value).bad()) return "";
+  return value.c_str();
+}
+
+// The first item of sequence `tag` in `item`, or nullptr.
+DcmItem* FirstItem(DcmItem* item, const DcmTagKey& tag) {
+  if (item == nullptr) return nullptr;
+  DcmItem* out = nullptr;
+  if (item->findAndGetSequenceItem(tag, out, 0).bad()) return nullptr;
+  return out;
+}
+
+// A functional group macro's item for one frame: per-frame first, then shared.
+DcmItem* GroupItem(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& tag) {
+  DcmItem* item = FirstItem(per_frame, tag);
+  return item != nullptr ? item : FirstItem(shared, tag);
+}
+
+std::optional<std::vector<double>> GetDoubles(DcmItem* item, const DcmTagKey& tag, size_t count) {
+  if (item == nullptr) return std::nullopt;
+  std::vector<double> out(count);
+  for (size_t i = 0; i < count; ++i) {
+    Float64 v = 0;
+    if (item->findAndGetFloat64(tag, v, static_cast<unsigned long>(i)).bad() || !std::isfinite(v)) {
+      return std::nullopt;
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+struct SegmentInfo {
+  std::string label;
+  int class_index = -1;
+};
+
+}  // namespace
+
+absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffer,
+                                                    const SeriesVolume& source,
+                                                    const std::vector<std::string>& class_names) {
+  const VolumeGeometry& g = source.image.geometry;
+  if (!source.image.consistent() || source.slices.size() != static_cast<size_t>(g.slices)) {
+    return absl::InvalidArgumentError("ReadSegmentation: the source volume is inconsistent");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,
+                   ParseDicom(seg_buffer.bytes, seg_buffer.name));
+  DcmDataset& ds = *file->getDataset();
+  const SegError error{GetString(ds, DCM_SOPInstanceUID)};
+
+  const std::string sop_class = GetString(ds, DCM_SOPClassUID);
+  if (sop_class != UID_SegmentationStorage) {
+    return error(absl::StrCat("not a DICOM Segmentation (SOP Class UID '", sop_class, "')"));
+  }
+  const std::string type = GetString(ds, DCM_SegmentationType);
+  const bool fractional = type == "FRACTIONAL";
+  if (type != "BINARY" && !fractional) {
+    return error(absl::StrCat("Segmentation Type '", type,
+                              "' is not supported (only BINARY and FRACTIONAL)"));
+  }
+  Uint16 rows = 0, cols = 0, bits_allocated = 0, samples = 1;
+  if (ds.findAndGetUint16(DCM_Rows, rows).bad() || ds.findAndGetUint16(DCM_Columns, cols).bad()) {
+    return error("no Rows or Columns");
+  }
+  if (rows != g.rows || cols != g.cols) {
+    return error(absl::StrCat("frame size ", rows, "x", cols, " does not match the series' ",
+                              g.rows, "x", g.cols));
+  }
+  ds.findAndGetUint16(DCM_BitsAllocated, bits_allocated);
+  ds.findAndGetUint16(DCM_SamplesPerPixel, samples);
+  if (samples != 1 || bits_allocated != (fractional ? 8 : 1)) {
+    return error(absl::StrCat("Bits Allocated ", bits_allocated, " and Samples per Pixel ", samples,
+                              " do not fit a ", type, " segmentation"));
+  }
+  Uint16 max_fraction = 255;
+  if (fractional) {
+    ds.findAndGetUint16(DCM_MaximumFractionalValue, max_fraction);
+    if (max_fraction == 0 || max_fraction > 255)
+      return error("Maximum Fractional Value must be 1..255");
+  }
+  Sint32 number_of_frames = 0;
+  if (ds.findAndGetSint32(DCM_NumberOfFrames, number_of_frames).bad() || number_of_frames < 1) {
+    return error("no valid Number of Frames");
+  }
+  const uint64_t frames = static_cast<uint64_t>(number_of_frames);
+
+  // Segments and their classes.
+  std::map<Uint16, SegmentInfo> segments;
+  std::vector<std::string> segment_labels;
+  std::map<std::string, int> class_by_name;
+  for (size_t i = 1; i < class_names.size(); ++i)
+    class_by_name.emplace(Normalise(class_names[i]), static_cast<int>(i));
+  DcmSequenceOfItems* segment_sequence = nullptr;
+  if (ds.findAndGetSequence(DCM_SegmentSequence, segment_sequence).bad() ||
+      segment_sequence == nullptr || segment_sequence->card() == 0) {
+    return error("no Segment Sequence");
+  }
+  for (unsigned long i = 0; i < segment_sequence->card(); ++i) {
+    DcmItem* item = segment_sequence->getItem(i);
+    Uint16 number = 0;
+    if (item == nullptr || item->findAndGetUint16(DCM_SegmentNumber, number).bad() || number == 0) {
+      return error(absl::StrCat("segment item ", i + 1, " has no Segment Number"));
+    }
+    SegmentInfo info;
+    info.label = GetString(*item, DCM_SegmentLabel);
+    auto by_name = class_by_name.find(Normalise(info.label));
+    if (by_name != class_by_name.end()) {
+      info.class_index = by_name->second;
+    } else if (DcmItem* code = FirstItem(item, DCM_SegmentedPropertyTypeCodeSequence)) {
+      const std::string value = GetString(*code, DCM_CodeValue);
+      const std::string scheme = GetString(*code, DCM_CodingSchemeDesignator);
+      for (size_t c = 1; c < class_names.size() && info.class_index < 0; ++c) {
+        const CardiacClass* cardiac = FindCardiac(class_names[c]);
+        if (cardiac != nullptr && value == cardiac->type.value &&
+            (scheme == "SCT" || scheme == "SRT")) {  // SRT: SNOMED's designator before 2019
+          info.class_index = static_cast<int>(c);
+        }
+      }
+    }
+    if (info.class_index < 0) {
+      return error(absl::StrCat("segment ", number, " ('", info.label,
+                                "') matches none of the classes (",
+                                absl::StrJoin(class_names, ", "), ")"));
+    }
+    if (!segments.emplace(number, info).second)
+      return error(absl::StrCat("segment number ", number, " appears twice"));
+    segment_labels.push_back(info.label);
+  }
+
+  // Pixel data, uncompressed, long enough for every frame.
+  const E_TransferSyntax original = ds.getOriginalXfer();
+  if (DcmXfer(original).isEncapsulated()) {
+    RegisterDicomCodecs();
+    if (ds.chooseRepresentation(EXS_LittleEndianExplicit, nullptr).bad() ||
+        !ds.canWriteXfer(EXS_LittleEndianExplicit)) {
+      return error(absl::StrCat("compressed pixel data (", DcmXfer(original).getXferName(),
+                                ") could not be decoded"));
+    }
+  }
+  DcmElement* pixel_element = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, pixel_element).bad() || pixel_element == nullptr) {
+    return error("no Pixel Data");
+  }
+  Uint8* pixels = nullptr;
+  if (pixel_element->getUint8Array(pixels).bad() || pixels == nullptr)
+    return error("unreadable Pixel Data");
+  const uint64_t pixel_bytes = pixel_element->getLength();
+  const uint64_t frame_pixels = static_cast<uint64_t>(rows) * cols;
+  const uint64_t needed = fractional ? frames * frame_pixels : (frames * frame_pixels + 7) / 8;
+  if (pixel_bytes < needed) {
+    return error(absl::StrCat("truncated: Pixel Data has ", pixel_bytes, " bytes, ", frames,
+                              " frames need ", needed));
+  }
+
+  // Frames: which segment, which slice.
+  DcmItem* shared = FirstItem(&ds, DCM_SharedFunctionalGroupsSequence);
+  DcmSequenceOfItems* per_frame_sequence = nullptr;
+  if (ds.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per_frame_sequence).bad() ||
+      per_frame_sequence == nullptr || per_frame_sequence->card() != frames) {
+    return error(
+        absl::StrCat("Per-Frame Functional Groups Sequence does not have one item per frame (",
+                     frames, " frames)"));
+  }
+  std::map<std::string, std::map<int32_t, int64_t>> slice_by_instance;  // uid -> frame -> slice
+  for (size_t k = 0; k < source.slices.size(); ++k) {
+    slice_by_instance[source.slices[k].sop_instance_uid][source.slices[k].frame_number] =
+        static_cast<int64_t>(k);
+  }
+  const std::string seg_for = GetString(ds, DCM_FrameOfReferenceUID);
+  const double min_spacing = std::min({g.row_spacing_mm, g.col_spacing_mm, g.slice_spacing_mm});
+  const double tolerance = std::max(1e-3 * min_spacing, 1e-5);
+
+  struct FrameTarget {
+    Uint16 segment;
+    int64_t slice;
+    uint64_t frame;
+  };
+  std::vector<FrameTarget> targets;
+  targets.reserve(frames);
+  for (uint64_t f = 0; f < frames; ++f) {
+    DcmItem* item = per_frame_sequence->getItem(static_cast<unsigned long>(f));
+    const std::string where = absl::StrCat("frame ", f + 1);
+    Uint16 segment_number = 0;
+    DcmItem* segment_id = GroupItem(item, shared, DCM_SegmentIdentificationSequence);
+    if (segment_id == nullptr ||
+        segment_id->findAndGetUint16(DCM_ReferencedSegmentNumber, segment_number).bad()) {
+      return error(absl::StrCat(where, " has no Referenced Segment Number"));
+    }
+    if (segments.count(segment_number) == 0) {
+      return error(absl::StrCat(where, " belongs to segment ", segment_number,
+                                " which the Segment Sequence lacks"));
+    }
+    if (DcmItem* orientation_item = GroupItem(item, shared, DCM_PlaneOrientationSequence)) {
+      const auto iop = GetDoubles(orientation_item, DCM_ImageOrientationPatient, 6);
+      if (!iop) return error(absl::StrCat(where, " has an unreadable Image Orientation (Patient)"));
+      for (int i = 0; i < 3; ++i) {
+        if (std::abs((*iop)[i] - g.row_direction[i]) > 1e-3 ||
+            std::abs((*iop)[3 + i] - g.col_direction[i]) > 1e-3) {
+          return error(absl::StrCat(where, " is not in the plane of the series' slices"));
+        }
+      }
+    }
+
+    // 1. Source image references.
+    std::optional<int64_t> slice;
+    bool unresolved_reference =
+        false;  // a reference to a multi-frame instance without frame number
+    std::string missing;
+    DcmItem* derivation = GroupItem(item, shared, DCM_DerivationImageSequence);
+    DcmSequenceOfItems* sources = nullptr;
+    if (derivation != nullptr &&
+        derivation->findAndGetSequence(DCM_SourceImageSequence, sources).good() &&
+        sources != nullptr) {
+      for (unsigned long s = 0; s < sources->card() && !slice; ++s) {
+        DcmItem* ref = sources->getItem(s);
+        if (ref == nullptr) continue;
+        const std::string uid = GetString(*ref, DCM_ReferencedSOPInstanceUID);
+        auto instance = slice_by_instance.find(uid);
+        if (instance == slice_by_instance.end()) {
+          if (missing.empty()) missing = uid;
+          continue;
+        }
+        Sint32 frame_number = 0;
+        if (ref->findAndGetSint32(DCM_ReferencedFrameNumber, frame_number).good()) {
+          auto hit = instance->second.find(frame_number);
+          if (hit == instance->second.end()) {
+            return error(absl::StrCat(where, " references frame ", frame_number,
+                                      " of SOP Instance ", uid, " which is not in the series"));
+          }
+          slice = hit->second;
+        } else if (instance->second.size() == 1) {
+          slice = instance->second.begin()->second;
+        } else {
+          unresolved_reference = true;
+        }
+      }
+      if (!slice && !missing.empty() && !unresolved_reference) {
+        return error(absl::StrCat(where, " references SOP Instance ", missing,
+                                  " which is not in the series"));
+      }
+    }
+
+    // 2. Plane position.
+    if (!slice) {
+      const auto position = GetDoubles(GroupItem(item, shared, DCM_PlanePositionSequence),
+                                       DCM_ImagePositionPatient, 3);
+      if (!position) {
+        return error(absl::StrCat(
+            where, " has neither a usable source image reference nor a plane position"));
+      }
+      if (!seg_for.empty() && !source.frame_of_reference_uid.empty() &&
+          seg_for != source.frame_of_reference_uid) {
+        return error(
+            "its Frame of Reference UID differs from the series', so plane positions cannot be "
+            "matched");
+      }
+      double along = 0;
+      for (int i = 0; i < 3; ++i) along += ((*position)[i] - g.origin_mm[i]) * g.slice_direction[i];
+      const double k_real = along / g.slice_spacing_mm;
+      const int64_t k = static_cast<int64_t>(
+          std::llround(std::clamp(k_real, -1.0, static_cast<double>(g.slices))));
+      double distance2 = 0;
+      if (k >= 0 && k < g.slices) {
+        const std::array<double, 3> expected = SlicePosition(g, k);
+        for (int i = 0; i < 3; ++i)
+          distance2 += ((*position)[i] - expected[i]) * ((*position)[i] - expected[i]);
+      }
+      if (k < 0 || k >= g.slices || std::sqrt(distance2) > tolerance) {
+        return error(absl::StrCat(where, " at (", FormatDs((*position)[0]), ", ",
+                                  FormatDs((*position)[1]), ", ", FormatDs((*position)[2]),
+                                  ") mm lies on no slice of the series"));
+      }
+      slice = k;
+    }
+    targets.push_back(FrameTarget{segment_number, *slice, f});
+  }
+
+  // Paint, lowest segment number first so that later segments win where they overlap.
+  std::stable_sort(targets.begin(), targets.end(), [](const FrameTarget& a, const FrameTarget& b) {
+    return a.segment < b.segment;
+  });
+  SegmentationLabels out;
+  out.labels = LabelVolume(g);
+  const int64_t slice_size = g.slice_size();
+  for (const FrameTarget& t : targets) {
+    const uint8_t value = static_cast<uint8_t>(segments[t.segment].class_index);
+    uint8_t* slice = out.labels.voxels.data() + t.slice * slice_size;
+    const uint64_t first = t.frame * frame_pixels;
+    for (uint64_t i = 0; i < frame_pixels; ++i) {
+      bool inside;
+      if (fractional) {
+        inside = 2u * pixels[first + i] >= max_fraction;
+      } else {
+        const uint64_t bit = first + i;
+        inside = (pixels[bit >> 3] >> (bit & 7)) & 1u;
+      }
+      if (inside) slice[i] = value;
+    }
+  }
+  out.segment_labels = std::move(segment_labels);
+  out.sop_instance_uid = error.seg_uid;
+  if (DcmItem* series = FirstItem(&ds, DCM_ReferencedSeriesSequence)) {
+    out.referenced_series_instance_uid = GetString(*series, DCM_SeriesInstanceUID);
+  }
+  return out;
+}
+
+}  // namespace miseg

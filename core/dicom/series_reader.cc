@@ -1,0 +1,1021 @@
+// Reads Part-10 buffers into image volumes: parse every buffer with DCMTK, keep the image
+// instances, group them by study and series, expand multi-frame instances into frames, place
+// every frame in patient space, check the frames form one regular stack, then decode the
+// pixel data (whatever transfer syntax carried it) into real-world values. Geometry and
+// sizes are checked before anything large is allocated or decoded, so a hostile header
+// costs a parse and nothing more.
+#include "core/dicom/series_reader.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <dcmtk/config/osconfig.h>  // must come first
+#include <dcmtk/dcmdata/dcdatset.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcrledrg.h>
+#include <dcmtk/dcmdata/dcrleerg.h>
+#include <dcmtk/dcmdata/dcsequen.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcvr.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/dcmjpeg/djdecode.h>
+#include <dcmtk/dcmjpeg/djencode.h>
+#include <dcmtk/dcmjpls/djdecode.h>
+#include <dcmtk/dcmjpls/djencode.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "core/common/status_macros.h"
+#include "core/dicom/dicom_util.h"
+
+namespace miseg {
+namespace {
+
+using Vec3 = std::array<double, 3>;
+
+// Tolerances of the consistency checks. Positions and orientations come as decimal strings
+// of at most 16 characters, so exact comparison would refuse good series.
+constexpr double kOrientationTolerance = 1e-4;    // per direction-cosine component
+constexpr double kPixelSpacingTolerance = 1e-4;   // relative
+constexpr double kSliceSpacingTolerance = 0.01;   // relative: 1% of the series' spacing
+constexpr double kDuplicateTolerance_mm = 1e-3;   // two frames closer than this coincide
+constexpr double kInPlaneDriftTolerance = 0.1;    // fraction of a pixel (gantry tilt, shear)
+
+Vec3 Cross(const Vec3& a, const Vec3& b) {
+  return {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
+}
+double Dot(const Vec3& a, const Vec3& b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
+double Norm(const Vec3& a) { return std::sqrt(Dot(a, a)); }
+
+// How stored values become numbers: BitsAllocated / BitsStored / HighBit /
+// PixelRepresentation and whether the image is MONOCHROME1.
+struct PixelFormat {
+  int bits_allocated = 16;
+  int bits_stored = 16;
+  int high_bit = 15;
+  bool is_signed = false;
+  bool monochrome1 = false;
+  int bytes_per_sample() const { return bits_allocated / 8; }
+};
+
+// Everything known about one frame before its pixels are decoded.
+struct FrameInfo {
+  std::optional<Vec3> position;                     // ImagePositionPatient
+  std::optional<std::array<double, 6>> orientation;  // ImageOrientationPatient
+  std::optional<std::array<double, 2>> pixel_spacing;  // row spacing, column spacing
+  std::optional<double> spacing_between_slices;     // or SliceThickness, for one slice
+  double slope = 1.0;
+  double intercept = 0.0;
+  bool has_geometry() const { return position.has_value() && orientation.has_value(); }
+};
+
+// One image instance, parsed and checked, pixels not yet decoded.
+struct Instance {
+  std::string name;  // the buffer's name, for messages
+  std::unique_ptr<DcmFileFormat> file;
+  DcmDataset* dataset = nullptr;
+  std::string sop_instance_uid;
+  std::string sop_class_uid;
+  std::string study_uid;
+  std::string series_uid;
+  std::string frame_of_reference_uid;
+  std::string modality;
+  std::string series_description;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t frames = 1;
+  PixelFormat format;
+  std::vector<FrameInfo> frame_info;  // one per frame
+};
+
+// "name (SOP Instance UID x)": the words every message about an instance starts with.
+std::string Describe(absl::string_view name, absl::string_view sop_instance_uid) {
+  return absl::StrCat(name, " (SOP Instance UID ",
+                      sop_instance_uid.empty() ? "absent" : sop_instance_uid, ")");
+}
+std::string Describe(const Instance& instance) {
+  return Describe(instance.name, instance.sop_instance_uid);
+}
+std::string Describe(const Instance& instance, int64_t frame) {
+  if (instance.frames == 1) return Describe(instance);
+  return absl::StrCat(Describe(instance), " frame ", frame + 1);
+}
+
+absl::Status Invalid(const Instance& instance, absl::string_view reason) {
+  return absl::InvalidArgumentError(absl::StrCat(Describe(instance), ": ", reason));
+}
+
+// Attribute text quoted in a message: bounded, so a hostile value cannot flood logs.
+std::string Quote(absl::string_view text) {
+  if (text.size() > 40) return absl::StrCat("'", text.substr(0, 40), "...'");
+  return absl::StrCat("'", text, "'");
+}
+
+std::string TagName(const DcmTagKey& tag) {
+  DcmTag dcm_tag(tag);
+  const char* name = dcm_tag.getTagName();
+  return name != nullptr ? std::string(name) : std::string(tag.toString().c_str());
+}
+
+// A string attribute, trimmed; empty when absent or not readable as a string.
+std::string GetString(DcmItem& item, const DcmTagKey& tag) {
+  OFString value;
+  if (item.findAndGetOFStringArray(tag, value).bad()) return "";
+  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
+}
+
+bool HasElement(DcmItem& item, const DcmTagKey& tag) {
+  DcmElement* element = nullptr;
+  return item.findAndGetElement(tag, element).good() && element != nullptr;
+}
+
+// A decimal-string or integer-string attribute with exactly `count` values. nullopt when
+// absent or empty; InvalidArgument (naming the attribute) when present but malformed or not
+// finite.
+absl::StatusOr<std::optional<std::vector<double>>> GetNumbers(DcmItem& item,
+                                                              const DcmTagKey& tag,
+                                                              size_t count,
+                                                              const Instance& instance) {
+  if (!HasElement(item, tag)) return std::nullopt;
+  const std::string text = GetString(item, tag);
+  if (text.empty()) return std::nullopt;
+  std::vector<double> values;
+  for (absl::string_view part : absl::StrSplit(text, '\\')) {
+    double value = 0.0;
+    if (values.size() == count || !absl::SimpleAtod(absl::StripAsciiWhitespace(part), &value) ||
+        !std::isfinite(value)) {
+      return Invalid(instance, absl::StrCat(TagName(tag), " ", Quote(text), " is not ", count,
+                                            count == 1 ? " number" : " numbers"));
+    }
+    values.push_back(value);
+  }
+  if (values.size() != count) {
+    return Invalid(instance, absl::StrCat(TagName(tag), " ", Quote(text), " has ", values.size(),
+                                          " values, expected ", count));
+  }
+  return values;
+}
+
+// A single-valued number attribute (see GetNumbers).
+absl::StatusOr<std::optional<double>> GetNumber(DcmItem& item, const DcmTagKey& tag,
+                                                const Instance& instance) {
+  ASSIGN_OR_RETURN(std::optional<std::vector<double>> values, GetNumbers(item, tag, 1, instance));
+  if (!values.has_value()) return std::nullopt;
+  return (*values)[0];
+}
+
+// An unsigned-short attribute (Rows, BitsAllocated, ...). nullopt when absent.
+absl::StatusOr<std::optional<int>> GetUint16(DcmItem& item, const DcmTagKey& tag,
+                                             const Instance& instance) {
+  if (!HasElement(item, tag)) return std::nullopt;
+  Uint16 value = 0;
+  const OFCondition found = item.findAndGetUint16(tag, value);
+  if (found.bad()) {
+    return Invalid(instance, absl::StrCat(TagName(tag), " is not readable as an unsigned short (",
+                                          found.text(), ")"));
+  }
+  return static_cast<int>(value);
+}
+
+// True when uid is root or lies under it ("root.x...").
+bool UidUnder(absl::string_view uid, absl::string_view root) {
+  return uid == root || (uid.size() > root.size() && absl::StartsWith(uid, root) &&
+                         uid[root.size()] == '.');
+}
+
+// SOP classes that hold no image to read as a volume, even where they carry PixelData: a
+// SEG's frames are labels, not intensities. Everything else with PixelData is read.
+bool IsNonImageSopClass(absl::string_view uid) {
+  static constexpr const char* kRoots[] = {
+      "1.2.840.10008.5.1.4.1.1.66",   // raw data, registration, fiducials, SEG, surfaces
+      "1.2.840.10008.5.1.4.1.1.67",   // real world value mapping
+      "1.2.840.10008.5.1.4.1.1.68",   // surface scan mesh / point cloud
+      "1.2.840.10008.5.1.4.1.1.88",   // structured reports, key object selection
+      "1.2.840.10008.5.1.4.1.1.11",   // presentation states
+      "1.2.840.10008.5.1.4.1.1.9",    // waveforms
+      "1.2.840.10008.5.1.4.1.1.104",  // encapsulated PDF, CDA, STL, ...
+  };
+  for (const char* root : kRoots) {
+    if (UidUnder(uid, root)) return true;
+  }
+  // Radiotherapy: RT Image (.1) and RT Dose (.2) are images; structures, plans and
+  // treatment records are not.
+  if (UidUnder(uid, "1.2.840.10008.5.1.4.1.1.481")) {
+    return !(UidUnder(uid, "1.2.840.10008.5.1.4.1.1.481.1") ||
+             UidUnder(uid, "1.2.840.10008.5.1.4.1.1.481.2"));
+  }
+  return false;
+}
+
+std::string SopClassName(const std::string& uid) {
+  if (uid.empty()) return "no SOP Class UID";
+  const char* name = dcmFindNameOfUID(uid.c_str(), nullptr);
+  return name != nullptr ? absl::StrCat(name, " (", uid, ")") : uid;
+}
+
+// The transfer syntaxes whose decoders RegisterDicomCodecs() installs (or that need none).
+bool IsSupportedTransferSyntax(E_TransferSyntax syntax) {
+  switch (syntax) {
+    case EXS_LittleEndianImplicit:
+    case EXS_LittleEndianExplicit:
+    case EXS_BigEndianExplicit:
+    case EXS_DeflatedLittleEndianExplicit:
+    case EXS_JPEGProcess1:
+    case EXS_JPEGProcess2_4:
+    case EXS_JPEGProcess6_8:
+    case EXS_JPEGProcess10_12:
+    case EXS_JPEGProcess14:
+    case EXS_JPEGProcess14SV1:
+    case EXS_JPEGLSLossless:
+    case EXS_JPEGLSLossy:
+    case EXS_RLELossless:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Looks a functional-group macro up for one frame: the per-frame item first, then the shared
+// one (PS3.3 C.7.6.16: a macro sits in one or the other).
+DcmItem* FindMacro(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& macro) {
+  DcmItem* item = nullptr;
+  if (per_frame != nullptr && per_frame->findAndGetSequenceItem(macro, item, 0).good() &&
+      item != nullptr) {
+    return item;
+  }
+  item = nullptr;
+  if (shared != nullptr && shared->findAndGetSequenceItem(macro, item, 0).good() &&
+      item != nullptr) {
+    return item;
+  }
+  return nullptr;
+}
+
+// Fills the geometry and rescale of one frame from `item` (the dataset itself, or a
+// functional-group macro's item), leaving what item lacks untouched.
+absl::Status ReadPosition(DcmItem& item, const Instance& instance, FrameInfo* frame) {
+  ASSIGN_OR_RETURN(auto position, GetNumbers(item, DCM_ImagePositionPatient, 3, instance));
+  if (position) frame->position = Vec3{(*position)[0], (*position)[1], (*position)[2]};
+  return absl::OkStatus();
+}
+absl::Status ReadOrientation(DcmItem& item, const Instance& instance, FrameInfo* frame) {
+  ASSIGN_OR_RETURN(auto orientation, GetNumbers(item, DCM_ImageOrientationPatient, 6, instance));
+  if (orientation) {
+    std::array<double, 6> values;
+    std::copy(orientation->begin(), orientation->end(), values.begin());
+    frame->orientation = values;
+  }
+  return absl::OkStatus();
+}
+absl::Status ReadMeasures(DcmItem& item, const Instance& instance, FrameInfo* frame) {
+  ASSIGN_OR_RETURN(auto spacing, GetNumbers(item, DCM_PixelSpacing, 2, instance));
+  if (spacing) {
+    if (!((*spacing)[0] > 0.0) || !((*spacing)[1] > 0.0)) {
+      return Invalid(instance, "PixelSpacing is not positive");
+    }
+    frame->pixel_spacing = std::array<double, 2>{(*spacing)[0], (*spacing)[1]};
+  }
+  ASSIGN_OR_RETURN(auto between, GetNumber(item, DCM_SpacingBetweenSlices, instance));
+  ASSIGN_OR_RETURN(auto thickness, GetNumber(item, DCM_SliceThickness, instance));
+  if (between && *between > 0.0) {
+    frame->spacing_between_slices = *between;
+  } else if (thickness && *thickness > 0.0 && !frame->spacing_between_slices) {
+    frame->spacing_between_slices = *thickness;
+  }
+  return absl::OkStatus();
+}
+absl::Status ReadRescale(DcmItem& item, const Instance& instance, FrameInfo* frame) {
+  ASSIGN_OR_RETURN(auto slope, GetNumber(item, DCM_RescaleSlope, instance));
+  ASSIGN_OR_RETURN(auto intercept, GetNumber(item, DCM_RescaleIntercept, instance));
+  if (slope) {
+    if (*slope == 0.0) return Invalid(instance, "RescaleSlope is 0");
+    frame->slope = *slope;
+  }
+  if (intercept) frame->intercept = *intercept;
+  return absl::OkStatus();
+}
+
+// Reads the pixel-format attributes and checks them against the limits, before anything is
+// decoded or allocated.
+absl::Status ReadImageAttributes(const SeriesReaderLimits& limits, Instance* instance) {
+  DcmDataset& ds = *instance->dataset;
+  const Instance& in = *instance;
+
+  ASSIGN_OR_RETURN(std::optional<int> samples, GetUint16(ds, DCM_SamplesPerPixel, in));
+  if (samples.value_or(1) != 1) {
+    return Invalid(in, absl::StrCat("colour images are not supported (SamplesPerPixel ",
+                                    *samples, ")"));
+  }
+  const std::string photometric = GetString(ds, DCM_PhotometricInterpretation);
+  if (photometric == "MONOCHROME1") {
+    instance->format.monochrome1 = true;
+  } else if (!photometric.empty() && photometric != "MONOCHROME2") {
+    return Invalid(in, absl::StrCat("PhotometricInterpretation ", Quote(photometric),
+                                    " is not supported (only MONOCHROME1 and MONOCHROME2)"));
+  }
+
+  ASSIGN_OR_RETURN(std::optional<int> rows, GetUint16(ds, DCM_Rows, in));
+  ASSIGN_OR_RETURN(std::optional<int> cols, GetUint16(ds, DCM_Columns, in));
+  if (!rows || !cols) return Invalid(in, "missing Rows or Columns");
+  if (*rows <= 0 || *cols <= 0) return Invalid(in, "Rows or Columns is 0");
+  if (*rows > limits.max_rows_or_cols || *cols > limits.max_rows_or_cols) {
+    return Invalid(in, absl::StrCat("image of ", *rows, "x", *cols, " exceeds the limit of ",
+                                    limits.max_rows_or_cols, " rows or columns"));
+  }
+  instance->rows = *rows;
+  instance->cols = *cols;
+
+  ASSIGN_OR_RETURN(std::optional<int> allocated, GetUint16(ds, DCM_BitsAllocated, in));
+  if (!allocated) return Invalid(in, "missing BitsAllocated");
+  if (*allocated != 8 && *allocated != 16 && *allocated != 32) {
+    return Invalid(in, absl::StrCat("BitsAllocated ", *allocated,
+                                    " is not supported (only 8, 16 and 32)"));
+  }
+  ASSIGN_OR_RETURN(std::optional<int> stored, GetUint16(ds, DCM_BitsStored, in));
+  ASSIGN_OR_RETURN(std::optional<int> high_bit, GetUint16(ds, DCM_HighBit, in));
+  ASSIGN_OR_RETURN(std::optional<int> representation, GetUint16(ds, DCM_PixelRepresentation, in));
+  PixelFormat& format = instance->format;
+  format.bits_allocated = *allocated;
+  format.bits_stored = stored.value_or(*allocated);
+  format.high_bit = high_bit.value_or(format.bits_stored - 1);
+  if (format.bits_stored < 1 || format.bits_stored > format.bits_allocated ||
+      format.high_bit < format.bits_stored - 1 || format.high_bit >= format.bits_allocated) {
+    return Invalid(in, absl::StrCat("inconsistent pixel format: BitsAllocated ",
+                                    format.bits_allocated, ", BitsStored ", format.bits_stored,
+                                    ", HighBit ", format.high_bit));
+  }
+  if (representation.value_or(0) > 1) {
+    return Invalid(in, absl::StrCat("PixelRepresentation ", *representation, " is not 0 or 1"));
+  }
+  format.is_signed = representation.value_or(0) == 1;
+
+  // NumberOfFrames is an integer string; absent means one frame.
+  const std::string frames_text = GetString(ds, DCM_NumberOfFrames);
+  int64_t frames = 1;
+  if (!frames_text.empty() && !absl::SimpleAtoi(frames_text, &frames)) {
+    return Invalid(in, absl::StrCat("NumberOfFrames ", Quote(frames_text), " is not a number"));
+  }
+  if (frames < 1) return Invalid(in, absl::StrCat("NumberOfFrames is ", frames));
+  if (frames > limits.max_slices) {
+    return Invalid(in, absl::StrCat(frames, " frames exceed the limit of ", limits.max_slices,
+                                    " slices"));
+  }
+  if (instance->rows * instance->cols * frames > limits.max_voxels) {
+    return Invalid(in, absl::StrCat(instance->rows, "x", instance->cols, "x", frames,
+                                    " voxels exceed the limit of ", limits.max_voxels));
+  }
+  instance->frames = frames;
+  return absl::OkStatus();
+}
+
+// Places every frame: per-frame and shared functional groups (enhanced objects), or the
+// top-level attributes (one frame, or a legacy multi-frame whose frames are spaced by
+// GridFrameOffsetVector or SpacingBetweenSlices along the normal).
+absl::Status ReadFrameGeometry(Instance* instance) {
+  DcmDataset& ds = *instance->dataset;
+  const Instance& in = *instance;
+
+  // Top-level attributes first: the defaults every frame starts from.
+  FrameInfo top;
+  RETURN_IF_ERROR(ReadPosition(ds, in, &top));
+  RETURN_IF_ERROR(ReadOrientation(ds, in, &top));
+  RETURN_IF_ERROR(ReadMeasures(ds, in, &top));
+  RETURN_IF_ERROR(ReadRescale(ds, in, &top));
+  // RT Dose scales its integers by DoseGridScaling instead of a rescale.
+  if (in.sop_class_uid == UID_RTDoseStorage && !HasElement(ds, DCM_RescaleSlope)) {
+    ASSIGN_OR_RETURN(std::optional<double> scaling, GetNumber(ds, DCM_DoseGridScaling, in));
+    if (scaling) top.slope = *scaling;
+  }
+
+  DcmItem* shared = nullptr;
+  if (ds.findAndGetSequenceItem(DCM_SharedFunctionalGroupsSequence, shared, 0).bad()) {
+    shared = nullptr;
+  }
+  DcmSequenceOfItems* per_frame = nullptr;
+  if (ds.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per_frame).bad()) {
+    per_frame = nullptr;
+  }
+  if (per_frame != nullptr && static_cast<int64_t>(per_frame->card()) != in.frames) {
+    return Invalid(in, absl::StrCat("PerFrameFunctionalGroupsSequence has ", per_frame->card(),
+                                    " items for ", in.frames, " frames"));
+  }
+
+  instance->frame_info.assign(static_cast<size_t>(in.frames), top);
+  if (per_frame != nullptr || shared != nullptr) {
+    for (int64_t f = 0; f < in.frames; ++f) {
+      DcmItem* frame_item =
+          per_frame != nullptr ? per_frame->getItem(static_cast<unsigned long>(f)) : nullptr;
+      FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
+      if (in.frames > 1) frame.position.reset();  // one top-level position cannot be every frame's
+      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PlanePositionSequence)) {
+        RETURN_IF_ERROR(ReadPosition(*item, in, &frame));
+      }
+      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PlaneOrientationSequence)) {
+        RETURN_IF_ERROR(ReadOrientation(*item, in, &frame));
+      }
+      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PixelMeasuresSequence)) {
+        RETURN_IF_ERROR(ReadMeasures(*item, in, &frame));
+      }
+      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PixelValueTransformationSequence)) {
+        RETURN_IF_ERROR(ReadRescale(*item, in, &frame));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  if (in.frames == 1 || !top.has_geometry()) return absl::OkStatus();
+
+  // Legacy multi-frame with one position: frames step along the normal.
+  const auto& o = *top.orientation;
+  Vec3 normal = Cross({o[0], o[1], o[2]}, {o[3], o[4], o[5]});
+  const double length = Norm(normal);
+  if (!(length > 1e-6)) return Invalid(in, "ImageOrientationPatient has parallel vectors");
+  for (double& v : normal) v /= length;
+  std::vector<double> offsets;
+  ASSIGN_OR_RETURN(auto grid, GetNumbers(ds, DCM_GridFrameOffsetVector,
+                                         static_cast<size_t>(in.frames), in));
+  ASSIGN_OR_RETURN(std::optional<double> between, GetNumber(ds, DCM_SpacingBetweenSlices, in));
+  if (grid) {
+    // RT Dose: offsets along the normal, relative to the first frame's (PS3.3 C.8.8.3.2).
+    for (double offset : *grid) offsets.push_back(offset - (*grid)[0]);
+  } else if (between && *between > 0.0) {
+    for (int64_t f = 0; f < in.frames; ++f) offsets.push_back(static_cast<double>(f) * *between);
+  } else {
+    return Invalid(in, absl::StrCat("multi-frame image of ", in.frames,
+                                    " frames with one ImagePositionPatient and neither "
+                                    "per-frame positions, GridFrameOffsetVector nor "
+                                    "SpacingBetweenSlices: cannot place frames 2.."));
+  }
+  for (int64_t f = 0; f < in.frames; ++f) {
+    FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
+    for (int a = 0; a < 3; ++a) {
+      (*frame.position)[a] = (*top.position)[a] + offsets[static_cast<size_t>(f)] * normal[a];
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ShortPixelData(const Instance& instance, uint64_t available, uint64_t needed) {
+  return Invalid(instance, absl::StrCat("PixelData holds ", available, " bytes; ", instance.rows,
+                                        " rows x ", instance.cols, " columns x ",
+                                        instance.frames, " frames x ",
+                                        instance.format.bytes_per_sample(), " bytes need ",
+                                        needed));
+}
+
+// What became of one buffer: an image instance, or a reason it was skipped.
+struct ParseOutcome {
+  std::unique_ptr<Instance> instance;  // null when skipped
+  std::string skip_reason;
+};
+
+absl::StatusOr<ParseOutcome> ParseInstance(const DicomBuffer& buffer,
+                                           const SeriesReaderLimits& limits) {
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,
+                   ParseDicom(buffer.bytes, buffer.name, limits.max_inflated_bytes));
+  auto instance = std::make_unique<Instance>();
+  instance->name = buffer.name;
+  instance->dataset = file->getDataset();
+  instance->file = std::move(file);
+  DcmDataset& ds = *instance->dataset;
+  instance->sop_instance_uid = GetString(ds, DCM_SOPInstanceUID);
+  instance->sop_class_uid = GetString(ds, DCM_SOPClassUID);
+
+  ParseOutcome outcome;
+  if (IsNonImageSopClass(instance->sop_class_uid)) {
+    outcome.skip_reason = absl::StrCat(SopClassName(instance->sop_class_uid), " is not an image");
+    return outcome;
+  }
+  if (HasElement(ds, DCM_FloatPixelData) || HasElement(ds, DCM_DoubleFloatPixelData)) {
+    return Invalid(*instance, "float pixel data is not supported");
+  }
+  DcmElement* pixel_element = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, pixel_element).bad() || pixel_element == nullptr) {
+    if (dcmIsImageStorageSOPClassUID(instance->sop_class_uid.c_str()) ||
+        HasElement(ds, DCM_Rows)) {
+      return Invalid(*instance, "missing PixelData");
+    }
+    outcome.skip_reason =
+        absl::StrCat("no PixelData and not an image (", SopClassName(instance->sop_class_uid), ")");
+    return outcome;
+  }
+  // A fuzzed file can give (7FE0,0010) any VR; only DcmPixelData is safe to decode.
+  if (pixel_element->ident() != EVR_PixelData) {
+    return Invalid(*instance, "PixelData has an invalid VR");
+  }
+  const E_TransferSyntax syntax = ds.getOriginalXfer();
+  if (!IsSupportedTransferSyntax(syntax)) {
+    const DcmXfer xfer(syntax);
+    return Invalid(*instance, absl::StrCat("unsupported transfer syntax ", xfer.getXferName(),
+                                           " (", xfer.getXferID(), ")"));
+  }
+
+  instance->study_uid = GetString(ds, DCM_StudyInstanceUID);
+  instance->series_uid = GetString(ds, DCM_SeriesInstanceUID);
+  instance->frame_of_reference_uid = GetString(ds, DCM_FrameOfReferenceUID);
+  instance->modality = GetString(ds, DCM_Modality);
+  instance->series_description = GetString(ds, DCM_SeriesDescription);
+  RETURN_IF_ERROR(ReadImageAttributes(limits, instance.get()));
+  // Native pixel data can be measured now, before the volume is allocated for it; the size
+  // of compressed data is only known once decoded.
+  if (!DcmXfer(syntax).isEncapsulated()) {
+    const uint64_t available = pixel_element->getLength();
+    const uint64_t needed = static_cast<uint64_t>(instance->rows) *
+                            static_cast<uint64_t>(instance->cols) *
+                            static_cast<uint64_t>(instance->frames) *
+                            static_cast<uint64_t>(instance->format.bytes_per_sample());
+    if (available < needed) return ShortPixelData(*instance, available, needed);
+  }
+  RETURN_IF_ERROR(ReadFrameGeometry(instance.get()));
+  outcome.instance = std::move(instance);
+  return outcome;
+}
+
+// Byte order of the samples DCMTK hands back. DCMTK swaps big-endian pixel data in units of
+// its VR (2 bytes for OW, none for OB), which is right for 8- and 16-bit OW samples but
+// leaves 32-bit samples with their 16-bit halves exchanged, and OB-encoded wide samples
+// big-endian (rtdose_expb.dcm, 32-bit OW, showed the first).
+enum class SampleOrder { kLittle, kBig, kHalvesSwapped };
+
+template <int kBytes, SampleOrder kOrder>
+uint32_t LoadSample(const uint8_t* p) {
+  if constexpr (kBytes == 1) {
+    return p[0];
+  } else if constexpr (kBytes == 2) {
+    return kOrder == SampleOrder::kBig ? (uint32_t{p[0]} << 8) | p[1]
+                                       : uint32_t{p[0]} | (uint32_t{p[1]} << 8);
+  } else if constexpr (kOrder == SampleOrder::kBig) {
+    return uint32_t{p[3]} | (uint32_t{p[2]} << 8) | (uint32_t{p[1]} << 16) |
+           (uint32_t{p[0]} << 24);
+  } else if constexpr (kOrder == SampleOrder::kHalvesSwapped) {
+    return uint32_t{p[2]} | (uint32_t{p[3]} << 8) | (uint32_t{p[0]} << 16) |
+           (uint32_t{p[1]} << 24);
+  } else {
+    return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) |
+           (uint32_t{p[3]} << 24);
+  }
+}
+
+// One loop per sample width and byte order, so the per-pixel work is a load, a mask, a
+// sign extension and one multiply-add (this loop is most of ReadSeries' own time).
+template <int kBytes, SampleOrder kOrder>
+void ConvertSamples(const uint8_t* src, const PixelFormat& format, double slope,
+                    double intercept, int64_t count, float* dst) {
+  const int shift = format.high_bit + 1 - format.bits_stored;
+  const uint32_t mask =
+      format.bits_stored >= 32 ? 0xFFFFFFFFu : ((uint32_t{1} << format.bits_stored) - 1u);
+  // Signed: flipping the sign bit and subtracting it sign-extends without a branch.
+  const int64_t sign_bit = format.is_signed ? int64_t{1} << (format.bits_stored - 1) : 0;
+  // MONOCHROME1: unsigned v -> mask - v; signed v -> -1 - v; i.e. value = flip_base - v.
+  const bool invert = format.monochrome1;
+  const int64_t flip_base = format.is_signed ? -1 : int64_t{mask};
+  for (int64_t i = 0; i < count; ++i) {
+    const uint32_t raw = (LoadSample<kBytes, kOrder>(src + kBytes * i) >> shift) & mask;
+    int64_t value = static_cast<int64_t>(raw ^ static_cast<uint32_t>(sign_bit)) - sign_bit;
+    if (invert) value = flip_base - value;
+    dst[i] = static_cast<float>(slope * static_cast<double>(value) + intercept);
+  }
+}
+
+// Converts one frame of native samples into real-world values.
+// MONOCHROME1 is inverted within the range BitsStored can hold, before the rescale:
+// unsigned v becomes (2^BitsStored - 1) - v, signed v becomes -1 - v; each maps the range
+// onto itself, so the real-world range stays the same and larger means brighter.
+void ConvertFrame(const uint8_t* src, const PixelFormat& format, SampleOrder order,
+                  double slope, double intercept, int64_t count, float* dst) {
+  switch (format.bytes_per_sample()) {
+    case 1:
+      return ConvertSamples<1, SampleOrder::kLittle>(src, format, slope, intercept, count, dst);
+    case 2:
+      if (order == SampleOrder::kBig) {
+        return ConvertSamples<2, SampleOrder::kBig>(src, format, slope, intercept, count, dst);
+      }
+      return ConvertSamples<2, SampleOrder::kLittle>(src, format, slope, intercept, count, dst);
+    default:
+      if (order == SampleOrder::kBig) {
+        return ConvertSamples<4, SampleOrder::kBig>(src, format, slope, intercept, count, dst);
+      }
+      if (order == SampleOrder::kHalvesSwapped) {
+        return ConvertSamples<4, SampleOrder::kHalvesSwapped>(src, format, slope, intercept,
+                                                              count, dst);
+      }
+      return ConvertSamples<4, SampleOrder::kLittle>(src, format, slope, intercept, count, dst);
+  }
+}
+
+// Decodes one instance's pixel data and writes frame f into slice slice_of_frame[f].
+absl::Status DecodeInstance(Instance& instance, const std::vector<int64_t>& slice_of_frame,
+                            ImageVolume* volume) {
+  DcmDataset& ds = *instance.dataset;
+  SampleOrder order = SampleOrder::kLittle;
+  if (ds.getOriginalXfer() == EXS_BigEndianExplicit && instance.format.bytes_per_sample() > 1) {
+    DcmElement* element = nullptr;
+    const bool as_words = ds.findAndGetElement(DCM_PixelData, element).good() &&
+                          element != nullptr && element->getVR() == EVR_OW;
+    if (!as_words) {
+      order = SampleOrder::kBig;
+    } else if (instance.format.bytes_per_sample() == 4) {
+      order = SampleOrder::kHalvesSwapped;
+    }
+  }
+  OFCondition decoded = EC_Normal;
+  try {
+    decoded = ds.chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+  } catch (const std::exception& e) {
+    // The codecs DCMTK bundles (CharLS among them) may throw, std::bad_alloc at least; none
+    // of it may cross our boundary.
+    return Invalid(instance, absl::StrCat("cannot decode pixel data: ", e.what()));
+  }
+  if (decoded.bad()) {
+    return Invalid(instance, absl::StrCat("cannot decode pixel data (",
+                                          DcmXfer(ds.getOriginalXfer()).getXferName(), "): ",
+                                          decoded.text()));
+  }
+  DcmElement* element = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, element).bad() || element == nullptr ||
+      element->ident() != EVR_PixelData) {
+    return Invalid(instance, "missing PixelData after decoding");
+  }
+  if (DcmXfer(ds.getCurrentXfer()).isEncapsulated()) {
+    return Invalid(instance, "pixel data still compressed after decoding");
+  }
+  Uint8* data = nullptr;
+  const OFCondition got = element->getUint8Array(data);
+  const uint64_t available = element->getLength();
+  const uint64_t frame_bytes = static_cast<uint64_t>(instance.rows) *
+                               static_cast<uint64_t>(instance.cols) *
+                               static_cast<uint64_t>(instance.format.bytes_per_sample());
+  const uint64_t needed = frame_bytes * static_cast<uint64_t>(instance.frames);
+  if (got.bad() || (data == nullptr && needed > 0) || available < needed) {
+    return ShortPixelData(instance, available, needed);
+  }
+  const int64_t slice_size = volume->geometry.slice_size();
+  for (int64_t f = 0; f < instance.frames; ++f) {
+    const FrameInfo& frame = instance.frame_info[static_cast<size_t>(f)];
+    ConvertFrame(data + static_cast<size_t>(f) * frame_bytes, instance.format, order, frame.slope,
+                 frame.intercept, slice_size,
+                 volume->voxels.data() + slice_of_frame[static_cast<size_t>(f)] * slice_size);
+  }
+  return absl::OkStatus();
+}
+
+// One frame of one instance, as a candidate slice of the volume.
+struct SliceRef {
+  Instance* instance;
+  int64_t frame;
+  double distance = 0.0;  // position along the normal
+};
+
+// Normalised row and column directions from an orientation; InvalidArgument when they are
+// not two orthogonal unit vectors (to the precision DICOM strings carry).
+absl::StatusOr<std::pair<Vec3, Vec3>> Directions(const std::array<double, 6>& o,
+                                                 const Instance& instance, int64_t frame) {
+  Vec3 row = {o[0], o[1], o[2]};
+  Vec3 col = {o[3], o[4], o[5]};
+  const double row_norm = Norm(row), col_norm = Norm(col);
+  if (std::abs(row_norm - 1.0) > 1e-2 || std::abs(col_norm - 1.0) > 1e-2 ||
+      std::abs(Dot(row, col)) > 1e-2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Describe(instance, frame), ": ImageOrientationPatient is not two orthogonal unit vectors"));
+  }
+  for (int a = 0; a < 3; ++a) {
+    row[a] /= row_norm;
+    col[a] /= col_norm;
+  }
+  return std::make_pair(row, col);
+}
+
+// Assembles one series (instances sharing study and series UIDs) into a volume.
+absl::StatusOr<SeriesVolume> AssembleSeries(std::vector<Instance*> instances,
+                                            const SeriesReaderLimits& limits) {
+  const Instance& first = *instances.front();
+  // Same size everywhere, and no instance twice.
+  std::map<std::string, const Instance*> by_uid;
+  int64_t total_frames = 0;
+  for (const Instance* instance : instances) {
+    if (instance->rows != first.rows || instance->cols != first.cols) {
+      return Invalid(*instance, absl::StrCat("image size ", instance->rows, "x", instance->cols,
+                                             " differs from ", first.rows, "x", first.cols,
+                                             " of ", Describe(first)));
+    }
+    if (!instance->sop_instance_uid.empty()) {
+      auto [it, inserted] = by_uid.emplace(instance->sop_instance_uid, instance);
+      if (!inserted) {
+        return Invalid(*instance, absl::StrCat("same SOP Instance UID as ", it->second->name));
+      }
+    }
+    if (instance->frame_of_reference_uid != first.frame_of_reference_uid) {
+      return Invalid(*instance, absl::StrCat("FrameOfReferenceUID differs from that of ",
+                                             Describe(first)));
+    }
+    total_frames += instance->frames;
+  }
+  if (total_frames > limits.max_slices) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "series ", first.series_uid, ": ", total_frames, " slices exceed the limit of ",
+        limits.max_slices));
+  }
+  if (total_frames * first.rows * first.cols > limits.max_voxels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "series ", first.series_uid, ": ", first.rows, "x", first.cols, "x", total_frames,
+        " voxels exceed the limit of ", limits.max_voxels));
+  }
+
+  std::vector<SliceRef> slices;
+  slices.reserve(static_cast<size_t>(total_frames));
+  bool all_placed = true, none_positioned = true;
+  for (Instance* instance : instances) {
+    for (int64_t f = 0; f < instance->frames; ++f) {
+      const FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
+      all_placed = all_placed && frame.has_geometry();
+      none_positioned = none_positioned && !frame.position.has_value();
+      slices.push_back({instance, f});
+    }
+  }
+
+  VolumeGeometry geometry;
+  geometry.rows = first.rows;
+  geometry.cols = first.cols;
+  geometry.slices = total_frames;
+  const FrameInfo& first_frame = first.frame_info.front();
+  if (!all_placed) {
+    // Without positions there is no order to trust, except within one instance: a single
+    // image, or one multi-frame instance with no geometry at all (an XA cine, a secondary
+    // capture), whose frames are stacked in stored order. Both get the identity geometry
+    // with PixelSpacing if present and a slice spacing of 1 mm.
+    const bool single_unplaced = instances.size() == 1 && (total_frames == 1 || none_positioned);
+    if (!single_unplaced) {
+      for (const SliceRef& slice : slices) {
+        if (!slice.instance->frame_info[static_cast<size_t>(slice.frame)].has_geometry()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              Describe(*slice.instance, slice.frame),
+              ": missing ImagePositionPatient or ImageOrientationPatient in a series of ",
+              total_frames, " slices; cannot place the slice"));
+        }
+      }
+    }
+    if (first_frame.pixel_spacing) {
+      geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
+      geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
+    }
+  } else {
+    ASSIGN_OR_RETURN(auto directions, Directions(*first_frame.orientation, first, 0));
+    const auto& [row_dir, col_dir] = directions;
+    for (const SliceRef& slice : slices) {
+      const FrameInfo& frame = slice.instance->frame_info[static_cast<size_t>(slice.frame)];
+      for (int a = 0; a < 6; ++a) {
+        if (std::abs((*frame.orientation)[a] - (*first_frame.orientation)[a]) >
+            kOrientationTolerance) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              Describe(*slice.instance, slice.frame), ": ImageOrientationPatient differs from ",
+              Describe(first), "'s"));
+        }
+      }
+      const bool same_spacing =
+          frame.pixel_spacing.has_value() == first_frame.pixel_spacing.has_value() &&
+          (!frame.pixel_spacing ||
+           (std::abs((*frame.pixel_spacing)[0] - (*first_frame.pixel_spacing)[0]) <=
+                kPixelSpacingTolerance * (*first_frame.pixel_spacing)[0] &&
+            std::abs((*frame.pixel_spacing)[1] - (*first_frame.pixel_spacing)[1]) <=
+                kPixelSpacingTolerance * (*first_frame.pixel_spacing)[1]));
+      if (!same_spacing) {
+        return absl::InvalidArgumentError(absl::StrCat(Describe(*slice.instance, slice.frame),
+                                                       ": PixelSpacing differs from ",
+                                                       Describe(first), "'s"));
+      }
+    }
+    const Vec3 normal = Cross(row_dir, col_dir);
+    for (SliceRef& slice : slices) {
+      slice.distance =
+          Dot(*slice.instance->frame_info[static_cast<size_t>(slice.frame)].position, normal);
+    }
+    // Stable: ties keep input order, so the duplicate reported is deterministic.
+    std::stable_sort(slices.begin(), slices.end(), [](const SliceRef& a, const SliceRef& b) {
+      return a.distance < b.distance;
+    });
+    if (first_frame.pixel_spacing) {
+      geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
+      geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
+    }
+    geometry.row_direction = row_dir;
+    geometry.col_direction = col_dir;
+    geometry.slice_direction = normal;
+    const Vec3 origin = *slices.front().instance->frame_info[static_cast<size_t>(
+                             slices.front().frame)].position;
+    geometry.origin_mm = origin;
+
+    if (slices.size() == 1) {
+      geometry.slice_spacing_mm = first_frame.spacing_between_slices.value_or(1.0);
+    } else {
+      std::vector<double> steps;
+      for (size_t k = 1; k < slices.size(); ++k) {
+        const double step = slices[k].distance - slices[k - 1].distance;
+        if (step < kDuplicateTolerance_mm) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              Describe(*slices[k].instance, slices[k].frame), ": duplicate position: same "
+              "ImagePositionPatient along the normal as ",
+              Describe(*slices[k - 1].instance, slices[k - 1].frame)));
+        }
+        steps.push_back(step);
+      }
+      // The median step is the series' spacing: a missing slice shows as a step of twice it.
+      std::vector<double> sorted_steps = steps;
+      std::nth_element(sorted_steps.begin(), sorted_steps.begin() + sorted_steps.size() / 2,
+                       sorted_steps.end());
+      const double expected = sorted_steps[sorted_steps.size() / 2];
+      for (size_t k = 0; k < steps.size(); ++k) {
+        if (std::abs(steps[k] - expected) <= kSliceSpacingTolerance * expected) continue;
+        const std::string between = absl::StrCat(
+            Describe(*slices[k].instance, slices[k].frame), " and ",
+            Describe(*slices[k + 1].instance, slices[k + 1].frame));
+        // A step of (nearly) a whole multiple of the spacing is slices left out.
+        const double multiple = std::round(steps[k] / expected);
+        if (multiple >= 2.0 &&
+            std::abs(steps[k] - multiple * expected) <= kSliceSpacingTolerance * expected) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "gap in series ", first.series_uid, ": missing slice between ", between, " (",
+              steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
+        }
+        return absl::InvalidArgumentError(absl::StrCat(
+            "irregular slice spacing in series ", first.series_uid, " between ", between, " (",
+            steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
+      }
+      geometry.slice_spacing_mm =
+          (slices.back().distance - slices.front().distance) / static_cast<double>(steps.size());
+      // Every slice must sit on the normal through the first: a tilted gantry or a sheared
+      // stack does not fit origin + k * spacing * normal.
+      const double drift_tolerance =
+          kInPlaneDriftTolerance * std::min(geometry.row_spacing_mm, geometry.col_spacing_mm);
+      for (const SliceRef& slice : slices) {
+        const Vec3& p = *slice.instance->frame_info[static_cast<size_t>(slice.frame)].position;
+        const double along = slice.distance - slices.front().distance;
+        Vec3 off;
+        for (int a = 0; a < 3; ++a) off[a] = p[a] - origin[a] - along * normal[a];
+        if (Norm(off) > drift_tolerance) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              Describe(*slice.instance, slice.frame), ": ImagePositionPatient is ", Norm(off),
+              " mm off the normal through the first slice (gantry tilt or sheared stack)"));
+        }
+      }
+    }
+  }
+
+  // Checked above: rows, columns and slices are within the limits, so this is bounded.
+  SeriesVolume series;
+  series.image = ImageVolume(geometry);
+  std::map<Instance*, std::vector<int64_t>> slice_of_frame;
+  series.slices.reserve(slices.size());
+  for (size_t k = 0; k < slices.size(); ++k) {
+    Instance* instance = slices[k].instance;
+    auto& mapping = slice_of_frame[instance];
+    if (mapping.empty()) mapping.assign(static_cast<size_t>(instance->frames), -1);
+    mapping[static_cast<size_t>(slices[k].frame)] = static_cast<int64_t>(k);
+    series.slices.push_back({instance->sop_instance_uid, instance->sop_class_uid,
+                             static_cast<int32_t>(slices[k].frame + 1)});
+  }
+  for (Instance* instance : instances) {
+    RETURN_IF_ERROR(DecodeInstance(*instance, slice_of_frame[instance], &series.image));
+    // The decoded pixels are in the volume now; keep memory to one copy.
+    delete instance->dataset->remove(DCM_PixelData);
+  }
+
+  const Instance& reference = *slices.front().instance;
+  series.study_instance_uid = reference.study_uid;
+  series.series_instance_uid = reference.series_uid;
+  series.frame_of_reference_uid = reference.frame_of_reference_uid;
+  series.modality = reference.modality;
+  series.series_description = reference.series_description;
+  absl::StatusOr<std::string> header = SerializeDicom(*reference.file);
+  if (!header.ok()) {
+    // What DCMTK read but cannot write back is malformed input, not our failure.
+    return Invalid(reference, absl::StrCat("cannot re-encode the header: ",
+                                           header.status().message()));
+  }
+  series.reference_header = *std::move(header);
+  return series;
+}
+
+}  // namespace
+
+void RegisterDicomCodecs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // Decoders never assign new SOP Instance UIDs (their default); neither do the encoders
+    // here, which only tests use, so that a re-encoded instance stays the same instance.
+    DJDecoderRegistration::registerCodecs();
+    DJLSDecoderRegistration::registerCodecs();
+    DcmRLEDecoderRegistration::registerCodecs();
+    DJEncoderRegistration::registerCodecs(ECC_lossyYCbCr, EUC_never);
+    DJLSEncoderRegistration::registerCodecs(0, 0, 0, 0, /*preferCookedEncoding=*/OFFalse, 0, OFTrue,
+                                            EJLSUC_never);
+    DcmRLEEncoderRegistration::registerCodecs();
+    // Explicit-VR files re-encoded from implicit VR by some tools (gdcmconv wrote pydicom's
+    // rtdose_rle.dcm) label every element UN; PS3.5 6.2.2 lets a reader use the
+    // dictionary's VR for a known tag, as pydicom does. Process-wide, like the codecs.
+    dcmEnableUnknownVRConversion.set(OFTrue);
+  });
+}
+
+absl::StatusOr<std::vector<SeriesVolume>> ReadSeries(const std::vector<DicomBuffer>& files,
+                                                    std::vector<std::string>* skipped,
+                                                    const SeriesReaderLimits& limits) {
+  RegisterDicomCodecs();
+  std::vector<std::unique_ptr<Instance>> instances;
+  std::vector<std::string> skip_reasons;
+  for (size_t i = 0; i < files.size(); ++i) {
+    ASSIGN_OR_RETURN(ParseOutcome outcome, ParseInstance(files[i], limits));
+    if (outcome.instance == nullptr) {
+      skip_reasons.push_back(absl::StrCat(files[i].name, ": ", outcome.skip_reason));
+    } else {
+      instances.push_back(std::move(outcome.instance));
+    }
+  }
+  if (skipped != nullptr) *skipped = skip_reasons;
+  if (instances.empty()) {
+    std::string message = absl::StrCat("no image instance among ", files.size(), " files");
+    if (!skip_reasons.empty()) absl::StrAppend(&message, " (skipped: ", skip_reasons.front(),
+                                               skip_reasons.size() > 1 ? ", ..." : "", ")");
+    return absl::InvalidArgumentError(message);
+  }
+
+  // Group by study and series, series in order of first appearance.
+  std::vector<std::vector<Instance*>> groups;
+  std::map<std::pair<std::string, std::string>, size_t> group_of;
+  for (const auto& instance : instances) {
+    auto key = std::make_pair(instance->study_uid, instance->series_uid);
+    auto [it, inserted] = group_of.emplace(key, groups.size());
+    if (inserted) groups.emplace_back();
+    groups[it->second].push_back(instance.get());
+  }
+  std::vector<SeriesVolume> volumes;
+  volumes.reserve(groups.size());
+  for (auto& group : groups) {
+    ASSIGN_OR_RETURN(SeriesVolume volume, AssembleSeries(group, limits));
+    volumes.push_back(std::move(volume));
+  }
+  return volumes;
+}
+
+absl::StatusOr<std::vector<DicomBuffer>> LoadDicomFolder(const std::string& folder) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::file_status status = fs::status(folder, error);
+  if (error || !fs::exists(status)) {
+    return absl::NotFoundError(absl::StrCat("folder not found: ", folder));
+  }
+  if (!fs::is_directory(status)) {
+    return absl::InvalidArgumentError(absl::StrCat("not a folder: ", folder));
+  }
+  std::vector<fs::path> paths;
+  fs::recursive_directory_iterator it(folder, fs::directory_options::skip_permission_denied,
+                                      error);
+  for (; !error && it != fs::recursive_directory_iterator(); it.increment(error)) {
+    std::error_code type_error;
+    if (it->is_regular_file(type_error) && !type_error) paths.push_back(it->path());
+  }
+  if (error) {
+    return absl::UnavailableError(absl::StrCat("cannot list ", folder, ": ", error.message()));
+  }
+  // Sorted by path so that the same folder always yields the same order.
+  std::sort(paths.begin(), paths.end());
+  std::vector<DicomBuffer> buffers;
+  buffers.reserve(paths.size());
+  for (const fs::path& path : paths) {
+    std::error_code size_error;
+    const uintmax_t size = fs::file_size(path, size_error);
+    std::ifstream in(path, std::ios::binary);
+    if (size_error || !in) {
+      return absl::UnavailableError(absl::StrCat("cannot read ", path.string()));
+    }
+    std::string bytes(static_cast<size_t>(size), '\0');
+    if (size > 0 && !in.read(bytes.data(), static_cast<std::streamsize>(size))) {
+      return absl::UnavailableError(absl::StrCat("cannot read ", path.string()));
+    }
+    buffers.push_back({path.string(), std::move(bytes)});
+  }
+  return buffers;
+}
+
+}  // namespace miseg
