@@ -130,7 +130,7 @@ absl::StatusOr<std::vector<double>> TimeTraining(const TrainerConfig& config,
 }
 
 int RunTrain() {
-  // Phantom classes are 4; other K reuse them with labels folded into the last class.
+  // The phantom has exactly 4 classes; other K would need another data source.
   const TrainingData data = PhantomData(/*labeled=*/2, /*unlabeled=*/2);
   TrainerConfig full = BenchConfig();
   if (full.model.classes != 4) {

@@ -49,6 +49,9 @@ struct Trainer::State {
   std::vector<LabelVolume> validation_truth;  // on the original grid, for 3D Dice
   std::vector<SliceRef> labeled_slices;
   std::vector<SliceRef> unlabeled_slices;
+  // Derived from config once, in Create.
+  AugmentationOptions augmentation;
+  IntensityPerturbation intensity_perturbation;
 
   bool UnsupervisedActive() const {
     return (config.w_mi > 0 || config.w_cons > 0) && config.unlabeled_batch > 0 &&
@@ -65,13 +68,7 @@ struct Trainer::State {
       if (with_labels) labels.push_back(v.labels.select(0, ref.slice));
     }
     Batch batch{torch::stack(images), with_labels ? torch::stack(labels) : torch::Tensor()};
-    AugmentationOptions augment;
-    augment.max_rotation_deg = config.augment_rotation_deg;
-    augment.flip_probability = config.augment_flip_probability;
-    augment.intensity_min = config.augment_intensity_min;
-    augment.intensity_max = config.augment_intensity_max;
-    augment.crop_size = config.crop_size;
-    Augment(augment, rng, batch.images, batch.labels);
+    Augment(augmentation, rng, batch.images, batch.labels);
     return batch;
   }
 
@@ -92,9 +89,8 @@ struct Trainer::State {
             SampleDihedral(rng, c.perturb_flip_probability, c.perturb_rotate90 && square));
       }
       const torch::Tensor x = unlabeled_batch.images.to(device);
-      IntensityPerturbation intensity{c.perturb_contrast, c.perturb_gamma, c.perturb_noise_std};
-      const torch::Tensor perturbed =
-          PerturbIntensity(ApplyDihedral(transforms, x), intensity, rng, noise_generator);
+      const torch::Tensor perturbed = PerturbIntensity(ApplyDihedral(transforms, x),
+                                                       intensity_perturbation, rng, noise_generator);
       unlabeled_input = torch::cat({x, perturbed}, 0);
     }
     model->train();
@@ -168,6 +164,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
   if (data.labeled.empty()) return absl::InvalidArgumentError("training needs at least one labeled volume");
   auto state = std::make_unique<State>();
   state->config = config;
+  state->augmentation = {config.augment_rotation_deg, config.augment_flip_probability,
+                         config.augment_intensity_min, config.augment_intensity_max,
+                         config.crop_size};
+  state->intensity_perturbation = {config.perturb_contrast, config.perturb_gamma,
+                                   config.perturb_noise_std};
   auto device = ResolveDevice(config.device);
   if (!device.ok()) return device.status();
   state->device = *device;
