@@ -24,6 +24,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "core/common/allocator_tuning.h"
 #include "core/phantom/phantom.h"
 #include "core/train/inference.h"
 #include "core/train/losses.h"
@@ -45,6 +46,9 @@ ABSL_FLAG(int64_t, matrix, 256, "infer: in-plane size of the volume");
 ABSL_FLAG(bool, tta, false, "infer: flip test-time augmentation");
 ABSL_FLAG(std::string, device, "cpu", "torch device");
 ABSL_FLAG(bool, json, false, "print one JSON object");
+ABSL_FLAG(bool, keep_freed_memory, true,
+          "tune glibc malloc to keep freed memory (core/common/allocator_tuning.h); false "
+          "measures glibc's defaults");
 
 namespace miseg {
 namespace {
@@ -86,6 +90,7 @@ void Print(const std::string& benchmark, const Figures& figures) {
 
 Figures CommonFigures() {
   return {{"device", absl::GetFlag(FLAGS_device)},
+          {"keep_freed_memory", absl::GetFlag(FLAGS_keep_freed_memory) ? "true" : "false"},
           {"threads", std::to_string(absl::GetFlag(FLAGS_threads))},
           {"torch_threads", std::to_string(at::get_num_threads())}};
 }
@@ -315,6 +320,7 @@ int main(int argc, char** argv) {
     std::cerr << absl::ProgramUsageMessage() << "\n";
     return 2;
   }
+  if (absl::GetFlag(FLAGS_keep_freed_memory)) miseg::KeepFreedMemoryForReuse();
   const std::string command = positional[1];
   if (command == "train") return miseg::RunTrain();
   if (command == "mi") return miseg::RunMi();

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "core/common/allocator_tuning.h"
 #include "core/phantom/phantom.h"
 #include "core/train/dice.h"
 #include "core/train/inference.h"
@@ -220,6 +221,7 @@ int Main() {
 }  // namespace miseg
 
 int main(int argc, char** argv) {
+  miseg::KeepFreedMemoryForReuse();
   absl::SetProgramUsageMessage("miseg-experiment [flags]: labeled-only vs full objective vs all labeled on the phantom");
   absl::ParseCommandLine(argc, argv);
   return miseg::Main();
