@@ -137,10 +137,8 @@ LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const tor
       probs = probs.defined() ? probs + view_probs : view_probs;
     }
     if (views > 1) probs = probs / static_cast<double>(views);
-    const torch::Tensor predicted = ProbabilitiesToOriginalGrid(probs, volume.mapping)
-                                        .argmax(1)
-                                        .to(torch::kCPU, torch::kUInt8)
-                                        .contiguous();
+    const torch::Tensor predicted =
+        ArgmaxOverClasses(ProbabilitiesToOriginalGrid(probs, volume.mapping)).to(torch::kCPU).contiguous();
     std::memcpy(&labels.voxels[static_cast<size_t>(start * g.slice_size())],
                 predicted.data_ptr<uint8_t>(), static_cast<size_t>(count * g.slice_size()));
   }

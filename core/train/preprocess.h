@@ -51,6 +51,11 @@ torch::Tensor ProbabilitiesToOriginalGrid(const torch::Tensor& probs, const Grid
 torch::Tensor LabelsToModelGrid(const torch::Tensor& labels, const GridMapping& mapping,
                                 int64_t classes);
 
+// The most likely class per pixel of S x K x H x W scores, as S x H x W uint8 (the first
+// class wins ties, as torch's argmax). A K-step elementwise loop: LibTorch's CPU argmax over
+// the class dimension was measured 28 times slower (219 ms vs 7.9 ms for 16 x 4 x 256 x 256).
+torch::Tensor ArgmaxOverClasses(const torch::Tensor& scores);
+
 // A volume ready for the network: images S x 1 x G x G float on the CPU, labels S x G x G
 // int64 (undefined when the volume has none).
 struct PreparedVolume {

@@ -186,5 +186,14 @@ TEST(Preprocess, PreparedShapes) {
   EXPECT_EQ(prepared->labels.scalar_type(), torch::kInt64);
 }
 
+TEST(Preprocess, ArgmaxOverClassesMatchesTorchArgmaxIncludingTies) {
+  torch::manual_seed(12);
+  // Quantised scores make ties common; the first class must win them, as in torch's argmax.
+  const torch::Tensor scores = torch::randint(0, 3, {3, 5, 17, 9}).to(torch::kFloat32);
+  EXPECT_TRUE(torch::equal(ArgmaxOverClasses(scores), scores.argmax(1).to(torch::kUInt8)));
+  const torch::Tensor probs = torch::softmax(torch::randn({2, 4, 8, 8}), 1);
+  EXPECT_TRUE(torch::equal(ArgmaxOverClasses(probs), probs.argmax(1).to(torch::kUInt8)));
+}
+
 }  // namespace
 }  // namespace miseg
