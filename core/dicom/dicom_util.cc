@@ -10,6 +10,7 @@
 #include <dcmtk/dcmdata/dcdatset.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/ofstd/ofstd.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmb.h>
 #include <dcmtk/dcmdata/dcwcache.h>
@@ -56,6 +57,16 @@ std::string FromRoot(absl::uint128 value, absl::string_view root) {
 }
 
 }  // namespace
+
+std::string FormatDs(double value) {
+  if (value == 0.0) return "0";
+  for (int precision = 9; precision >= 1; --precision) {
+    char buffer[64];
+    OFStandard::ftoa(buffer, sizeof(buffer), value, 0, 0, precision);
+    if (std::strlen(buffer) <= 16) return buffer;
+  }
+  return "0";  // unreachable for finite values
+}
 
 absl::Status FromCondition(const OFCondition& condition, absl::string_view context,
                            absl::StatusCode code) {

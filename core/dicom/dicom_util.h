@@ -30,6 +30,10 @@ std::string NewUid(absl::string_view root = "");
 // that must get the same UIDs every time they are generated.
 std::string DeterministicUid(absl::string_view name, absl::string_view root = "");
 
+// A DS (decimal string) value of at most 16 characters, locale-independent: the most
+// significant digits that fit, 9 when they do (enough to round-trip a float).
+std::string FormatDs(double value);
+
 // Parses a Part-10 buffer (or a raw dataset with no meta header). InvalidArgument naming
 // `name` when it is not DICOM or is truncated. A deflated dataset is inflated first and
 // refused when it would exceed max_inflated_bytes (a small file can inflate to gigabytes).

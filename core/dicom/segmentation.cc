@@ -104,17 +104,6 @@ const CardiacClass* FindCardiac(const std::string& class_name) {
   return nullptr;
 }
 
-// A DS value of at most 16 characters, locale-independent.
-std::string FormatDs(double value) {
-  if (value == 0.0) return "0";
-  for (int precision = 9; precision >= 1; --precision) {
-    char buffer[64];
-    OFStandard::ftoa(buffer, sizeof(buffer), value, 0, 0, precision);
-    if (std::string(buffer).size() <= 16) return buffer;
-  }
-  return "0";
-}
-
 std::array<double, 3> SlicePosition(const VolumeGeometry& g, int64_t k) {
   std::array<double, 3> p;
   for (int i = 0; i < 3; ++i)

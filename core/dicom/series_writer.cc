@@ -28,18 +28,6 @@ namespace {
 
 constexpr double kMaxStored = 65534.0;  // unsigned 16-bit codes 0..65534 for the float range
 
-// A DS value (at most 16 characters), locale-independent: the most significant digits that
-// fit, 9 when they do (enough to round-trip a float).
-std::string FormatDs(double value) {
-  if (value == 0.0) return "0";
-  for (int precision = 9; precision >= 1; --precision) {
-    char buffer[64];
-    OFStandard::ftoa(buffer, sizeof(buffer), value, 0, 0, precision);
-    if (std::strlen(buffer) <= 16) return buffer;
-  }
-  return "0";  // unreachable for finite values
-}
-
 // The value a reader gets back from FormatDs(value).
 double ParseDs(const std::string& text) {
   OFBool ok = OFFalse;

@@ -31,12 +31,16 @@ torch::Tensor SamplingGrid(const torch::Tensor& y, const torch::Tensor& x) {
 
 torch::Tensor Resample(const torch::Tensor& x, const torch::Tensor& grid) {
   std::vector<torch::Tensor> parts;
+  // One contiguous grid for a whole chunk, made once: grid_sampler ran twice as slow on the
+  // expanded view.
+  const torch::Tensor chunk_grid =
+      grid.to(x.device())
+          .expand({std::min(kSliceChunk, x.size(0)), grid.size(1), grid.size(2), 2})
+          .contiguous();
   for (int64_t start = 0; start < x.size(0); start += kSliceChunk) {
     const torch::Tensor chunk = x.narrow(0, start, std::min(kSliceChunk, x.size(0) - start));
-    // A contiguous grid: grid_sampler ran twice as slow on the expanded view.
-    const torch::Tensor chunk_grid =
-        grid.to(chunk.device()).expand({chunk.size(0), grid.size(1), grid.size(2), 2}).contiguous();
-    parts.push_back(torch::grid_sampler(chunk, chunk_grid, /*interpolation_mode=*/0,
+    parts.push_back(torch::grid_sampler(chunk, chunk_grid.narrow(0, 0, chunk.size(0)),
+                                        /*interpolation_mode=*/0,
                                         /*padding_mode=*/0, /*align_corners=*/false));
   }
   return torch::cat(parts, 0);
