@@ -1,0 +1,196 @@
+#include "server/convert.h"
+
+#include <chrono>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace miseg {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::Status ValidateDatasetName(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 63;
+  for (size_t i = 0; ok && i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    ok = alnum || (i > 0 && (c == '_' || c == '.' || c == '-'));
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        "dataset name must be 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a "
+        "letter or digit");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateClassNames(const std::vector<std::string>& names) {
+  if (names.size() < 2) {
+    return absl::InvalidArgumentError(
+        "class_names needs the background and at least one class");
+  }
+  if (names.size() > 255) return absl::InvalidArgumentError("at most 255 classes");
+  absl::flat_hash_set<std::string> seen;
+  for (const std::string& name : names) {
+    if (name.empty() || name.size() > 64) {
+      return absl::InvalidArgumentError("each class name must be 1-64 characters");
+    }
+    for (char c : name) {
+      if (static_cast<unsigned char>(c) < 0x20) {
+        return absl::InvalidArgumentError("class names must not hold control characters");
+      }
+    }
+    if (!seen.insert(name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("class name '", name, "' is repeated"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparameters& in,
+                                                           int64_t classes) {
+  const TrainerConfig d;
+  v1::Hyperparameters h = in;
+  if (!h.has_w_mi()) h.set_w_mi(d.w_mi);
+  if (!h.has_w_cons()) h.set_w_cons(d.w_cons);
+  if (!h.has_dice_weight()) h.set_dice_weight(d.dice_weight);
+  if (!h.has_rampup_steps()) h.set_rampup_steps(d.rampup_steps);
+  if (!h.has_mi_window()) h.set_mi_window(d.mi_window);
+  if (!h.has_mi_lambda()) h.set_mi_lambda(d.mi_lambda);
+  if (h.consistency() == v1::CONSISTENCY_LOSS_UNSPECIFIED) {
+    h.set_consistency(v1::CONSISTENCY_LOSS_MSE);
+  }
+  if (!v1::ConsistencyLoss_IsValid(h.consistency())) {
+    return absl::InvalidArgumentError("consistency: unknown loss");
+  }
+  if (!h.has_total_steps()) h.set_total_steps(d.total_steps);
+  if (!h.has_warmup_steps()) h.set_warmup_steps(std::min(d.warmup_steps, h.total_steps() / 10));
+  if (!h.has_learning_rate()) h.set_learning_rate(d.learning_rate);
+  if (!h.has_min_learning_rate()) h.set_min_learning_rate(d.min_learning_rate);
+  if (!h.has_weight_decay()) h.set_weight_decay(d.weight_decay);
+  if (!h.has_labeled_batch()) h.set_labeled_batch(d.labeled_batch);
+  if (!h.has_unlabeled_batch()) h.set_unlabeled_batch(d.unlabeled_batch);
+  if (!h.has_crop_size()) h.set_crop_size(d.crop_size);
+  if (!h.has_seed()) h.set_seed(d.seed);
+  if (!h.has_grid_size()) h.set_grid_size(d.model.grid_size);
+  if (h.widths().empty()) {
+    for (int64_t w : d.model.widths) h.add_widths(w);
+  }
+  if (!h.has_validate_every()) h.set_validate_every(d.validate_every);
+  if (!h.has_validation_fraction()) h.set_validation_fraction(0.2);
+  if (!h.has_checkpoint_every()) h.set_checkpoint_every(100);
+  if (h.validation_fraction() < 0 || h.validation_fraction() >= 1) {
+    return absl::InvalidArgumentError("validation_fraction must be in [0, 1)");
+  }
+  if (h.checkpoint_every() < 1) {
+    return absl::InvalidArgumentError("checkpoint_every must be at least 1");
+  }
+  if (h.total_steps() > 10'000'000) {
+    return absl::InvalidArgumentError("total_steps must be at most 10000000");
+  }
+  absl::Status valid = ToTrainerConfig(h, classes).Validate();
+  if (!valid.ok()) return absl::InvalidArgumentError(valid.message());
+  return h;
+}
+
+TrainerConfig ToTrainerConfig(const v1::Hyperparameters& h, int64_t classes) {
+  TrainerConfig c;
+  c.model.classes = classes;
+  c.model.grid_size = h.grid_size();
+  c.model.widths.assign(h.widths().begin(), h.widths().end());
+  c.seed = h.seed();
+  c.labeled_batch = h.labeled_batch();
+  c.unlabeled_batch = h.unlabeled_batch();
+  c.crop_size = h.crop_size();
+  c.total_steps = h.total_steps();
+  c.warmup_steps = h.warmup_steps();
+  c.learning_rate = h.learning_rate();
+  c.min_learning_rate = h.min_learning_rate();
+  c.weight_decay = h.weight_decay();
+  c.w_mi = h.w_mi();
+  c.w_cons = h.w_cons();
+  c.dice_weight = h.dice_weight();
+  c.rampup_steps = h.rampup_steps();
+  c.mi_window = h.mi_window();
+  c.mi_lambda = h.mi_lambda();
+  c.consistency = h.consistency() == v1::CONSISTENCY_LOSS_KL ? ConsistencyKind::kKullbackLeibler
+                                                             : ConsistencyKind::kMeanSquaredError;
+  c.validate_every = h.validate_every();
+  return c;
+}
+
+v1::Dataset ToProto(const DatasetRecord& r) {
+  v1::Dataset d;
+  d.set_name(r.name);
+  for (const std::string& c : r.class_names) d.add_class_names(c);
+  d.set_modality(r.modality);
+  d.set_labeled_studies(r.labeled_studies);
+  d.set_unlabeled_studies(r.unlabeled_studies);
+  d.set_validation_studies(r.validation_studies);
+  d.set_instances(r.instances);
+  d.set_stored_bytes(r.stored_bytes);
+  d.set_active_model_id(r.active_model_id);
+  d.set_created_unix_ms(r.created_unix_ms);
+  return d;
+}
+
+v1::Study ToProto(const StudyRecord& r, const std::string& dataset_name) {
+  v1::Study s;
+  s.set_dataset(dataset_name);
+  s.set_role(static_cast<v1::StudyRole>(r.role));
+  s.set_study_instance_uid(r.study_instance_uid);
+  s.set_series_instance_uid(r.series_instance_uid);
+  s.set_modality(r.modality);
+  s.set_slices(r.slices);
+  s.set_rows(r.rows);
+  s.set_columns(r.columns);
+  int32_t images = 0;
+  for (const InstanceRecord& i : r.instances) images += i.is_segmentation ? 0 : 1;
+  s.set_instances(images);
+  s.set_segmentation_sop_instance_uid(r.segmentation_sop_instance_uid);
+  s.set_created_unix_ms(r.created_unix_ms);
+  return s;
+}
+
+v1::Job ToProto(const JobRecord& r) {
+  v1::Job j;
+  j.set_id(r.id);
+  j.set_dataset(r.dataset_name);
+  j.set_state(static_cast<v1::JobState>(r.state));
+  j.mutable_hyperparameters()->ParseFromString(r.hyperparameters);
+  j.set_step(r.step);
+  j.set_total_steps(r.total_steps);
+  j.set_device(r.device);
+  j.set_error(r.error);
+  j.set_model_id(r.model_id);
+  j.set_created_unix_ms(r.created_unix_ms);
+  j.set_started_unix_ms(r.started_unix_ms);
+  j.set_finished_unix_ms(r.finished_unix_ms);
+  j.set_resumes(r.resumes);
+  j.set_labeled_studies(r.labeled_studies);
+  j.set_unlabeled_studies(r.unlabeled_studies);
+  j.set_validation_studies(r.validation_studies);
+  return j;
+}
+
+v1::Model ToProto(const ModelRecord& r, const std::vector<std::string>& class_names) {
+  v1::Model m;
+  m.set_id(r.id);
+  m.set_dataset(r.dataset_name);
+  m.set_version(r.version);
+  m.set_job_id(r.job_id);
+  for (const std::string& c : class_names) m.add_class_names(c);
+  for (double d : r.dice_per_class) m.add_validation_dice_per_class(d);
+  m.set_validation_mean_dice(r.mean_dice);
+  m.set_active(r.active);
+  m.set_size_bytes(r.size_bytes);
+  m.set_created_unix_ms(r.created_unix_ms);
+  m.set_steps(r.steps);
+  return m;
+}
+
+}  // namespace miseg

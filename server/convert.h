@@ -1,0 +1,38 @@
+// Between the API (miseg.v1 messages) and the domain (store records, trainer config):
+// validation of client-supplied names and hyperparameters, and their defaults.
+#ifndef MISEG_SERVER_CONVERT_H_
+#define MISEG_SERVER_CONVERT_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/train/config.h"
+#include "miseg/v1/miseg.pb.h"
+#include "server/store/store.h"
+
+namespace miseg {
+
+// [a-z0-9][a-z0-9_.-]{0,62}: names become metric-free, log-safe identifiers.
+absl::Status ValidateDatasetName(const std::string& name);
+// At least two, unique, 1..64 printable characters without newlines.
+absl::Status ValidateClassNames(const std::vector<std::string>& names);
+
+// Every unset field takes its default (../shared/method.md); InvalidArgument naming the
+// first bad field (including those TrainerConfig::Validate checks).
+absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparameters& in,
+                                                           int64_t classes);
+// A resolved set to the trainer's config (device and threads are the runner's).
+TrainerConfig ToTrainerConfig(const v1::Hyperparameters& resolved, int64_t classes);
+
+v1::Dataset ToProto(const DatasetRecord& record);
+v1::Study ToProto(const StudyRecord& record, const std::string& dataset_name);
+v1::Job ToProto(const JobRecord& record);
+v1::Model ToProto(const ModelRecord& record, const std::vector<std::string>& class_names);
+
+int64_t NowUnixMs();
+
+}  // namespace miseg
+
+#endif  // MISEG_SERVER_CONVERT_H_

@@ -1,0 +1,355 @@
+#include "server/job_runner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/train/trainer.h"
+#include "server/convert.h"
+#include "server/ingest.h"
+
+namespace miseg {
+namespace {
+
+bool IsTerminal(StoredJobState state) {
+  return state == StoredJobState::kSucceeded || state == StoredJobState::kFailed ||
+         state == StoredJobState::kCancelled;
+}
+
+v1::JobEvent StateChange(v1::JobState state, int64_t step, const std::string& message) {
+  v1::JobEvent event;
+  event.mutable_state()->set_state(state);
+  event.mutable_state()->set_step(step);
+  event.mutable_state()->set_message(message);
+  return event;
+}
+
+// Outcome of TrainJob besides errors.
+constexpr absl::string_view kInterrupted = "interrupted by server shutdown";
+
+}  // namespace
+
+JobRunner::JobRunner(Store* store, FileStore* files, ServerMetrics* metrics, EventHub* hub,
+                     JobRunnerOptions options)
+    : store_(store), files_(files), metrics_(metrics), hub_(hub), options_(std::move(options)) {}
+
+JobRunner::~JobRunner() { Shutdown(); }
+
+absl::Status JobRunner::Start() {
+  std::error_code ec;
+  std::filesystem::create_directories(options_.work_dir + "/checkpoints", ec);
+  std::filesystem::create_directories(options_.work_dir + "/models", ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", options_.work_dir, ": ", ec.message()));
+  }
+  ASSIGN_OR_RETURN(int requeued, store_->RequeueRunningJobs());
+  (void)requeued;
+  RefreshJobGauges();
+  metrics_->SetTrainingActive(false);
+  for (const std::string& device : options_.devices) {
+    workers_.emplace_back([this, device] { WorkerLoop(device); });
+  }
+  return absl::OkStatus();
+}
+
+void JobRunner::Wake() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++wake_generation_;
+  }
+  wake_.notify_all();
+}
+
+void JobRunner::CancelRunning(int64_t job_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = running_cancel_.find(job_id);
+  if (it == running_cancel_.end()) return;
+  cancel_by_user_[job_id] = true;
+  it->second->store(true);
+}
+
+void JobRunner::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    for (auto& [id, flag] : running_cancel_) flag->store(true);
+  }
+  wake_.notify_all();
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+  workers_.clear();
+}
+
+absl::Status JobRunner::AppendEvent(int64_t job_id, int64_t step, v1::JobEvent event) {
+  JobEventRecord record;
+  record.job_id = job_id;
+  record.step = step;
+  record.unix_ms = NowUnixMs();
+  event.set_job_id(job_id);
+  event.set_unix_ms(record.unix_ms);
+  // The sequence is the store's; the payload carries 0 and readers fill it in.
+  record.payload = event.SerializeAsString();
+  absl::StatusOr<std::vector<JobEventRecord>> stored =
+      store_->AppendJobEvents(job_id, {std::move(record)});
+  hub_->Notify();
+  return stored.status();
+}
+
+void JobRunner::RefreshJobGauges() {
+  absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> counts =
+      store_->CountJobsByState();
+  if (!counts.ok()) return;
+  std::vector<std::pair<int, int64_t>> by_state;
+  for (const auto& [state, count] : *counts) by_state.emplace_back(static_cast<int>(state), count);
+  metrics_->SetJobsByState(by_state);
+}
+
+void JobRunner::WorkerLoop(const std::string& device) {
+  while (true) {
+    int64_t seen;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) return;
+      seen = wake_generation_;
+    }
+    absl::StatusOr<std::optional<JobRecord>> next = store_->ClaimNextJob(device);
+    if (next.ok() && next->has_value()) {
+      RunJob(**next, device);
+      continue;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    // Bounded wait: a failed claim (disk trouble) is retried rather than stalling forever.
+    wake_.wait_for(lock, std::chrono::seconds(5),
+                   [&] { return stopping_ || wake_generation_ != seen; });
+  }
+}
+
+void JobRunner::RunJob(const JobRecord& job, const std::string& device) {
+  std::atomic<bool> cancel{false};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_cancel_[job.id] = &cancel;
+    cancel_by_user_[job.id] = false;
+    if (stopping_) cancel.store(true);
+  }
+  // A cancel requested while the job was being claimed (or before a crash).
+  absl::StatusOr<JobRecord> fresh = store_->GetJob(job.id);
+  if (fresh.ok() && fresh->cancel_requested) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cancel_by_user_[job.id] = true;
+    cancel.store(true);
+  }
+  RefreshJobGauges();
+  metrics_->SetTrainingActive(true);
+
+  absl::Status status = TrainJob(job, device, &cancel);
+
+  bool by_user;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    by_user = cancel_by_user_[job.id];
+    running_cancel_.erase(job.id);
+    cancel_by_user_.erase(job.id);
+  }
+  metrics_->SetTrainingActive(false);
+  absl::StatusOr<JobRecord> after = store_->GetJob(job.id);
+  const int64_t step = after.ok() ? after->step : 0;
+  if (status.ok()) {
+    // Succeeded: TrainJob committed the model and the event.
+  } else if (absl::IsCancelled(status) && status.message() == kInterrupted && !by_user) {
+    if (store_->RequeueJob(job.id).ok()) {
+      (void)AppendEvent(job.id, step,
+                        StateChange(v1::JOB_STATE_QUEUED, step,
+                                    absl::StrCat("server shutting down: resumes from step ",
+                                                 step, " at the next start")));
+    }
+  } else if (absl::IsCancelled(status)) {
+    if (store_->CancelJob(job.id).ok()) {
+      (void)AppendEvent(job.id, step, StateChange(v1::JOB_STATE_CANCELLED, step, "cancelled"));
+    }
+  } else {
+    const std::string error(status.message());
+    if (store_->FailJob(job.id, error).ok()) {
+      (void)AppendEvent(job.id, step, StateChange(v1::JOB_STATE_FAILED, step, error));
+    }
+  }
+  RefreshJobGauges();
+}
+
+absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device,
+                                 std::atomic<bool>* cancel) {
+  v1::Hyperparameters h;
+  if (!h.ParseFromString(job.hyperparameters)) {
+    return absl::DataLossError("stored hyperparameters are corrupt");
+  }
+  ASSIGN_OR_RETURN(DatasetRecord dataset, store_->GetDatasetById(job.dataset_id));
+  const int64_t classes = static_cast<int64_t>(dataset.class_names.size());
+  TrainerConfig config = ToTrainerConfig(h, classes);
+  config.device = device;
+  config.threads = options_.training_threads;
+
+  ASSIGN_OR_RETURN(std::vector<StudyRecord> labeled,
+                   store_->ListStudies(dataset.id, StoredRole::kLabeled));
+  ASSIGN_OR_RETURN(std::vector<StudyRecord> unlabeled,
+                   store_->ListStudies(dataset.id, StoredRole::kUnlabeled));
+  ASSIGN_OR_RETURN(std::vector<StudyRecord> validation,
+                   store_->ListStudies(dataset.id, StoredRole::kValidation));
+  if (labeled.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("dataset '", dataset.name, "' has no labeled studies"));
+  }
+  // No validation studies: hold out a fraction of the labeled ones, chosen by the seed so
+  // a resumed job holds out the same ones.
+  if (validation.empty() && labeled.size() >= 2 && h.validation_fraction() > 0) {
+    std::vector<size_t> order(labeled.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(h.seed());
+    std::shuffle(order.begin(), order.end(), rng);
+    size_t held = std::max<size_t>(
+        1, static_cast<size_t>(h.validation_fraction() * static_cast<double>(labeled.size())));
+    held = std::min(held, labeled.size() - 1);
+    std::vector<StudyRecord> kept;
+    std::vector<bool> is_held(labeled.size(), false);
+    for (size_t i = 0; i < held; ++i) is_held[order[i]] = true;
+    for (size_t i = 0; i < labeled.size(); ++i) {
+      (is_held[i] ? validation : kept).push_back(labeled[i]);
+    }
+    labeled = std::move(kept);
+  }
+  RETURN_IF_ERROR(store_->SetJobStudyCounts(job.id, static_cast<int32_t>(labeled.size()),
+                                            static_cast<int32_t>(unlabeled.size()),
+                                            static_cast<int32_t>(validation.size())));
+
+  TrainingData data;
+  auto load = [&](const std::vector<StudyRecord>& studies, bool with_labels,
+                  std::vector<TrainingVolume>* out) -> absl::Status {
+    for (const StudyRecord& study : studies) {
+      if (cancel->load()) return absl::OkStatus();
+      ASSIGN_OR_RETURN(LoadedStudy loaded,
+                       LoadStoredStudy(*files_, study, with_labels ? dataset.class_names
+                                                                   : std::vector<std::string>{}));
+      TrainingVolume volume;
+      volume.id = study.series_instance_uid;
+      volume.image = std::move(loaded.series.image);
+      if (with_labels) volume.labels = std::move(loaded.labels);
+      out->push_back(std::move(volume));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(load(labeled, true, &data.labeled));
+  RETURN_IF_ERROR(load(unlabeled, false, &data.unlabeled));
+  RETURN_IF_ERROR(load(validation, true, &data.validation));
+  if (cancel->load()) return absl::CancelledError(kInterrupted);
+
+  ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, data));
+  const std::string checkpoint_path =
+      absl::StrCat(options_.work_dir, "/checkpoints/job-", job.id, ".ckpt");
+  if (!job.checkpoint_path.empty()) {
+    RETURN_IF_ERROR(trainer->LoadCheckpoint(job.checkpoint_path));
+  }
+  // Events of steps beyond the checkpoint will be produced again.
+  RETURN_IF_ERROR(store_->TruncateJobEventsAfter(job.id, trainer->step()));
+  RETURN_IF_ERROR(AppendEvent(
+      job.id, trainer->step(),
+      StateChange(v1::JOB_STATE_RUNNING, trainer->step(),
+                  trainer->step() > 0 ? absl::StrCat("resumed from step ", trainer->step(),
+                                                     " on ", device)
+                                      : absl::StrCat("started on ", device))));
+
+  std::optional<ValidationMetrics> last_validation;
+  absl::Status event_error;
+  auto last_step_time = std::chrono::steady_clock::now();
+  TrainerCallbacks callbacks;
+  callbacks.on_step = [&](const StepMetrics& m) {
+    const auto now = std::chrono::steady_clock::now();
+    metrics_->ObserveTrainingStep(std::chrono::duration<double>(now - last_step_time).count());
+    last_step_time = now;
+    metrics_->SetTrainingProgress(m.step, m.total_steps, m.learning_rate);
+    metrics_->SetTrainingLosses(m.loss, m.supervised, m.consistency, m.mutual_information);
+    v1::JobEvent event;
+    v1::StepEvent* s = event.mutable_step();
+    s->set_step(m.step);
+    s->set_total_steps(m.total_steps);
+    s->set_loss(m.loss);
+    s->set_supervised(m.supervised);
+    s->set_consistency(m.consistency);
+    s->set_mutual_information(m.mutual_information);
+    s->set_unsupervised_weight(m.unsupervised_weight);
+    s->set_learning_rate(m.learning_rate);
+    s->set_steps_per_second(m.steps_per_second);
+    s->set_slices_per_second(m.slices_per_second);
+    absl::Status stored = AppendEvent(job.id, m.step, std::move(event));
+    if (!stored.ok() && event_error.ok()) event_error = stored;
+  };
+  callbacks.on_validation = [&](const ValidationMetrics& v) {
+    last_validation = v;
+    metrics_->SetValidationDice(v.dice_per_class);
+    v1::JobEvent event;
+    v1::ValidationEvent* e = event.mutable_validation();
+    e->set_step(v.step);
+    for (double d : v.dice_per_class) e->add_dice_per_class(d);
+    e->set_mean_dice(v.mean_dice);
+    absl::Status stored = AppendEvent(job.id, v.step, std::move(event));
+    if (!stored.ok() && event_error.ok()) event_error = stored;
+    last_step_time = std::chrono::steady_clock::now();  // validation is not a step
+  };
+
+  const int64_t every = h.checkpoint_every();
+  while (true) {
+    const int64_t next_checkpoint = (trainer->step() / every + 1) * every;
+    ASSIGN_OR_RETURN(RunOutcome outcome,
+                     trainer->Run(callbacks, cancel, next_checkpoint - trainer->step()));
+    RETURN_IF_ERROR(event_error);
+    if (outcome == RunOutcome::kCancelled) {
+      bool by_user;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        by_user = cancel_by_user_[job.id];
+      }
+      if (by_user) return absl::CancelledError("cancelled");
+    }
+    if (trainer->step() > job.step || job.checkpoint_path.empty()) {
+      RETURN_IF_ERROR(trainer->SaveCheckpoint(checkpoint_path));
+      RETURN_IF_ERROR(store_->RecordCheckpoint(job.id, trainer->step(), checkpoint_path));
+    }
+    if (outcome == RunOutcome::kCancelled) return absl::CancelledError(kInterrupted);
+    if (outcome == RunOutcome::kFinished) break;
+  }
+
+  if (!last_validation && !data.validation.empty()) {
+    ASSIGN_OR_RETURN(ValidationMetrics v, trainer->Validate());
+    last_validation = v;
+  }
+  const std::string model_path =
+      absl::StrCat(options_.work_dir, "/models/job-", job.id, ".model");
+  RETURN_IF_ERROR(trainer->ExportModel(model_path));
+  ModelRecord model;
+  model.dataset_id = dataset.id;
+  model.job_id = job.id;
+  model.path = model_path;
+  model.steps = trainer->step();
+  if (last_validation) {
+    model.dice_per_class = last_validation->dice_per_class;
+    model.mean_dice = last_validation->mean_dice;
+  }
+  std::error_code ec;
+  model.size_bytes = static_cast<int64_t>(std::filesystem::file_size(model_path, ec));
+  // The first model of a dataset becomes its active model; later ones wait for a promote.
+  ASSIGN_OR_RETURN(ModelRecord stored,
+                   store_->FinishJobWithModel(job.id, model, dataset.active_model_id == 0));
+  std::error_code ignored;
+  std::filesystem::remove(checkpoint_path, ignored);  // the model file supersedes it
+  RETURN_IF_ERROR(AppendEvent(
+      job.id, trainer->step(),
+      StateChange(v1::JOB_STATE_SUCCEEDED, trainer->step(),
+                  absl::StrCat("model ", stored.id, " (version ", stored.version, ")"))));
+  return absl::OkStatus();
+}
+
+}  // namespace miseg

@@ -1,0 +1,221 @@
+#include "server/metrics.h"
+
+#include <map>
+#include <mutex>
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace miseg {
+namespace {
+
+const char* JobStateLabel(int state) {
+  switch (state) {
+    case 1: return "queued";
+    case 2: return "running";
+    case 3: return "succeeded";
+    case 4: return "failed";
+    case 5: return "cancelled";
+  }
+  return "unknown";
+}
+
+prometheus::Histogram::BucketBoundaries RpcBuckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+}
+
+}  // namespace
+
+struct ServerMetrics::State {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+
+  prometheus::Family<prometheus::Counter>* rpcs = nullptr;
+  prometheus::Family<prometheus::Histogram>* rpc_latency = nullptr;
+  prometheus::Counter* upload_bytes = nullptr;
+  prometheus::Family<prometheus::Counter>* upload_instances = nullptr;
+  prometheus::Family<prometheus::Gauge>* jobs = nullptr;
+  prometheus::Histogram* step_time = nullptr;
+  prometheus::Gauge* step = nullptr;
+  prometheus::Gauge* total_steps = nullptr;
+  prometheus::Gauge* learning_rate = nullptr;
+  prometheus::Gauge* training_active = nullptr;
+  prometheus::Family<prometheus::Gauge>* loss = nullptr;
+  prometheus::Family<prometheus::Gauge>* dice = nullptr;
+  prometheus::Histogram* inference_latency = nullptr;
+  prometheus::Gauge* queue_depth = nullptr;
+  prometheus::Counter* rejected = nullptr;
+  prometheus::Histogram* model_load = nullptr;
+};
+
+ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_unique<State>()) {
+  prometheus::Registry& r = *state_->registry;
+  prometheus::BuildGauge()
+      .Name("miseg_build_info")
+      .Help("Build of the running server; the value is always 1")
+      .Register(r)
+      .Add({{"version", version}})
+      .Set(1);
+  state_->rpcs = &prometheus::BuildCounter()
+                      .Name("miseg_grpc_requests_total")
+                      .Help("RPCs handled, by method and status code")
+                      .Register(r);
+  state_->rpc_latency = &prometheus::BuildHistogram()
+                             .Name("miseg_grpc_request_duration_seconds")
+                             .Help("Time to handle an RPC, by method")
+                             .Register(r);
+  state_->upload_bytes = &prometheus::BuildCounter()
+                              .Name("miseg_upload_received_bytes_total")
+                              .Help("Bytes of DICOM files received by Upload")
+                              .Register(r)
+                              .Add({});
+  state_->upload_instances = &prometheus::BuildCounter()
+                                  .Name("miseg_upload_instances_total")
+                                  .Help("DICOM instances received by Upload, by outcome")
+                                  .Register(r);
+  for (const char* outcome : {"stored", "duplicate", "refused"}) {
+    state_->upload_instances->Add({{"outcome", outcome}});
+  }
+  state_->jobs = &prometheus::BuildGauge()
+                      .Name("miseg_jobs")
+                      .Help("Training jobs, by state")
+                      .Register(r);
+  for (int s = 1; s <= 5; ++s) state_->jobs->Add({{"state", JobStateLabel(s)}});
+  state_->step_time = &prometheus::BuildHistogram()
+                           .Name("miseg_training_step_duration_seconds")
+                           .Help("Time of one optimisation step of the running job")
+                           .Register(r)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{
+                                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+  state_->step = &prometheus::BuildGauge()
+                      .Name("miseg_training_step")
+                      .Help("Steps completed by the running job")
+                      .Register(r)
+                      .Add({});
+  state_->total_steps = &prometheus::BuildGauge()
+                             .Name("miseg_training_total_steps")
+                             .Help("Steps the running job will run in all")
+                             .Register(r)
+                             .Add({});
+  state_->learning_rate = &prometheus::BuildGauge()
+                               .Name("miseg_training_learning_rate")
+                               .Help("Learning rate of the running job's last step")
+                               .Register(r)
+                               .Add({});
+  state_->training_active = &prometheus::BuildGauge()
+                                 .Name("miseg_training_active")
+                                 .Help("1 while a job is training, else 0")
+                                 .Register(r)
+                                 .Add({});
+  state_->loss = &prometheus::BuildGauge()
+                      .Name("miseg_training_loss")
+                      .Help("Loss terms of the running job's last step, by term")
+                      .Register(r);
+  state_->dice = &prometheus::BuildGauge()
+                      .Name("miseg_training_validation_dice_ratio")
+                      .Help("Validation Dice of the running job, by foreground class index")
+                      .Register(r);
+  state_->inference_latency = &prometheus::BuildHistogram()
+                                   .Name("miseg_inference_duration_seconds")
+                                   .Help("Time to segment one series, queueing excluded")
+                                   .Register(r)
+                                   .Add({}, RpcBuckets());
+  state_->queue_depth = &prometheus::BuildGauge()
+                             .Name("miseg_inference_queue_depth")
+                             .Help("Segmentations running or waiting")
+                             .Register(r)
+                             .Add({});
+  state_->rejected = &prometheus::BuildCounter()
+                          .Name("miseg_inference_rejected_total")
+                          .Help("Segmentations refused because the queue was full")
+                          .Register(r)
+                          .Add({});
+  state_->model_load = &prometheus::BuildHistogram()
+                            .Name("miseg_model_load_duration_seconds")
+                            .Help("Time to load a model into the inference cache")
+                            .Register(r)
+                            .Add({}, RpcBuckets());
+}
+
+ServerMetrics::~ServerMetrics() = default;
+
+absl::StatusOr<int> ServerMetrics::Serve(const std::string& address) {
+  try {
+    state_->exposer = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+  }
+  state_->exposer->RegisterCollectable(state_->registry);
+  std::vector<int> ports = state_->exposer->GetListeningPorts();
+  if (ports.empty()) return absl::UnavailableError("metrics endpoint has no listening port");
+  return ports.front();
+}
+
+void ServerMetrics::ObserveRpc(const std::string& method, const std::string& code,
+                               double seconds) {
+  state_->rpcs->Add({{"method", method}, {"code", code}}).Increment();
+  state_->rpc_latency->Add({{"method", method}}, RpcBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::CountUpload(int64_t bytes, int64_t stored, int64_t duplicate,
+                                int64_t refused) {
+  state_->upload_bytes->Increment(static_cast<double>(bytes));
+  state_->upload_instances->Add({{"outcome", "stored"}}).Increment(static_cast<double>(stored));
+  state_->upload_instances->Add({{"outcome", "duplicate"}})
+      .Increment(static_cast<double>(duplicate));
+  state_->upload_instances->Add({{"outcome", "refused"}})
+      .Increment(static_cast<double>(refused));
+}
+
+void ServerMetrics::SetJobsByState(const std::vector<std::pair<int, int64_t>>& counts) {
+  for (const auto& [state, count] : counts) {
+    state_->jobs->Add({{"state", JobStateLabel(state)}}).Set(static_cast<double>(count));
+  }
+}
+
+void ServerMetrics::ObserveTrainingStep(double seconds) { state_->step_time->Observe(seconds); }
+
+void ServerMetrics::SetTrainingProgress(int64_t step, int64_t total_steps,
+                                        double learning_rate) {
+  state_->step->Set(static_cast<double>(step));
+  state_->total_steps->Set(static_cast<double>(total_steps));
+  state_->learning_rate->Set(learning_rate);
+}
+
+void ServerMetrics::SetTrainingLosses(double total, double supervised, double consistency,
+                                      double mutual_information) {
+  state_->loss->Add({{"term", "total"}}).Set(total);
+  state_->loss->Add({{"term", "supervised"}}).Set(supervised);
+  state_->loss->Add({{"term", "consistency"}}).Set(consistency);
+  state_->loss->Add({{"term", "mutual_information"}}).Set(mutual_information);
+}
+
+void ServerMetrics::SetValidationDice(const std::vector<double>& dice_per_class) {
+  for (size_t i = 0; i < dice_per_class.size(); ++i) {
+    state_->dice->Add({{"class_index", std::to_string(i + 1)}}).Set(dice_per_class[i]);
+  }
+}
+
+void ServerMetrics::SetTrainingActive(bool active) {
+  state_->training_active->Set(active ? 1 : 0);
+}
+
+void ServerMetrics::ObserveInference(double seconds) {
+  state_->inference_latency->Observe(seconds);
+}
+
+void ServerMetrics::SetInferenceQueueDepth(int64_t depth) {
+  state_->queue_depth->Set(static_cast<double>(depth));
+}
+
+void ServerMetrics::CountInferenceRejected() { state_->rejected->Increment(); }
+
+void ServerMetrics::ObserveModelLoad(double seconds) { state_->model_load->Observe(seconds); }
+
+}  // namespace miseg

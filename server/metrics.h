@@ -1,0 +1,50 @@
+// The server's Prometheus metrics (prometheus-cpp), exposed on their own port. Names and
+// units as Prometheus recommends (seconds, bytes, _total for counters); labels only of
+// bounded cardinality (RPC method and code, job state, loss term, class index).
+#ifndef MISEG_SERVER_METRICS_H_
+#define MISEG_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace miseg {
+
+class ServerMetrics {
+ public:
+  explicit ServerMetrics(const std::string& version);
+  ~ServerMetrics();
+
+  // Starts the HTTP endpoint (/metrics) on host:port; port 0 picks a free port. Returns
+  // the bound port.
+  absl::StatusOr<int> Serve(const std::string& address);
+
+  // method: the RPC's short name ("Upload"); code: the gRPC status code name ("OK").
+  void ObserveRpc(const std::string& method, const std::string& code, double seconds);
+  void CountUpload(int64_t bytes, int64_t stored, int64_t duplicate, int64_t refused);
+  // Indexed by miseg.v1.JobState numbers 1..5.
+  void SetJobsByState(const std::vector<std::pair<int, int64_t>>& counts);
+
+  void ObserveTrainingStep(double seconds);
+  void SetTrainingProgress(int64_t step, int64_t total_steps, double learning_rate);
+  void SetTrainingLosses(double total, double supervised, double consistency,
+                         double mutual_information);
+  void SetValidationDice(const std::vector<double>& dice_per_class);
+  void SetTrainingActive(bool active);
+
+  void ObserveInference(double seconds);
+  void SetInferenceQueueDepth(int64_t depth);
+  void CountInferenceRejected();
+  void ObserveModelLoad(double seconds);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace miseg
+
+#endif  // MISEG_SERVER_METRICS_H_

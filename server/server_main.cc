@@ -1,0 +1,290 @@
+// miseg-server: the long-running service. Embedded defaults: SQLite and files under
+// --data_dir, gRPC on loopback, metrics on loopback. Listening elsewhere needs TLS and a
+// token file, or --allow_insecure_remote. SIGTERM/SIGINT: stop accepting calls, let
+// running ones finish (up to --shutdown_grace_seconds), checkpoint the running job and put
+// it back in the queue, exit 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "core/common/allocator_tuning.h"
+#include "core/dicom/series_reader.h"
+#include "server/auth.h"
+#include "server/event_hub.h"
+#include "server/job_runner.h"
+#include "server/metrics.h"
+#include "server/segmentation_engine.h"
+#include "server/services.h"
+#include "server/store/file_store.h"
+#include "server/store/store.h"
+
+ABSL_FLAG(std::string, data_dir, "miseg-data",
+          "Directory of the database, the DICOM file store, checkpoints and models");
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (host:port; port 0 = any free)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics address (host:port; port 0 = any free)");
+ABSL_FLAG(std::vector<std::string>, devices, {"cpu"},
+          "Training devices, one job worker each (cpu, cuda, cuda:1, ...)");
+ABSL_FLAG(int, training_threads, 0, "CPU threads per training job; 0 = LibTorch's default");
+ABSL_FLAG(std::string, inference_device, "cpu", "Device for segmentation");
+ABSL_FLAG(int, inference_concurrency, 1, "Segmentations that run at once");
+ABSL_FLAG(int, inference_queue, 4, "Segmentations that may wait; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, model_cache, 2, "Models kept loaded for segmentation");
+ABSL_FLAG(int64_t, max_request_mib, 2048, "Largest Upload or Segment stream, in MiB");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate it signed (mutual TLS)");
+ABSL_FLAG(std::string, token_file, "",
+          "File of '<sha256 hex> <role> <name>' lines; without it every caller is admin");
+ABSL_FLAG(bool, allow_insecure_remote, false,
+          "Allow listening beyond loopback without TLS and tokens");
+ABSL_FLAG(std::string, ready_file, "",
+          "Written (atomically) once serving: grpc_port, metrics_port and pid lines");
+ABSL_FLAG(int, shutdown_grace_seconds, 30, "How long running calls may finish at shutdown");
+
+namespace miseg {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+void Log(const std::string& message) {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  std::cerr << stamp << " miseg-server: " << message << std::endl;
+}
+
+bool IsLoopback(const std::string& address) {
+  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
+         absl::StartsWith(address, "[::1]:");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key = absl::GetFlag(FLAGS_tls_key);
+  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() && key.empty()) {
+    if (!client_ca.empty()) {
+      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslServerCredentialsOptions options(
+      client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                        : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  absl::StatusOr<std::string> cert_pem = ReadFileToString(cert);
+  if (!cert_pem.ok()) return cert_pem.status();
+  absl::StatusOr<std::string> key_pem = ReadFileToString(key);
+  if (!key_pem.ok()) return key_pem.status();
+  pair.cert_chain = *cert_pem;
+  pair.private_key = *key_pem;
+  options.pem_key_cert_pairs.push_back(pair);
+  if (!client_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadFileToString(client_ca);
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+// Objects no instance references: left by a crash between storing files and committing
+// their study, or between a delete's commit and its file removal.
+void CollectGarbage(Store& store, FileStore& files) {
+  absl::StatusOr<std::vector<std::string>> referenced = store.ReferencedObjects();
+  absl::StatusOr<std::vector<std::string>> stored = files.List();
+  if (!referenced.ok() || !stored.ok()) return;
+  const std::set<std::string> keep(referenced->begin(), referenced->end());
+  int removed = 0;
+  for (const std::string& hash : *stored) {
+    if (!keep.count(hash) && files.Remove(hash).ok()) ++removed;
+  }
+  if (removed > 0) Log(absl::StrCat("removed ", removed, " unreferenced stored files"));
+}
+
+int Run() {
+  KeepFreedMemoryForReuse();
+  RegisterDicomCodecs();
+
+  // Signals go to the dedicated thread below, never to a worker.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
+  if (!IsLoopback(listen) && !(tls && !token_file.empty()) &&
+      !absl::GetFlag(FLAGS_allow_insecure_remote)) {
+    Log(absl::StrCat("refusing to listen on ", listen,
+                     " without TLS and a token file; pass --allow_insecure_remote to insist"));
+    return 2;
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
+  if (!credentials.ok()) {
+    Log(std::string(credentials.status().message()));
+    return 2;
+  }
+  Authenticator auth = Authenticator::AllowAll();
+  if (!token_file.empty()) {
+    absl::StatusOr<Authenticator> loaded = Authenticator::LoadTokenFile(token_file);
+    if (!loaded.ok()) {
+      Log(std::string(loaded.status().message()));
+      return 2;
+    }
+    auth = *std::move(loaded);
+  }
+
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec) {
+    Log(absl::StrCat("cannot create ", data_dir, ": ", ec.message()));
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(data_dir + "/miseg.db");
+  if (!store.ok()) {
+    Log(std::string(store.status().message()));
+    return 1;
+  }
+  absl::StatusOr<FileStore> files = FileStore::Open(data_dir);
+  if (!files.ok()) {
+    Log(std::string(files.status().message()));
+    return 1;
+  }
+  CollectGarbage(**store, *files);
+
+  ServerMetrics metrics(kVersion);
+  absl::StatusOr<int> metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
+  if (!metrics_port.ok()) {
+    Log(std::string(metrics_port.status().message()));
+    return 1;
+  }
+
+  EventHub hub;
+  JobRunnerOptions runner_options;
+  runner_options.devices = absl::GetFlag(FLAGS_devices);
+  runner_options.work_dir = data_dir;
+  runner_options.training_threads = absl::GetFlag(FLAGS_training_threads);
+  JobRunner runner(store->get(), &*files, &metrics, &hub, runner_options);
+  if (absl::Status started = runner.Start(); !started.ok()) {
+    Log(std::string(started.message()));
+    return 1;
+  }
+
+  SegmentationEngineOptions engine_options;
+  engine_options.device = absl::GetFlag(FLAGS_inference_device);
+  engine_options.concurrency = std::max(1, absl::GetFlag(FLAGS_inference_concurrency));
+  engine_options.queue = std::max(0, absl::GetFlag(FLAGS_inference_queue));
+  engine_options.cached_models = absl::GetFlag(FLAGS_model_cache);
+  engine_options.version = kVersion;
+  SegmentationEngine engine(store->get(), &*files, &metrics, engine_options);
+
+  std::atomic<bool> stopping{false};
+  ServiceDeps deps;
+  deps.store = store->get();
+  deps.files = &*files;
+  deps.runner = &runner;
+  deps.engine = &engine;
+  deps.metrics = &metrics;
+  deps.auth = &auth;
+  deps.hub = &hub;
+  deps.stopping = &stopping;
+  deps.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(listen, *credentials, &grpc_port);
+  // Uploads stream in chunks; a single message only needs room for one chunk.
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  std::vector<std::unique_ptr<grpc::Service>> services = MakeServices(deps);
+  for (auto& service : services) builder.RegisterService(service.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || grpc_port == 0) {
+    Log(absl::StrCat("cannot listen on ", listen));
+    runner.Shutdown();
+    return 1;
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty()) {
+    absl::Status written = WriteFileAtomically(
+        ready_file, absl::StrCat("grpc_port=", grpc_port, "\nmetrics_port=", *metrics_port,
+                                 "\npid=", getpid(), "\n"));
+    if (!written.ok()) Log(std::string(written.message()));
+  }
+  Log(absl::StrCat("serving miseg.v1 on port ", grpc_port, (tls ? " (TLS)" : ""),
+                   auth.enabled() ? " with bearer tokens" : " without authentication",
+                   "; metrics on port ", *metrics_port, "; data in ", data_dir));
+
+  std::thread signal_thread([&] {
+    int received = 0;
+    sigwait(&signals, &received);
+    Log(absl::StrCat("signal ", received, ": shutting down"));
+    stopping.store(true);
+    hub.Notify();
+    server->GetHealthCheckService()->SetServingStatus(false);
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  });
+  server->Wait();
+  signal_thread.join();
+  runner.Shutdown();  // checkpoints and requeues the running job
+  Log("stopped");
+  return 0;
+}
+
+int HashToken() {
+  std::string token;
+  std::getline(std::cin, token);
+  token = std::string(absl::StripAsciiWhitespace(token));
+  if (token.empty()) {
+    std::cerr << "usage: echo TOKEN | miseg-server hash-token\n";
+    return 2;
+  }
+  std::cout << Sha256Hex(token) << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace miseg
+
+int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "hash-token") return miseg::HashToken();
+  absl::SetProgramUsageMessage(
+      "miseg-server [flags]: trains and serves semi-supervised segmentation models.\n"
+      "  miseg-server hash-token < token   prints the SHA-256 line for a token file");
+  absl::ParseCommandLine(argc, argv);
+  return miseg::Run();
+}

@@ -1,0 +1,251 @@
+#include "server/store/file_store.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <system_error>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "core/common/status_macros.h"
+
+namespace miseg {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::Status ErrnoError(int error_number, absl::string_view what, absl::string_view path) {
+  // ErrnoToStatus maps ENOENT to NotFound, ENOSPC to ResourceExhausted, and so on, and
+  // appends the errno text itself.
+  return absl::ErrnoToStatus(error_number, absl::StrCat(what, " ", path));
+}
+
+absl::Status FsError(const std::error_code& ec, absl::string_view what,
+                     absl::string_view path) {
+  return ErrnoError(ec.value(), what, path);
+}
+
+// Closes a descriptor on every path out of a function, unless released.
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  // Closes now and reports close's own error (which can carry a delayed write error).
+  int Close() {
+    int rc = ::close(fd_);
+    fd_ = -1;
+    return rc;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string RandomHex() {
+  // Only has to make concurrent writers of one path pick distinct temporaries.
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  uint64_t value = engine();
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(&value), sizeof(value)));
+}
+
+absl::Status FsyncDirectory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, "cannot open directory", dir);
+  Fd closer(fd);
+  if (::fsync(fd) != 0) return ErrnoError(errno, "cannot fsync directory", dir);
+  return absl::OkStatus();
+}
+
+bool IsHash(absl::string_view hash) {
+  return hash.size() == 64 && std::all_of(hash.begin(), hash.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+absl::Status CheckHash(absl::string_view hash) {
+  if (IsHash(hash)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "not an object hash (64 lowercase hex characters): \"", hash.substr(0, 80), "\""));
+}
+
+}  // namespace
+
+std::string Sha256Hex(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                               &EVP_MD_CTX_free);
+  // These fail only on allocation failure; there is no sane result to return then.
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) {
+    std::abort();
+  }
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), length));
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
+  const fs::path target(path);
+  fs::path parent = target.parent_path();
+  if (parent.empty()) parent = ".";
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) return FsError(ec, "cannot create directory", parent.string());
+
+  const std::string temp = absl::StrCat(path, ".", RandomHex(), ".tmp");
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, "cannot create", temp);
+  Fd file(fd);
+  auto fail = [&](absl::string_view what) {
+    absl::Status status = ErrnoError(errno, what, path);
+    ::unlink(temp.c_str());
+    return status;
+  };
+
+  const char* data = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, data, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail("cannot write");
+    }
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail("cannot fsync");
+  if (file.Close() != 0) return fail("cannot close");
+  if (::rename(temp.c_str(), path.c_str()) != 0) return fail("cannot rename into");
+  // The rename itself is durable only once the directory entry is on disk.
+  return FsyncDirectory(parent.string());
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  Fd file(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "cannot stat", path);
+  if (S_ISDIR(st.st_mode)) return ErrnoError(EISDIR, "cannot read", path);
+  std::string out;
+  if (st.st_size > 0) out.reserve(static_cast<size_t>(st.st_size));
+  char buffer[1 << 16];
+  while (true) {
+    ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "cannot read", path);
+    }
+    if (n == 0) break;
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+absl::StatusOr<FileStore> FileStore::Open(const std::string& root) {
+  const fs::path objects = fs::path(root) / "objects";
+  std::error_code ec;
+  fs::create_directories(objects, ec);
+  if (ec) return FsError(ec, "cannot create directory", objects.string());
+  // A crash between open and rename leaves a temporary that nothing refers to.
+  for (fs::recursive_directory_iterator it(objects, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (it->is_regular_file(ec) && absl::EndsWith(it->path().filename().string(), ".tmp")) {
+      std::error_code remove_ec;
+      fs::remove(it->path(), remove_ec);
+      if (remove_ec) return FsError(remove_ec, "cannot remove temporary", it->path().string());
+    }
+  }
+  if (ec) return FsError(ec, "cannot list", objects.string());
+  return FileStore(root);
+}
+
+std::string FileStore::PathOf(const std::string& hash) const {
+  return (fs::path(root_) / "objects" / hash.substr(0, 2) / hash).string();
+}
+
+absl::StatusOr<std::string> FileStore::Put(const std::string& bytes) {
+  std::string hash = Sha256Hex(bytes);
+  const std::string path = PathOf(hash);
+  struct stat st;
+  // Same name means same bytes; a size mismatch (a truncated file) is rewritten instead.
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+      static_cast<uint64_t>(st.st_size) == bytes.size()) {
+    return hash;
+  }
+  RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
+  return hash;
+}
+
+absl::StatusOr<std::string> FileStore::Get(const std::string& hash) const {
+  RETURN_IF_ERROR(CheckHash(hash));
+  absl::StatusOr<std::string> bytes = ReadFileToString(PathOf(hash));
+  if (absl::IsNotFound(bytes.status())) {
+    return absl::NotFoundError(absl::StrCat("object ", hash, " not found"));
+  }
+  if (!bytes.ok()) return bytes.status();
+  if (Sha256Hex(*bytes) != hash) {
+    return absl::DataLossError(absl::StrCat("object ", hash, " is corrupt: its bytes (",
+                                            bytes->size(), ") no longer match its hash"));
+  }
+  return bytes;
+}
+
+bool FileStore::Contains(const std::string& hash) const {
+  if (!IsHash(hash)) return false;
+  struct stat st;
+  return ::stat(PathOf(hash).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+absl::Status FileStore::Remove(const std::string& hash) {
+  RETURN_IF_ERROR(CheckHash(hash));
+  const std::string path = PathOf(hash);
+  // Removing an absent object is not an error: garbage collection may repeat after a crash.
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return ErrnoError(errno, "cannot remove", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> FileStore::List() const {
+  const fs::path objects = fs::path(root_) / "objects";
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (fs::directory_iterator shard(objects, ec), end; !ec && shard != end;
+       shard.increment(ec)) {
+    const std::string prefix = shard->path().filename().string();
+    if (!shard->is_directory(ec) || prefix.size() != 2) continue;
+    std::error_code inner;
+    for (fs::directory_iterator it(shard->path(), inner); !inner && it != end;
+         it.increment(inner)) {
+      const std::string name = it->path().filename().string();
+      // Skips temporaries and anything else that is not an object of this shard.
+      if (IsHash(name) && name.compare(0, 2, prefix) == 0 && it->is_regular_file(inner)) {
+        out.push_back(name);
+      }
+    }
+    if (inner) return FsError(inner, "cannot list", shard->path().string());
+  }
+  if (ec) return FsError(ec, "cannot list", objects.string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace miseg

@@ -1,0 +1,199 @@
+// The server's metadata store: SQLite in WAL mode, one file in the data directory.
+// Plain structs in and out (no protobuf, no gRPC), so the store is tested on its own.
+// Every mutation is one transaction; what a call returned OK for is durable
+// (synchronous=FULL), so an acknowledged upload or event survives a SIGKILL or power loss.
+//
+// Thread safety: all methods may be called from any thread; one connection guarded by a
+// mutex (SQLite's own busy handling covers other processes, which the server never runs).
+#ifndef MISEG_SERVER_STORE_STORE_H_
+#define MISEG_SERVER_STORE_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+struct sqlite3;
+
+namespace miseg {
+
+// Matches miseg.v1.StudyRole numbers.
+enum class StoredRole : int { kLabeled = 1, kUnlabeled = 2, kValidation = 3 };
+// Matches miseg.v1.JobState numbers.
+enum class StoredJobState : int {
+  kQueued = 1,
+  kRunning = 2,
+  kSucceeded = 3,
+  kFailed = 4,
+  kCancelled = 5
+};
+
+struct DatasetRecord {
+  int64_t id = 0;
+  std::string name;
+  std::vector<std::string> class_names;
+  std::string modality;
+  int64_t active_model_id = 0;  // 0: none
+  int64_t created_unix_ms = 0;
+  // Filled by GetDataset / ListDatasets.
+  int64_t labeled_studies = 0;
+  int64_t unlabeled_studies = 0;
+  int64_t validation_studies = 0;
+  int64_t instances = 0;
+  int64_t stored_bytes = 0;
+};
+
+// One file of a study, stored in the file store under its content hash.
+struct InstanceRecord {
+  std::string sop_instance_uid;
+  std::string object_hash;  // hex SHA-256 of the file's bytes (FileStore key)
+  int64_t size_bytes = 0;
+  bool is_segmentation = false;
+};
+
+struct StudyRecord {
+  int64_t id = 0;
+  int64_t dataset_id = 0;
+  StoredRole role = StoredRole::kUnlabeled;
+  std::string study_instance_uid;
+  std::string series_instance_uid;
+  std::string modality;
+  int32_t slices = 0, rows = 0, columns = 0;
+  std::string segmentation_sop_instance_uid;  // empty for unlabeled
+  int64_t created_unix_ms = 0;
+  std::vector<InstanceRecord> instances;  // images and (if any) the SEG
+};
+
+struct JobRecord {
+  int64_t id = 0;
+  int64_t dataset_id = 0;
+  std::string dataset_name;  // filled on reads
+  StoredJobState state = StoredJobState::kQueued;
+  std::string hyperparameters;  // opaque (a serialized miseg.v1.Hyperparameters)
+  int64_t step = 0;             // last checkpointed step
+  int64_t total_steps = 0;
+  std::string device;
+  std::string error;
+  std::string checkpoint_path;  // empty until the first checkpoint
+  int64_t model_id = 0;
+  bool cancel_requested = false;
+  int32_t resumes = 0;
+  int32_t labeled_studies = 0, unlabeled_studies = 0, validation_studies = 0;
+  int64_t created_unix_ms = 0, started_unix_ms = 0, finished_unix_ms = 0;
+};
+
+struct JobEventRecord {
+  int64_t job_id = 0;
+  int64_t sequence = 0;  // assigned by AppendJobEvents: 1, 2, ... per job
+  int64_t step = 0;
+  int64_t unix_ms = 0;
+  std::string payload;  // opaque (a serialized miseg.v1.JobEvent)
+};
+
+struct ModelRecord {
+  int64_t id = 0;
+  int64_t dataset_id = 0;
+  std::string dataset_name;  // filled on reads
+  int64_t version = 0;       // assigned: 1 + the dataset's highest
+  int64_t job_id = 0;
+  std::string path;          // model file
+  std::vector<double> dice_per_class;
+  double mean_dice = 0;
+  int64_t size_bytes = 0;
+  int64_t steps = 0;
+  int64_t created_unix_ms = 0;
+  bool active = false;  // filled on reads
+};
+
+class Store {
+ public:
+  // Opens or creates the database (schema versioned with PRAGMA user_version).
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Datasets. AlreadyExists for a taken name; NotFound for unknown names and ids.
+  absl::StatusOr<DatasetRecord> CreateDataset(const DatasetRecord& dataset);
+  absl::StatusOr<DatasetRecord> GetDataset(const std::string& name);
+  absl::StatusOr<DatasetRecord> GetDatasetById(int64_t id);
+  absl::StatusOr<std::vector<DatasetRecord>> ListDatasets();
+
+  // The subset of sop_instance_uids already stored in the dataset (any study).
+  absl::StatusOr<std::vector<std::string>> ExistingInstances(
+      int64_t dataset_id, const std::vector<std::string>& sop_instance_uids);
+  // Inserts a study and its instances in one transaction. AlreadyExists when the dataset
+  // already holds the series or one of the instances (nothing is inserted then).
+  absl::StatusOr<StudyRecord> InsertStudy(const StudyRecord& study);
+  absl::StatusOr<StudyRecord> GetStudy(int64_t dataset_id, const std::string& series_uid);
+  // Studies with their instances; role nullopt = all roles. Ordered by id.
+  absl::StatusOr<std::vector<StudyRecord>> ListStudies(int64_t dataset_id,
+                                                       std::optional<StoredRole> role);
+  // Deletes the study and its instances; returns the object hashes no longer referenced by
+  // any instance (the caller removes those files after this commits). NotFound if absent.
+  absl::StatusOr<std::vector<std::string>> DeleteStudy(int64_t dataset_id,
+                                                       const std::string& series_uid,
+                                                       int64_t* deleted_instances);
+  // Every object hash referenced by an instance (startup garbage collection).
+  absl::StatusOr<std::vector<std::string>> ReferencedObjects();
+
+  // Jobs: a durable FIFO queue.
+  absl::StatusOr<JobRecord> CreateJob(const JobRecord& job);
+  absl::StatusOr<JobRecord> GetJob(int64_t id);
+  // dataset_id 0: all. Newest first.
+  absl::StatusOr<std::vector<JobRecord>> ListJobs(int64_t dataset_id);
+  // Atomically takes the oldest queued job (state -> running, device, started time).
+  // nullopt when none is queued.
+  absl::StatusOr<std::optional<JobRecord>> ClaimNextJob(const std::string& device);
+  // After a crash: running jobs go back to queued (resumes + 1). Returns how many.
+  absl::StatusOr<int> RequeueRunningJobs();
+  // SIGTERM: this running job goes back to queued (it resumes on the next start).
+  absl::Status RequeueJob(int64_t id);
+  // Sets cancel_requested on a queued or running job; a queued one becomes cancelled at
+  // once. FailedPrecondition for a finished job. Returns the job after the change.
+  absl::StatusOr<JobRecord> RequestCancel(int64_t id);
+  // A checkpoint was written (atomically, before this call): its step and path.
+  absl::Status RecordCheckpoint(int64_t id, int64_t step, const std::string& checkpoint_path);
+  absl::Status SetJobStudyCounts(int64_t id, int32_t labeled, int32_t unlabeled,
+                                 int32_t validation);
+  // Terminal states. FinishJobWithModel inserts the model and sets the job succeeded in
+  // one transaction; activate makes it the dataset's active model.
+  absl::Status FailJob(int64_t id, const std::string& error);
+  absl::Status CancelJob(int64_t id);
+  absl::StatusOr<ModelRecord> FinishJobWithModel(int64_t job_id, const ModelRecord& model,
+                                                 bool activate);
+
+  // Job events. AppendJobEvents assigns sequences and inserts in one transaction.
+  absl::StatusOr<std::vector<JobEventRecord>> AppendJobEvents(
+      int64_t job_id, std::vector<JobEventRecord> events);
+  // Events with sequence > after_sequence and step >= from_step, in order, at most limit.
+  absl::StatusOr<std::vector<JobEventRecord>> ListJobEvents(int64_t job_id,
+                                                            int64_t after_sequence,
+                                                            int64_t from_step, int64_t limit);
+  // On resume from a checkpoint at `step`: events of later steps are deleted, since they
+  // will be produced again (the history stays one consistent run).
+  absl::Status TruncateJobEventsAfter(int64_t job_id, int64_t step);
+
+  // Models.
+  absl::StatusOr<ModelRecord> GetModel(int64_t id);
+  absl::StatusOr<std::vector<ModelRecord>> ListModels(int64_t dataset_id);  // 0: all
+  absl::StatusOr<ModelRecord> PromoteModel(int64_t id);
+
+  // Counts of jobs per state (for metrics).
+  absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> CountJobsByState();
+
+ private:
+  explicit Store(sqlite3* db);
+  sqlite3* db_;
+  std::mutex mutex_;
+};
+
+}  // namespace miseg
+
+#endif  // MISEG_SERVER_STORE_STORE_H_
