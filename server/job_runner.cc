@@ -11,6 +11,7 @@
 #include "core/train/trainer.h"
 #include "server/convert.h"
 #include "server/ingest.h"
+#include "server/log.h"
 
 namespace miseg {
 namespace {
@@ -73,13 +74,17 @@ void JobRunner::CancelRunning(int64_t job_id) {
   it->second->store(true);
 }
 
-void JobRunner::Shutdown() {
+void JobRunner::RequestStop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
     for (auto& [id, flag] : running_cancel_) flag->store(true);
   }
   wake_.notify_all();
+}
+
+void JobRunner::Shutdown() {
+  RequestStop();
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
   }
@@ -148,7 +153,10 @@ void JobRunner::RunJob(const JobRecord& job, const std::string& device) {
   RefreshJobGauges();
   metrics_->SetTrainingActive(true);
 
+  Log(absl::StrCat("job ", job.id, " claimed on ", device,
+                   job.checkpoint_path.empty() ? "" : absl::StrCat(" (checkpoint at step ", job.step, ")")));
   absl::Status status = TrainJob(job, device, &cancel);
+  Log(absl::StrCat("job ", job.id, " left the worker: ", status.ok() ? "succeeded" : status.ToString()));
 
   bool by_user;
   {

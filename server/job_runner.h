@@ -45,7 +45,8 @@ class JobRunner {
   // Cancel a running job within a step (the store already has cancel_requested).
   void CancelRunning(int64_t job_id);
   // SIGTERM: running jobs stop within a step, checkpoint and go back to the queue; the
-  // workers exit. Blocks until they have.
+  // workers exit. RequestStop returns at once; Shutdown blocks until the workers have exited.
+  void RequestStop();
   void Shutdown();
 
   // Appends one event to a job's history and wakes watchers.

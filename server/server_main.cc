@@ -34,9 +34,11 @@
 #include "server/auth.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
+#include "server/log.h"
 #include "server/metrics.h"
 #include "server/segmentation_engine.h"
 #include "server/services.h"
+#include "server/tls.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 
@@ -70,50 +72,6 @@ namespace {
 
 constexpr char kVersion[] = "0.1.0";
 
-void Log(const std::string& message) {
-  char stamp[32];
-  const std::time_t now = std::time(nullptr);
-  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  std::cerr << stamp << " miseg-server: " << message << std::endl;
-}
-
-bool IsLoopback(const std::string& address) {
-  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
-         absl::StartsWith(address, "[::1]:");
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
-  const std::string cert = absl::GetFlag(FLAGS_tls_cert);
-  const std::string key = absl::GetFlag(FLAGS_tls_key);
-  const std::string client_ca = absl::GetFlag(FLAGS_tls_client_ca);
-  if (cert.empty() && key.empty()) {
-    if (!client_ca.empty()) {
-      return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  if (cert.empty() || key.empty()) {
-    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
-  }
-  grpc::SslServerCredentialsOptions options(
-      client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                        : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  absl::StatusOr<std::string> cert_pem = ReadFileToString(cert);
-  if (!cert_pem.ok()) return cert_pem.status();
-  absl::StatusOr<std::string> key_pem = ReadFileToString(key);
-  if (!key_pem.ok()) return key_pem.status();
-  pair.cert_chain = *cert_pem;
-  pair.private_key = *key_pem;
-  options.pem_key_cert_pairs.push_back(pair);
-  if (!client_ca.empty()) {
-    absl::StatusOr<std::string> ca = ReadFileToString(client_ca);
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
-  }
-  return grpc::SslServerCredentials(options);
-}
-
 // Objects no instance references: left by a crash between storing files and committing
 // their study, or between a delete's commit and its file removal.
 void CollectGarbage(Store& store, FileStore& files) {
@@ -142,13 +100,15 @@ int Run() {
   const std::string listen = absl::GetFlag(FLAGS_listen);
   const std::string token_file = absl::GetFlag(FLAGS_token_file);
   const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
-  if (!IsLoopback(listen) && !(tls && !token_file.empty()) &&
+  if (!IsLoopbackAddress(listen) && !(tls && !token_file.empty()) &&
       !absl::GetFlag(FLAGS_allow_insecure_remote)) {
     Log(absl::StrCat("refusing to listen on ", listen,
                      " without TLS and a token file; pass --allow_insecure_remote to insist"));
     return 2;
   }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      LoadServerCredentials(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                            absl::GetFlag(FLAGS_tls_client_ca));
   if (!credentials.ok()) {
     Log(std::string(credentials.status().message()));
     return 2;
@@ -254,12 +214,14 @@ int Run() {
     Log(absl::StrCat("signal ", received, ": shutting down"));
     stopping.store(true);
     hub.Notify();
+    runner.RequestStop();  // the running job checkpoints while calls drain
     server->GetHealthCheckService()->SetServingStatus(false);
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   });
   server->Wait();
   signal_thread.join();
+  Log("calls drained; waiting for the job workers");
   runner.Shutdown();  // checkpoints and requeues the running job
   Log("stopped");
   return 0;

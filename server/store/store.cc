@@ -76,7 +76,10 @@ CREATE TABLE jobs (
   validation_studies INTEGER NOT NULL DEFAULT 0,
   created_unix_ms INTEGER NOT NULL,
   started_unix_ms INTEGER NOT NULL DEFAULT 0,
-  finished_unix_ms INTEGER NOT NULL DEFAULT 0
+  finished_unix_ms INTEGER NOT NULL DEFAULT 0,
+  -- Event sequences are never reused, even after TruncateJobEventsAfter: a watcher that
+  -- saw the truncated events still gets every later one.
+  last_event_sequence INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_state ON jobs(state, id);
 CREATE INDEX jobs_by_dataset ON jobs(dataset_id, id);
@@ -1082,11 +1085,18 @@ absl::StatusOr<std::vector<JobEventRecord>> Store::AppendJobEvents(
     int64_t next = 1;
     {
       ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "SELECT COALESCE(MAX(sequence), 0) + 1 FROM "
-                                             "job_events WHERE job_id = ?1"));
+                                             "SELECT last_event_sequence + 1 FROM jobs "
+                                             "WHERE id = ?1"));
       s.Bind(1, job_id);
       ASSIGN_OR_RETURN(bool row, s.Step());
       if (row) next = s.Int(0);
+    }
+    {
+      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                             "UPDATE jobs SET last_event_sequence = ?2 "
+                                             "WHERE id = ?1"));
+      s.Bind(1, job_id).Bind(2, next + static_cast<int64_t>(events.size()) - 1);
+      RETURN_IF_ERROR(s.Run());
     }
     const int64_t now = NowUnixMs();
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,

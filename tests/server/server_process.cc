@@ -146,9 +146,13 @@ int ServerProcess::WaitExit(std::chrono::seconds timeout) {
     std::unique_lock<std::mutex> lock(mutex_);
     log_changed_.wait_for(lock, timeout, [&] { return log_closed_; });
   }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!log_closed_) return -1;
+  }
+  // Its stderr closed: the process is exiting; reap it.
   int status = 0;
-  pid_t done = waitpid(pid_, &status, WNOHANG);
-  if (done == 0) return -1;
+  if (waitpid(pid_, &status, 0) != pid_) return -1;
   exited_ = true;
   exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return exit_status_;

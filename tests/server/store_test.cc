@@ -795,10 +795,10 @@ TEST_F(StoreTest, TruncateJobEventsAfterResume) {
   ASSERT_TRUE(left.ok());
   ASSERT_EQ(left->size(), 2u);
   EXPECT_EQ((*left)[1].step, 20);
-  // Sequences keep growing from the highest remaining one.
+  // Sequences are never reused: a watcher past sequence 4 still gets the new events.
   auto again = store_->AppendJobEvents(j.id, Events({30}));
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)[0].sequence, 3);
+  EXPECT_EQ((*again)[0].sequence, 5);
   EXPECT_EQ(store_->TruncateJobEventsAfter(999, 0).code(), absl::StatusCode::kNotFound);
 }
 
