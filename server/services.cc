@@ -318,7 +318,10 @@ class TrainingServiceImpl final : public v1::TrainingService::Service {
                         grpc::ServerWriter<v1::JobEvent>* writer) override {
     return Handle(deps_, context, "WatchJob", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(JobRecord job, deps_.store->GetJob(request->id()));
-      int64_t last_sequence = 0;
+      if (request->after_sequence() < 0 || request->from_step() < 0) {
+        return absl::InvalidArgumentError("after_sequence and from_step must not be negative");
+      }
+      int64_t last_sequence = request->after_sequence();
       constexpr int64_t kPage = 500;
       while (true) {
         if (context->IsCancelled()) return absl::CancelledError("the client went away");
@@ -342,6 +345,7 @@ class TrainingServiceImpl final : public v1::TrainingService::Service {
           if (event.has_state() && IsTerminal(event.state().state())) return absl::OkStatus();
         }
         if (static_cast<int64_t>(events.size()) == kPage) continue;
+        if (request->no_follow()) return absl::OkStatus();
         if (IsTerminal(static_cast<v1::JobState>(job.state))) {
           // Terminal, but its state event is not stored (or was filtered by from_step).
           v1::JobEvent event;

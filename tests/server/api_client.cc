@@ -95,11 +95,14 @@ grpc::Status ApiClient::Segment(const v1::SegmentHeader& header,
 }
 
 grpc::Status ApiClient::Watch(int64_t job_id, std::vector<v1::JobEvent>* events,
-                              int64_t from_step, int deadline_seconds) const {
+                              int64_t from_step, int deadline_seconds, int64_t after_sequence,
+                              bool no_follow) const {
   auto context = Context(deadline_seconds);
   v1::WatchJobRequest request;
   request.set_id(job_id);
   request.set_from_step(from_step);
+  request.set_after_sequence(after_sequence);
+  request.set_no_follow(no_follow);
   auto reader = training->WatchJob(context.get(), request);
   v1::JobEvent event;
   while (reader->Read(&event)) events->push_back(event);

@@ -40,7 +40,8 @@ struct ApiClient {
                        int deadline_ms = 120000) const;
   // Every event until the stream ends.
   grpc::Status Watch(int64_t job_id, std::vector<v1::JobEvent>* events, int64_t from_step = 0,
-                     int deadline_seconds = 300) const;
+                     int deadline_seconds = 300, int64_t after_sequence = 0,
+                     bool no_follow = false) const;
 };
 
 // The phantom class names, background first.

@@ -369,6 +369,12 @@ TEST_F(ApiTest, TrainingJobStreamsMetricsAndYieldsAnActiveModel) {
     if (e.has_step()) EXPECT_GE(e.step().step(), 6);
   }
   EXPECT_LT(tail.size(), events.size());
+  // A reconnecting watcher skips what it saw by sequence.
+  std::vector<v1::JobEvent> after;
+  ASSERT_TRUE(client_->Watch(job.id(), &after, 0, 60, events[3].sequence()).ok());
+  ASSERT_EQ(after.size(), events.size() - 4);
+  EXPECT_EQ(after.front().sequence(), events[4].sequence());
+  EXPECT_EQ(client_->Watch(job.id(), &after, -1).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
   v1::GetJobRequest get;
   get.set_id(job.id());
@@ -507,6 +513,12 @@ TEST_F(ApiTest, CancelStopsARunningJobWithinAStepAndAFinishedJobRefuses) {
   bool stepped = false;
   while (!stepped && reader->Read(&event)) stepped = event.has_step();
   ASSERT_TRUE(stepped);
+  // A snapshot of a running job ends after the stored events, without a terminal state.
+  std::vector<v1::JobEvent> snapshot;
+  ASSERT_TRUE(client_->Watch(job.id(), &snapshot, 0, 60, 0, /*no_follow=*/true).ok());
+  ASSERT_FALSE(snapshot.empty());
+  EXPECT_FALSE(snapshot.back().has_state() &&
+               snapshot.back().state().state() == v1::JOB_STATE_CANCELLED);
   v1::CancelJobRequest cancel;
   cancel.set_id(job.id());
   context = client_->Context();
