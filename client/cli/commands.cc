@@ -1,0 +1,831 @@
+#include "client/cli/commands.h"
+
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/cli/local_files.h"
+#include "client/cli/output.h"
+#include "client/client.h"
+#include "client/render/overlay.h"
+#include "client/render/plot.h"
+#include "client/render/png.h"
+#include "core/common/status_macros.h"
+#include "core/dicom/phantom_study.h"
+#include "core/dicom/segmentation.h"
+#include "core/dicom/series_reader.h"
+#include "core/phantom/phantom.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace miseg::cli {
+namespace {
+
+using client::Client;
+
+// Marks a status as a usage error (exit 2) rather than refused input.
+constexpr char kUsagePrefix[] = "usage: ";
+
+absl::Status UsageError(const std::string& message) {
+  return absl::InvalidArgumentError(kUsagePrefix + message);
+}
+
+bool IsUsageError(const absl::Status& status) {
+  return absl::IsInvalidArgument(status) && absl::StartsWith(status.message(), kUsagePrefix);
+}
+
+struct Context {
+  const Args& args;
+  bool json = false;
+  bool quiet = false;
+  std::unique_ptr<Client> client;
+};
+
+void Print(const Context& c, const std::string& line) {
+  if (!c.quiet || c.json) fprintf(stdout, "%s\n", line.c_str());
+}
+
+absl::StatusOr<v1::StudyRole> ParseRole(const std::string& role) {
+  if (role == "labeled") return v1::STUDY_ROLE_LABELED;
+  if (role == "unlabeled") return v1::STUDY_ROLE_UNLABELED;
+  if (role == "validation") return v1::STUDY_ROLE_VALIDATION;
+  return UsageError("--role is labeled, unlabeled or validation");
+}
+
+std::string RoleName(v1::StudyRole role) {
+  switch (role) {
+    case v1::STUDY_ROLE_LABELED: return "labeled";
+    case v1::STUDY_ROLE_UNLABELED: return "unlabeled";
+    case v1::STUDY_ROLE_VALIDATION: return "validation";
+    default: return "-";
+  }
+}
+
+std::string StateName(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_QUEUED: return "queued";
+    case v1::JOB_STATE_RUNNING: return "running";
+    case v1::JOB_STATE_SUCCEEDED: return "succeeded";
+    case v1::JOB_STATE_FAILED: return "failed";
+    case v1::JOB_STATE_CANCELLED: return "cancelled";
+    default: return "-";
+  }
+}
+
+std::string TimeOf(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
+  std::tm utc;
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%SZ", &utc);
+  return text;
+}
+
+absl::StatusOr<int64_t> IdArgument(const Args& args, size_t index, const std::string& usage) {
+  if (args.positional().size() <= index) return UsageError(usage);
+  int64_t id;
+  if (!absl::SimpleAtoi(args.positional()[index], &id) || id <= 0) {
+    return UsageError(usage + " (ids are positive numbers)");
+  }
+  return id;
+}
+
+absl::StatusOr<std::string> WordArgument(const Args& args, size_t index, const std::string& usage) {
+  if (args.positional().size() <= index) return UsageError(usage);
+  return args.positional()[index];
+}
+
+template <typename T>
+std::string JsonArray(const std::string& key, const std::vector<T>& items) {
+  std::vector<std::string> parts;
+  for (const T& item : items) parts.push_back(ToJson(item));
+  return absl::StrCat("{\"", key, "\":[", absl::StrJoin(parts, ","), "]}");
+}
+
+std::string DiceText(const google::protobuf::RepeatedField<double>& dice,
+                     const std::vector<std::string>& class_names) {
+  std::vector<std::string> parts;
+  for (int i = 0; i < dice.size(); ++i) {
+    const std::string name = static_cast<size_t>(i + 1) < class_names.size()
+                                 ? class_names[i + 1]
+                                 : absl::StrCat("class ", i + 1);
+    parts.push_back(absl::StrFormat("%s %.3f", name, dice[i]));
+  }
+  return absl::StrJoin(parts, "  ");
+}
+
+// ------------------------------------------------------------------------------------------
+// health, datasets
+
+absl::Status Health(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({}));
+  RETURN_IF_ERROR(c.client->Health());
+  Print(c, c.json ? "{\"status\":\"SERVING\"}" : "serving");
+  return absl::OkStatus();
+}
+
+void PrintDataset(const Context& c, const v1::Dataset& d) {
+  if (c.json) return Print(c, ToJson(d));
+  Print(c, absl::StrCat("dataset     ", d.name()));
+  Print(c, absl::StrCat("modality    ", d.modality()));
+  Print(c, absl::StrCat("classes     ", absl::StrJoin(d.class_names(), ", ")));
+  Print(c, absl::StrFormat("studies     %d labeled, %d unlabeled, %d validation",
+                           d.labeled_studies(), d.unlabeled_studies(), d.validation_studies()));
+  Print(c, absl::StrFormat("stored      %d instances, %s", d.instances(),
+                           HumanBytes(static_cast<double>(d.stored_bytes()))));
+  Print(c, absl::StrCat("active      ", d.active_model_id() ? absl::StrCat("model ", d.active_model_id()) : "no model yet"));
+  Print(c, absl::StrCat("created     ", TimeOf(d.created_unix_ms())));
+}
+
+absl::Status Datasets(Context& c) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb == "create") {
+    RETURN_IF_ERROR(c.args.Allow({"classes", "modality"}));
+    ASSIGN_OR_RETURN(std::string name, WordArgument(c.args, 2, "miseg datasets create NAME --classes background,a,b"));
+    if (!c.args.Has("classes")) return UsageError("miseg datasets create NAME --classes background,a,b");
+    std::vector<std::string> classes = absl::StrSplit(c.args.Get("classes"), ',');
+    ASSIGN_OR_RETURN(v1::Dataset d, c.client->CreateDataset(name, classes, c.args.Get("modality", "MR")));
+    if (c.json) return Print(c, ToJson(d)), absl::OkStatus();
+    Print(c, absl::StrFormat("created dataset %s (%s, %d classes)", d.name(), d.modality(), d.class_names_size()));
+    return absl::OkStatus();
+  }
+  if (verb == "list") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    ASSIGN_OR_RETURN(std::vector<v1::Dataset> list, c.client->ListDatasets());
+    if (c.json) return Print(c, JsonArray("datasets", list)), absl::OkStatus();
+    Print(c, absl::StrFormat("%-20s %-4s %8s %10s %11s %10s %10s %7s", "NAME", "MOD", "LABELED",
+                             "UNLABELED", "VALIDATION", "INSTANCES", "SIZE", "ACTIVE"));
+    for (const v1::Dataset& d : list) {
+      Print(c, absl::StrFormat("%-20s %-4s %8d %10d %11d %10d %10s %7s", d.name(), d.modality(),
+                               d.labeled_studies(), d.unlabeled_studies(), d.validation_studies(),
+                               d.instances(), HumanBytes(static_cast<double>(d.stored_bytes())),
+                               d.active_model_id() ? absl::StrCat(d.active_model_id()) : "-"));
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "show") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    ASSIGN_OR_RETURN(std::string name, WordArgument(c.args, 2, "miseg datasets show NAME"));
+    ASSIGN_OR_RETURN(v1::Dataset d, c.client->GetDataset(name));
+    PrintDataset(c, d);
+    return absl::OkStatus();
+  }
+  return UsageError("miseg datasets create|list|show");
+}
+
+// ------------------------------------------------------------------------------------------
+// upload, studies
+
+absl::Status Upload(Context& c, bool* refused_any) {
+  RETURN_IF_ERROR(c.args.Allow({"role"}));
+  if (c.args.positional().size() < 3 || !c.args.Has("role")) {
+    return UsageError("miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation");
+  }
+  ASSIGN_OR_RETURN(v1::StudyRole role, ParseRole(c.args.Get("role")));
+  const std::string dataset = c.args.positional()[1];
+  std::vector<std::string> paths(c.args.positional().begin() + 2, c.args.positional().end());
+  ASSIGN_OR_RETURN(std::vector<DicomBuffer> files, LoadPaths(paths));
+  if (files.empty()) return absl::InvalidArgumentError("no files in the given paths");
+  LocalFiles local = GroupIntoStudies(std::move(files));
+  // One Upload per study, so one bad study does not hold back the others; what is not a
+  // study is sent last, so the server says why it refuses it.
+  std::vector<std::pair<std::string, std::vector<DicomBuffer>>> batches;
+  for (LocalStudy& s : local.studies) batches.emplace_back(s.series_instance_uid, std::move(s.files));
+  if (!local.others.empty()) batches.emplace_back("", std::move(local.others));
+
+  ProgressBar bar("upload", !c.json && !c.quiet);
+  int64_t sent_before = 0;
+  int64_t stored = 0, duplicate = 0, refused = 0;
+  std::vector<v1::UploadResponse> responses;
+  for (auto& [series, batch] : batches) {
+    int64_t batch_bytes = 0;
+    for (const DicomBuffer& f : batch) batch_bytes += static_cast<int64_t>(f.bytes.size());
+    auto progress = [&](int64_t done, int64_t) {
+      bar.Update(sent_before + done, local.bytes,
+                 absl::StrCat(HumanBytes(static_cast<double>(sent_before + done)), " / ",
+                              HumanBytes(static_cast<double>(local.bytes))));
+    };
+    ASSIGN_OR_RETURN(v1::UploadResponse response, c.client->Upload(dataset, role, batch, progress));
+    sent_before += batch_bytes;
+    stored += response.stored_instances();
+    duplicate += response.duplicate_instances();
+    refused += response.refused_instances();
+    if (!c.json) {
+      bar.Clear();
+      for (const v1::Study& s : response.stored()) {
+        Print(c, absl::StrFormat("stored     %s  %s, %d slices%s", s.series_instance_uid(),
+                                 RoleName(s.role()), s.slices(),
+                                 s.segmentation_sop_instance_uid().empty() ? "" : " + SEG"));
+      }
+      if (response.stored_size() == 0 && response.duplicate_instances() > 0 &&
+          response.refused_instances() == 0) {
+        Print(c, absl::StrCat("duplicate  ", series.empty() ? "files" : series, "  already stored"));
+      }
+      std::map<std::string, int> reasons;  // one line per distinct reason
+      for (const v1::InstanceResult& r : response.results()) {
+        if (r.outcome() == v1::INSTANCE_OUTCOME_REFUSED) {
+          ++reasons[r.series_instance_uid().empty() ? absl::StrCat(r.file_name(), ": ", r.reason())
+                                                    : r.reason()];
+        }
+      }
+      for (const auto& [reason, count] : reasons) {
+        fprintf(stderr, "refused    %d file%s: %s\n", count, count == 1 ? "" : "s", reason.c_str());
+      }
+    }
+    responses.push_back(std::move(response));
+  }
+  bar.Finish();
+  *refused_any = refused > 0;
+  if (c.json) {
+    Print(c, JsonArray("uploads", responses));
+  } else {
+    Print(c, absl::StrFormat("%d stored, %d duplicate, %d refused instances (%s)", stored,
+                             duplicate, refused, HumanBytes(static_cast<double>(local.bytes))));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Studies(Context& c) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb == "list") {
+    RETURN_IF_ERROR(c.args.Allow({"role"}));
+    ASSIGN_OR_RETURN(std::string dataset, WordArgument(c.args, 2, "miseg studies list DATASET [--role R]"));
+    v1::StudyRole role = v1::STUDY_ROLE_UNSPECIFIED;
+    if (c.args.Has("role")) {
+      ASSIGN_OR_RETURN(role, ParseRole(c.args.Get("role")));
+    }
+    ASSIGN_OR_RETURN(std::vector<v1::Study> list, c.client->ListStudies(dataset, role));
+    if (c.json) return Print(c, JsonArray("studies", list)), absl::OkStatus();
+    Print(c, absl::StrFormat("%-66s %-10s %-3s %6s %9s %4s", "SERIES", "ROLE", "MOD", "SLICES", "MATRIX", "SEG"));
+    for (const v1::Study& s : list) {
+      Print(c, absl::StrFormat("%-66s %-10s %-3s %6d %4dx%-4d %4s", s.series_instance_uid(),
+                               RoleName(s.role()), s.modality(), s.slices(), s.rows(), s.columns(),
+                               s.segmentation_sop_instance_uid().empty() ? "-" : "yes"));
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "delete") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    if (c.args.positional().size() != 4) return UsageError("miseg studies delete DATASET SERIES_UID");
+    ASSIGN_OR_RETURN(int64_t deleted, c.client->DeleteStudy(c.args.positional()[2], c.args.positional()[3]));
+    Print(c, c.json ? absl::StrCat("{\"deletedInstances\":\"", deleted, "\"}")
+                    : absl::StrCat("deleted ", deleted, " instances"));
+    return absl::OkStatus();
+  }
+  return UsageError("miseg studies list|delete");
+}
+
+// ------------------------------------------------------------------------------------------
+// train
+
+// --flag -> field of Hyperparameters, for the flags and the help text.
+struct HyperparameterFlag {
+  const char* flag;
+  const char* help;
+  std::function<absl::Status(const Args&, v1::Hyperparameters*)> apply;
+};
+
+template <typename Setter>
+HyperparameterFlag IntFlag(const char* flag, const char* help, Setter set) {
+  return {flag, help, [flag, set](const Args& a, v1::Hyperparameters* h) -> absl::Status {
+            ASSIGN_OR_RETURN(std::optional<int64_t> v, a.GetInt(flag));
+            if (v) set(h, *v);
+            return absl::OkStatus();
+          }};
+}
+template <typename Setter>
+HyperparameterFlag DoubleFlag(const char* flag, const char* help, Setter set) {
+  return {flag, help, [flag, set](const Args& a, v1::Hyperparameters* h) -> absl::Status {
+            ASSIGN_OR_RETURN(std::optional<double> v, a.GetDouble(flag));
+            if (v) set(h, *v);
+            return absl::OkStatus();
+          }};
+}
+
+const std::vector<HyperparameterFlag>& HyperparameterFlags() {
+  using H = v1::Hyperparameters;
+  static const std::vector<HyperparameterFlag> flags = {
+      IntFlag("steps", "iterations", [](H* h, int64_t v) { h->set_total_steps(v); }),
+      DoubleFlag("w-mi", "weight of the MI term", [](H* h, double v) { h->set_w_mi(v); }),
+      DoubleFlag("w-cons", "weight of the consistency term", [](H* h, double v) { h->set_w_cons(v); }),
+      DoubleFlag("dice-weight", "soft Dice beside cross-entropy", [](H* h, double v) { h->set_dice_weight(v); }),
+      IntFlag("rampup-steps", "ramp-up of the unsupervised weight", [](H* h, int64_t v) { h->set_rampup_steps(v); }),
+      IntFlag("mi-window", "MI window d", [](H* h, int64_t v) { h->set_mi_window(v); }),
+      DoubleFlag("mi-lambda", "MI lambda", [](H* h, double v) { h->set_mi_lambda(v); }),
+      IntFlag("warmup-steps", "learning-rate warm-up", [](H* h, int64_t v) { h->set_warmup_steps(v); }),
+      DoubleFlag("lr", "learning rate", [](H* h, double v) { h->set_learning_rate(v); }),
+      DoubleFlag("min-lr", "final learning rate", [](H* h, double v) { h->set_min_learning_rate(v); }),
+      DoubleFlag("weight-decay", "Adam weight decay", [](H* h, double v) { h->set_weight_decay(v); }),
+      IntFlag("labeled-batch", "labeled slices per step", [](H* h, int64_t v) { h->set_labeled_batch(v); }),
+      IntFlag("unlabeled-batch", "unlabeled slices per step", [](H* h, int64_t v) { h->set_unlabeled_batch(v); }),
+      IntFlag("crop-size", "random training crop (0: none)", [](H* h, int64_t v) { h->set_crop_size(v); }),
+      IntFlag("seed", "random seed", [](H* h, int64_t v) { h->set_seed(static_cast<uint64_t>(v)); }),
+      IntFlag("grid-size", "model grid in pixels", [](H* h, int64_t v) { h->set_grid_size(v); }),
+      IntFlag("validate-every", "validation interval in steps", [](H* h, int64_t v) { h->set_validate_every(v); }),
+      DoubleFlag("validation-fraction", "labeled studies held out without validation studies", [](H* h, double v) { h->set_validation_fraction(v); }),
+      IntFlag("checkpoint-every", "checkpoint interval in steps", [](H* h, int64_t v) { h->set_checkpoint_every(v); }),
+  };
+  return flags;
+}
+
+absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
+  v1::Hyperparameters h;
+  if (args.Has("config")) {
+    FILE* f = fopen(args.Get("config").c_str(), "rb");
+    if (!f) return absl::InvalidArgumentError(absl::StrCat("cannot read ", args.Get("config")));
+    std::string text;
+    char buffer[4096];
+    size_t n;
+    while ((n = fread(buffer, 1, sizeof(buffer), f)) > 0) text.append(buffer, n);
+    fclose(f);
+    google::protobuf::util::JsonParseOptions options;
+    auto parsed = google::protobuf::util::JsonStringToMessage(text, &h, options);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(args.Get("config"), ": ", parsed.message().as_string()));
+    }
+  }
+  for (const HyperparameterFlag& flag : HyperparameterFlags()) RETURN_IF_ERROR(flag.apply(args, &h));
+  if (args.Has("consistency")) {
+    const std::string kind = args.Get("consistency");
+    if (kind == "mse") h.set_consistency(v1::CONSISTENCY_LOSS_MSE);
+    else if (kind == "kl") h.set_consistency(v1::CONSISTENCY_LOSS_KL);
+    else return UsageError("--consistency is mse or kl");
+  }
+  if (args.Has("widths")) {
+    h.clear_widths();
+    for (absl::string_view w : absl::StrSplit(args.Get("widths"), ',')) {
+      int64_t width;
+      if (!absl::SimpleAtoi(w, &width)) return UsageError("--widths takes numbers: 16,32,64");
+      h.add_widths(width);
+    }
+  }
+  return h;
+}
+
+void PrintJob(const Context& c, const v1::Job& j) {
+  if (c.json) return Print(c, ToJson(j));
+  const v1::Hyperparameters& h = j.hyperparameters();
+  Print(c, absl::StrCat("job         ", j.id(), " on dataset ", j.dataset()));
+  Print(c, absl::StrCat("state       ", StateName(j.state()), j.error().empty() ? "" : ": " + j.error()));
+  Print(c, absl::StrFormat("progress    step %d of %d%s", j.step(), j.total_steps(),
+                           j.resumes() ? absl::StrCat(" (resumed ", j.resumes(), "x)") : ""));
+  Print(c, absl::StrFormat("studies     %d labeled, %d unlabeled, %d validation",
+                           j.labeled_studies(), j.unlabeled_studies(), j.validation_studies()));
+  Print(c, absl::StrFormat("objective   w_mi %g, w_cons %g, mi window %d, lambda %g, ramp-up %d, %s",
+                           h.w_mi(), h.w_cons(), h.mi_window(), h.mi_lambda(), h.rampup_steps(),
+                           h.consistency() == v1::CONSISTENCY_LOSS_KL ? "KL" : "MSE"));
+  Print(c, absl::StrFormat("schedule    lr %g -> %g, warm-up %d, batches %d + %d, seed %d",
+                           h.learning_rate(), h.min_learning_rate(), h.warmup_steps(),
+                           h.labeled_batch(), h.unlabeled_batch(), h.seed()));
+  Print(c, absl::StrCat("device      ", j.device().empty() ? "-" : j.device()));
+  Print(c, absl::StrCat("model       ", j.model_id() ? absl::StrCat(j.model_id()) : "-"));
+  Print(c, absl::StrCat("created     ", TimeOf(j.created_unix_ms()), "   finished ", TimeOf(j.finished_unix_ms())));
+}
+
+// Follows a job on the terminal (or as JSON lines). Returns the job's final state.
+absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_step) {
+  ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(job_id));
+  std::vector<std::string> class_names;
+  if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(job.dataset()); d.ok()) {
+    class_names.assign(d->class_names().begin(), d->class_names().end());
+  }
+  ProgressBar bar(absl::StrCat("job ", job_id), !c.json && !c.quiet);
+  const bool terminal = bar.enabled();
+  v1::JobState final_state = job.state();
+  int64_t total = job.total_steps();
+  // Rate over the steps seen live, not the replayed history.
+  auto rate_start = std::chrono::steady_clock::now();
+  int64_t rate_start_step = -1;
+  int64_t last_logged_step = 0;
+  client::WatchOptions options;
+  options.from_step = from_step;
+  options.reconnect_for = std::chrono::seconds(600);
+  options.on_reconnect = [&](const absl::Status& why) {
+    bar.Clear();
+    if (!c.json) fprintf(stderr, "server unavailable; reconnecting...\n");
+  };
+  absl::Status watched = c.client->WatchJob(job_id, options, [&](const v1::JobEvent& e) {
+    if (c.json) {
+      Print(c, ToJson(e));
+    } else if (e.has_step()) {
+      const v1::StepEvent& s = e.step();
+      total = s.total_steps();
+      const auto now = std::chrono::steady_clock::now();
+      // Events stamped more than 2 s ago are history being replayed.
+      const bool live = std::abs(static_cast<double>(e.unix_ms()) -
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch()).count()) < 2000;
+      if (live && rate_start_step < 0) {
+        rate_start = now;
+        rate_start_step = s.step();
+      }
+      const double elapsed = std::chrono::duration<double>(now - rate_start).count();
+      const double rate = rate_start_step >= 0 && elapsed > 0.5 ? (s.step() - rate_start_step) / elapsed
+                                                               : s.steps_per_second();
+      const std::string losses = absl::StrFormat(
+          "loss %.4f  sup %.4f  cons %.4f  mi %.4f", s.loss(), s.supervised(), s.consistency(),
+          s.mutual_information());
+      if (terminal) {
+        bar.Update(s.step(), s.total_steps(),
+                   absl::StrFormat("step %d/%d  %.2f steps/s  ETA %s  %s", s.step(), s.total_steps(), rate,
+                                   HumanDuration(rate > 0 ? (s.total_steps() - s.step()) / rate : -1), losses));
+      } else if (!c.quiet && (s.step() - last_logged_step >= std::max<int64_t>(1, s.total_steps() / 20) ||
+                              s.step() == s.total_steps())) {
+        last_logged_step = s.step();
+        Print(c, absl::StrFormat("step %d/%d  %.2f steps/s  %s", s.step(), s.total_steps(), rate, losses));
+      }
+    } else if (e.has_validation()) {
+      bar.Clear();
+      Print(c, absl::StrFormat("step %d  validation Dice  %s  (mean %.3f)", e.validation().step(),
+                               DiceText(e.validation().dice_per_class(), class_names),
+                               e.validation().mean_dice()));
+    } else if (e.has_state()) {
+      bar.Clear();
+      final_state = e.state().state();
+      Print(c, absl::StrCat("job ", job_id, ": ", StateName(e.state().state()),
+                            e.state().message().empty() ? "" : " (" + e.state().message() + ")"));
+      if (e.state().message().find("resumed from step") != std::string::npos) {
+        rate_start_step = -1;  // the rate restarts with the resumed run
+      }
+    }
+  });
+  bar.Finish();
+  RETURN_IF_ERROR(watched);
+  (void)total;
+  return final_state;
+}
+
+absl::Status WriteTrainingPlot(Context& c, int64_t job_id, const std::string& path) {
+  ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(job_id));
+  std::vector<std::string> class_names;
+  if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(job.dataset()); d.ok()) {
+    class_names.assign(d->class_names().begin(), d->class_names().end());
+  }
+  render::Series total{"total", {}}, supervised{"supervised", {}},
+      consistency{"consistency", {}}, mi{"mutual information", {}};
+  std::vector<render::Series> dice;
+  client::WatchOptions options;
+  options.follow = false;
+  RETURN_IF_ERROR(c.client->WatchJob(job_id, options, [&](const v1::JobEvent& e) {
+    if (e.has_step()) {
+      const double step = static_cast<double>(e.step().step());
+      total.points.emplace_back(step, e.step().loss());
+      supervised.points.emplace_back(step, e.step().supervised());
+      consistency.points.emplace_back(step, e.step().consistency());
+      mi.points.emplace_back(step, e.step().mutual_information());
+    } else if (e.has_validation()) {
+      const auto& values = e.validation().dice_per_class();
+      for (int i = 0; i < values.size(); ++i) {
+        if (dice.size() <= static_cast<size_t>(i)) {
+          dice.push_back({static_cast<size_t>(i + 1) < class_names.size() ? class_names[i + 1]
+                                                                           : absl::StrCat("class ", i + 1),
+                          {}});
+        }
+        dice[i].points.emplace_back(static_cast<double>(e.validation().step()), values[i]);
+      }
+    }
+  }));
+  render::PlotSpec spec;
+  spec.title = absl::StrCat("job ", job_id, " on ", job.dataset(), " (", StateName(job.state()), ")");
+  render::PlotPanel losses;
+  losses.title = "loss terms";
+  losses.y_label = "loss";
+  losses.series = {total, supervised, consistency, mi};
+  render::PlotPanel validation;
+  validation.title = "validation Dice";
+  validation.y_label = "Dice";
+  validation.series = dice;
+  validation.y_range = std::make_pair(0.0, 1.0);
+  spec.panels = {losses, validation};
+  ASSIGN_OR_RETURN(render::RgbImage image, render::RenderPlot(spec));
+  ASSIGN_OR_RETURN(std::string png, render::EncodePng(image));
+  return WriteOutputFile(path, png);
+}
+
+absl::Status Train(Context& c, bool* job_failed) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb == "start") {
+    std::set<std::string> allowed = {"config", "consistency", "widths", "watch"};
+    for (const HyperparameterFlag& f : HyperparameterFlags()) allowed.insert(f.flag);
+    RETURN_IF_ERROR(c.args.Allow(allowed));
+    ASSIGN_OR_RETURN(std::string dataset, WordArgument(c.args, 2, "miseg train start DATASET [--config FILE.json] [--steps N] ..."));
+    ASSIGN_OR_RETURN(v1::Hyperparameters h, HyperparametersFromArgs(c.args));
+    ASSIGN_OR_RETURN(v1::Job job, c.client->StartJob(dataset, h));
+    if (c.json) {
+      Print(c, ToJson(job));
+    } else {
+      Print(c, absl::StrFormat("started job %d on %s (%d steps)", job.id(), dataset, job.total_steps()));
+    }
+    if (c.args.Has("watch")) {
+      ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, job.id(), 0));
+      *job_failed = state != v1::JOB_STATE_SUCCEEDED;
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "list") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
+    ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c.client->ListJobs(dataset));
+    if (c.json) return Print(c, JsonArray("jobs", jobs)), absl::OkStatus();
+    Print(c, absl::StrFormat("%5s %-20s %-10s %13s %6s %-21s", "ID", "DATASET", "STATE", "STEP", "MODEL", "CREATED"));
+    for (const v1::Job& j : jobs) {
+      Print(c, absl::StrFormat("%5d %-20s %-10s %6d/%-6d %6s %-21s", j.id(), j.dataset(), StateName(j.state()),
+                               j.step(), j.total_steps(), j.model_id() ? absl::StrCat(j.model_id()) : "-",
+                               TimeOf(j.created_unix_ms())));
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "show") {
+    RETURN_IF_ERROR(c.args.Allow({"plot"}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train show JOB [--plot FILE.png]"));
+    ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(id));
+    PrintJob(c, job);
+    if (c.args.Has("plot")) {
+      RETURN_IF_ERROR(WriteTrainingPlot(c, id, c.args.Get("plot")));
+      if (!c.json) Print(c, absl::StrCat("plot        ", c.args.Get("plot")));
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "cancel") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train cancel JOB"));
+    ASSIGN_OR_RETURN(v1::Job job, c.client->CancelJob(id));
+    Print(c, c.json ? ToJson(job)
+                    : absl::StrCat("job ", id, job.state() == v1::JOB_STATE_CANCELLED
+                                                   ? " cancelled"
+                                                   : " will stop after its current step"));
+    return absl::OkStatus();
+  }
+  if (verb == "watch") {
+    RETURN_IF_ERROR(c.args.Allow({"from-step"}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train watch JOB [--from-step N]"));
+    ASSIGN_OR_RETURN(std::optional<int64_t> from, c.args.GetInt("from-step"));
+    ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, id, from.value_or(0)));
+    *job_failed = state != v1::JOB_STATE_SUCCEEDED;
+    return absl::OkStatus();
+  }
+  return UsageError("miseg train start|list|show|cancel|watch");
+}
+
+// ------------------------------------------------------------------------------------------
+// models
+
+void PrintModelLine(const Context& c, const v1::Model& m) {
+  Print(c, absl::StrFormat("%5d %-20s %4d %5d %7d %6.3f  %-6s %s", m.id(), m.dataset(), m.version(), m.job_id(),
+                           m.steps(), m.validation_mean_dice(), m.active() ? "active" : "",
+                           DiceText(m.validation_dice_per_class(),
+                                    std::vector<std::string>(m.class_names().begin(), m.class_names().end()))));
+}
+
+absl::Status Models(Context& c) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb == "list") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
+    ASSIGN_OR_RETURN(std::vector<v1::Model> models, c.client->ListModels(dataset));
+    if (c.json) return Print(c, JsonArray("models", models)), absl::OkStatus();
+    Print(c, absl::StrFormat("%5s %-20s %4s %5s %7s %6s  %-6s %s", "ID", "DATASET", "VER", "JOB", "STEPS", "DICE", "", "PER CLASS"));
+    for (const v1::Model& m : models) PrintModelLine(c, m);
+    return absl::OkStatus();
+  }
+  if (verb == "show" || verb == "promote") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, absl::StrCat("miseg models ", verb, " MODEL")));
+    absl::StatusOr<v1::Model> model = verb == "show" ? c.client->GetModel(id) : c.client->PromoteModel(id);
+    if (!model.ok()) return model.status();
+    if (c.json) return Print(c, ToJson(*model)), absl::OkStatus();
+    if (verb == "promote") {
+      Print(c, absl::StrFormat("model %d (version %d) is now the active model of %s", model->id(),
+                               model->version(), model->dataset()));
+      return absl::OkStatus();
+    }
+    Print(c, absl::StrCat("model       ", model->id(), " (version ", model->version(), " of ", model->dataset(), ")"));
+    Print(c, absl::StrCat("job         ", model->job_id(), ", ", model->steps(), " steps"));
+    Print(c, absl::StrFormat("dice        %s  (mean %.3f)",
+                             DiceText(model->validation_dice_per_class(),
+                                      std::vector<std::string>(model->class_names().begin(), model->class_names().end())),
+                             model->validation_mean_dice()));
+    Print(c, absl::StrCat("active      ", model->active() ? "yes" : "no"));
+    Print(c, absl::StrCat("size        ", HumanBytes(static_cast<double>(model->size_bytes()))));
+    Print(c, absl::StrCat("created     ", TimeOf(model->created_unix_ms())));
+    return absl::OkStatus();
+  }
+  return UsageError("miseg models list|show|promote");
+}
+
+// ------------------------------------------------------------------------------------------
+// segment, phantom
+
+absl::Status Segment(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"stored", "model", "out", "overlay"}));
+  const std::string usage =
+      "miseg segment DATASET (FILE_OR_FOLDER... | --stored SERIES_UID) --out SEG.dcm [--model ID] [--overlay FILE.png]";
+  if (c.args.positional().size() < 2 || !c.args.Has("out")) return UsageError(usage);
+  const bool stored = c.args.Has("stored");
+  if (stored == (c.args.positional().size() > 2)) return UsageError(usage);
+  if (stored && c.args.Has("overlay")) {
+    return UsageError("--overlay needs the image files: segment a folder, not --stored");
+  }
+  v1::SegmentHeader header;
+  header.set_dataset(c.args.positional()[1]);
+  ASSIGN_OR_RETURN(std::optional<int64_t> model_id, c.args.GetInt("model"));
+  header.set_model_id(model_id.value_or(0));
+  header.set_stored_series_instance_uid(c.args.Get("stored"));
+
+  std::vector<DicomBuffer> images;
+  if (!stored) {
+    std::vector<std::string> paths(c.args.positional().begin() + 2, c.args.positional().end());
+    ASSIGN_OR_RETURN(std::vector<DicomBuffer> files, LoadPaths(paths));
+    LocalFiles local = GroupIntoStudies(std::move(files));
+    if (local.studies.size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "segment one image series at a time; these paths hold ", local.studies.size()));
+    }
+    for (DicomBuffer& f : local.studies[0].files) {
+      if (static_cast<int>(images.size()) < local.studies[0].images) images.push_back(std::move(f));
+    }
+  }
+  int64_t total_bytes = 0;
+  for (const DicomBuffer& f : images) total_bytes += static_cast<int64_t>(f.bytes.size());
+  ProgressBar bar("segment", !c.json && !c.quiet);
+  ASSIGN_OR_RETURN(client::SegmentResult result,
+                   c.client->Segment(header, images, [&](int64_t done, int64_t total) {
+                     bar.Update(done, total, done < total ? "sending" : "segmenting");
+                   }));
+  bar.Finish();
+  const std::string out = c.args.Get("out");
+  RETURN_IF_ERROR(WriteOutputFile(out, result.seg_bytes));
+
+  if (c.args.Has("overlay")) {
+    ASSIGN_OR_RETURN(v1::Dataset dataset, c.client->GetDataset(header.dataset()));
+    std::vector<std::string> class_names(dataset.class_names().begin(), dataset.class_names().end());
+    ASSIGN_OR_RETURN(std::vector<SeriesVolume> volumes, ReadSeries(images));
+    ASSIGN_OR_RETURN(SegmentationLabels labels,
+                     ReadSegmentation({out, result.seg_bytes}, volumes.front(), class_names));
+    ASSIGN_OR_RETURN(render::RgbImage montage,
+                     render::RenderOverlayMontage(volumes.front().image, labels.labels, class_names, {}));
+    ASSIGN_OR_RETURN(std::string png, render::EncodePng(montage));
+    RETURN_IF_ERROR(WriteOutputFile(c.args.Get("overlay"), png));
+  }
+
+  const v1::SegmentSummary& s = result.summary;
+  if (c.json) {
+    Print(c, ToJson(s));
+    return absl::OkStatus();
+  }
+  Print(c, absl::StrFormat("segmentation  %s (%s)", out, HumanBytes(static_cast<double>(s.segmentation_bytes()))));
+  Print(c, absl::StrFormat("model         %d (version %d of %s)", s.model_id(), s.model_version(), s.dataset()));
+  for (const v1::ClassVolume& v : s.classes()) {
+    Print(c, absl::StrFormat("  %-20s %9.1f mL", v.class_name(), v.volume_ml()));
+  }
+  Print(c, absl::StrFormat("timings       queue %.2f s, decode %.2f s, inference %.2f s, encode %.2f s",
+                           s.queue_seconds(), s.decode_seconds(), s.inference_seconds(), s.encode_seconds()));
+  if (c.args.Has("overlay")) Print(c, absl::StrCat("overlay       ", c.args.Get("overlay")));
+  return absl::OkStatus();
+}
+
+absl::Status Phantom(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"count", "labeled", "seed", "small", "first"}));
+  ASSIGN_OR_RETURN(std::string out, WordArgument(c.args, 1, "miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I] [--small]"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> count, c.args.GetInt("count"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> labeled, c.args.GetInt("labeled"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> seed, c.args.GetInt("seed"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> first, c.args.GetInt("first"));
+  if (!count || *count < 1 || *count > 10000 || labeled.value_or(0) < 0 || first.value_or(0) < 0) {
+    return UsageError("miseg phantom OUT_DIR --count N (1..10000) [--labeled K] [--seed S] [--first I] [--small]");
+  }
+  PhantomOptions options;
+  if (c.args.Has("small")) {
+    // Seconds-sized studies for demos and tests: few, coarse slices.
+    options.min_slices = 4;
+    options.max_slices = 6;
+    options.min_matrix = 64;
+    options.max_matrix = 72;
+    options.min_pixel_mm = 2.8;
+    options.max_pixel_mm = 3.2;
+  }
+  ProgressBar bar("phantom", !c.json && !c.quiet);
+  std::vector<std::string> folders;
+  for (int64_t i = 0; i < *count; ++i) {
+    const int index = static_cast<int>(first.value_or(0) + i);
+    const bool with_seg = i < labeled.value_or(0);
+    const PhantomSubject subject = GeneratePhantomSubject(static_cast<uint64_t>(seed.value_or(1)), index, options);
+    ASSIGN_OR_RETURN(PhantomStudy study,
+                     MakePhantomStudy(subject, absl::StrFormat("s%d-%03d", seed.value_or(1), index), with_seg));
+    const std::string folder = absl::StrFormat("%s/subject-%03d", out, index);
+    RETURN_IF_ERROR(WriteStudyToFolder(study, folder));
+    folders.push_back(folder);
+    bar.Update(i + 1, *count);
+  }
+  bar.Finish();
+  if (c.json) {
+    std::vector<std::string> quoted;
+    for (const std::string& f : folders) quoted.push_back(absl::StrCat("\"", f, "\""));
+    Print(c, absl::StrCat("{\"folders\":[", absl::StrJoin(quoted, ","), "]}"));
+  } else {
+    Print(c, absl::StrFormat("wrote %d phantom studies (%d with a DICOM SEG) under %s", *count,
+                             std::min(*count, labeled.value_or(0)), out));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string Usage() {
+  std::string help =
+      "miseg: the command line of miseg-server (semi-supervised segmentation).\n"
+      "\n"
+      "  miseg health\n"
+      "  miseg datasets create NAME --classes background,a,b [--modality MR|CT]\n"
+      "  miseg datasets list | datasets show NAME\n"
+      "  miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation\n"
+      "  miseg studies list DATASET [--role R] | studies delete DATASET SERIES_UID\n"
+      "  miseg train start DATASET [--config FILE.json] [--watch] [hyperparameter flags]\n"
+      "  miseg train list [DATASET] | train show JOB [--plot FILE.png] | train cancel JOB\n"
+      "  miseg train watch JOB [--from-step N]\n"
+      "  miseg models list [DATASET] | models show MODEL | models promote MODEL\n"
+      "  miseg segment DATASET (FILE_OR_FOLDER... | --stored SERIES_UID) --out SEG.dcm\n"
+      "        [--model MODEL] [--overlay FILE.png]\n"
+      "  miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I] [--small]\n"
+      "\n"
+      "Hyperparameter flags (unset: the method's defaults):\n";
+  for (const HyperparameterFlag& f : HyperparameterFlags()) {
+    help += absl::StrFormat("  --%-20s %s\n", f.flag, f.help);
+  }
+  help +=
+      "  --consistency mse|kl      consistency loss\n"
+      "  --widths 16,32,64,128,256 U-Net widths, one per level\n"
+      "\n"
+      "Connection (flags, or the environment):\n"
+      "  --address HOST:PORT   MISEG_ADDRESS   (default 127.0.0.1:50051)\n"
+      "  --token TOKEN         MISEG_TOKEN     bearer token\n"
+      "  --tls-ca FILE         MISEG_TLS_CA    use TLS, trusting this CA\n"
+      "  --tls-cert FILE       MISEG_TLS_CERT  client certificate (mutual TLS)\n"
+      "  --tls-key FILE        MISEG_TLS_KEY\n"
+      "  --tls-server-name N   MISEG_TLS_SERVER_NAME\n"
+      "Output: --json (one JSON document, or JSON lines for watch), --quiet.\n"
+      "Exit codes: 0 ok, 1 server or connection error (or the watched job did not succeed),\n"
+      "  2 usage error, 3 input refused by the server, 4 authentication or permission refused.\n";
+  return help;
+}
+
+int RunCommand(const Args& args) {
+  Context c{args};
+  c.json = args.Has("json");
+  c.quiet = args.Has("quiet");
+  const std::string& command = args.positional()[0];
+  bool refused_input = false, job_failed = false;
+
+  auto connect = [&]() -> absl::Status {
+    client::ConnectionOptions options = client::OptionsFromEnvironment();
+    if (args.Has("address")) options.address = args.Get("address");
+    if (args.Has("token")) options.token = args.Get("token");
+    if (args.Has("tls-ca")) options.tls_ca_file = args.Get("tls-ca");
+    if (args.Has("tls-cert")) options.tls_cert_file = args.Get("tls-cert");
+    if (args.Has("tls-key")) options.tls_key_file = args.Get("tls-key");
+    if (args.Has("tls-server-name")) options.tls_server_name = args.Get("tls-server-name");
+    ASSIGN_OR_RETURN(c.client, Client::Connect(options));
+    return absl::OkStatus();
+  };
+
+  absl::Status status;
+  if (command == "phantom") {
+    status = Phantom(c);
+  } else {
+    static const std::set<std::string> known = {"health", "datasets", "upload", "studies",
+                                                "train", "models", "segment"};
+    if (!known.count(command)) {
+      status = UsageError(absl::StrCat("unknown command '", command, "'; see miseg help"));
+    } else if (status = connect(); status.ok()) {
+      if (command == "health") status = Health(c);
+      if (command == "datasets") status = Datasets(c);
+      if (command == "upload") status = Upload(c, &refused_input);
+      if (command == "studies") status = Studies(c);
+      if (command == "train") status = Train(c, &job_failed);
+      if (command == "models") status = Models(c);
+      if (command == "segment") status = Segment(c);
+    }
+  }
+  if (!status.ok()) {
+    if (IsUsageError(status) || (absl::IsInvalidArgument(status) &&
+                                 absl::StartsWith(status.message(), "unknown flag"))) {
+      fprintf(stderr, "miseg: %s\n(see miseg help)\n", std::string(status.message()).c_str());
+      return kExitUsage;
+    }
+    PrintError(status);
+    return ExitCodeFor(status);
+  }
+  if (refused_input) return kExitRefused;
+  if (job_failed) return kExitServerError;
+  return kExitOk;
+}
+
+}  // namespace miseg::cli

@@ -1,0 +1,24 @@
+// miseg: the command line of miseg-server. See `miseg help`.
+#include <cstdio>
+#include <string>
+
+#include "client/cli/args.h"
+#include "client/cli/commands.h"
+#include "client/cli/output.h"
+#include "core/dicom/series_reader.h"
+
+int main(int argc, char** argv) {
+  using namespace miseg::cli;
+  absl::StatusOr<Args> args =
+      Args::Parse(argc, argv, {"json", "quiet", "help", "small", "watch", "no-follow"});
+  if (!args.ok()) {
+    fprintf(stderr, "miseg: %s\n%s", std::string(args.status().message()).c_str(), Usage().c_str());
+    return kExitUsage;
+  }
+  if (args->positional().empty() || args->Has("help") || args->positional()[0] == "help") {
+    fputs(Usage().c_str(), args->positional().empty() && !args->Has("help") ? stderr : stdout);
+    return args->positional().empty() && !args->Has("help") ? kExitUsage : kExitOk;
+  }
+  miseg::RegisterDicomCodecs();
+  return RunCommand(*args);
+}

@@ -1,0 +1,403 @@
+#include "client/client.h"
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "miseg/v1/miseg.grpc.pb.h"
+
+namespace miseg::client {
+namespace {
+
+constexpr size_t kChunkBytes = 256 << 10;
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+  std::string bytes;
+  char buffer[1 << 16];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), f)) > 0) bytes.append(buffer, n);
+  fclose(f);
+  return bytes;
+}
+
+// Sends files as FileChunk messages after the header; reports progress.
+template <typename Writer, typename Request>
+bool WriteFiles(Writer* writer, const std::vector<DicomBuffer>& files,
+                const ProgressCallback& progress) {
+  int64_t total = 0, done = 0;
+  for (const DicomBuffer& f : files) total += static_cast<int64_t>(f.bytes.size());
+  for (const DicomBuffer& file : files) {
+    size_t offset = 0;
+    do {
+      Request request;
+      v1::FileChunk* chunk = request.mutable_chunk();
+      if (offset == 0) chunk->set_file_name(file.name);
+      const size_t n = std::min(kChunkBytes, file.bytes.size() - offset);
+      chunk->set_data(file.bytes.data() + offset, n);
+      offset += n;
+      chunk->set_last_chunk(offset >= file.bytes.size());
+      if (!writer->Write(request)) return false;
+      done += static_cast<int64_t>(n);
+      if (progress) progress(done, total);
+    } while (offset < file.bytes.size());
+  }
+  return true;
+}
+
+}  // namespace
+
+ConnectionOptions OptionsFromEnvironment() {
+  ConnectionOptions options;
+  auto env = [](const char* name, std::string* out) {
+    if (const char* value = std::getenv(name); value && *value) *out = value;
+  };
+  env("MISEG_ADDRESS", &options.address);
+  env("MISEG_TOKEN", &options.token);
+  env("MISEG_TLS_CA", &options.tls_ca_file);
+  env("MISEG_TLS_CERT", &options.tls_cert_file);
+  env("MISEG_TLS_KEY", &options.tls_key_file);
+  env("MISEG_TLS_SERVER_NAME", &options.tls_server_name);
+  return options;
+}
+
+struct Client::State {
+  ConnectionOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::DatasetService::Stub> datasets;
+  std::unique_ptr<v1::TrainingService::Stub> training;
+  std::unique_ptr<v1::ModelService::Stub> models;
+  std::unique_ptr<v1::SegmentationService::Stub> segmentation;
+
+  void Prepare(grpc::ClientContext* context, std::chrono::seconds timeout) const {
+    if (!options.token.empty()) context->AddMetadata("authorization", "Bearer " + options.token);
+    context->set_deadline(std::chrono::system_clock::now() + timeout);
+  }
+  void Prepare(grpc::ClientContext* context) const {
+    Prepare(context, std::chrono::seconds(options.call_timeout_seconds));
+  }
+};
+
+Client::Client(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions& options) {
+  auto state = std::make_unique<State>();
+  state->options = options;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(64 << 20);
+  if (options.tls_ca_file.empty()) {
+    if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("a client certificate needs TLS: set the CA as well");
+    }
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    absl::StatusOr<std::string> ca = ReadWholeFile(options.tls_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+      absl::StatusOr<std::string> cert = ReadWholeFile(options.tls_cert_file);
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key = ReadWholeFile(options.tls_key_file);
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *cert;
+      ssl.pem_private_key = *key;
+    }
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      arguments.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  state->channel = grpc::CreateCustomChannel(options.address, credentials, arguments);
+  state->datasets = v1::DatasetService::NewStub(state->channel);
+  state->training = v1::TrainingService::NewStub(state->channel);
+  state->models = v1::ModelService::NewStub(state->channel);
+  state->segmentation = v1::SegmentationService::NewStub(state->channel);
+  return std::unique_ptr<Client>(new Client(std::move(state)));
+}
+
+absl::Status Client::Health() {
+  grpc::GenericStub generic(state_->channel);
+  grpc::ClientContext context;
+  state_->Prepare(&context, std::chrono::seconds(10));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  grpc::Status status;
+  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) {
+                      std::lock_guard<std::mutex> lock(mutex);
+                      status = std::move(s);
+                      done = true;
+                      done_cv.notify_all();
+                    });
+  std::unique_lock<std::mutex> lock(mutex);
+  done_cv.wait(lock, [&] { return done; });
+  if (!status.ok()) return FromGrpc(status);
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  // HealthCheckResponse: field 1 (status) = 1 (SERVING).
+  if (bytes != std::string("\x08\x01", 2)) {
+    return absl::UnavailableError("the server is not serving (shutting down?)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::Dataset> Client::CreateDataset(const std::string& name,
+                                                  const std::vector<std::string>& class_names,
+                                                  const std::string& modality) {
+  v1::CreateDatasetRequest request;
+  request.set_name(name);
+  for (const std::string& c : class_names) request.add_class_names(c);
+  request.set_modality(modality);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Dataset response;
+  grpc::Status status = state_->datasets->CreateDataset(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Dataset>> Client::ListDatasets() {
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListDatasetsResponse response;
+  grpc::Status status = state_->datasets->ListDatasets(&context, {}, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Dataset>(response.datasets().begin(), response.datasets().end());
+}
+
+absl::StatusOr<v1::Dataset> Client::GetDataset(const std::string& name) {
+  v1::GetDatasetRequest request;
+  request.set_name(name);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Dataset response;
+  grpc::Status status = state_->datasets->GetDataset(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::UploadResponse> Client::Upload(const std::string& dataset,
+                                                  v1::StudyRole role,
+                                                  const std::vector<DicomBuffer>& files,
+                                                  const ProgressCallback& progress) {
+  grpc::ClientContext context;
+  state_->Prepare(&context, std::chrono::seconds(3600));
+  v1::UploadResponse response;
+  auto writer = state_->datasets->Upload(&context, &response);
+  v1::UploadRequest header;
+  header.mutable_header()->set_dataset(dataset);
+  header.mutable_header()->set_role(role);
+  if (writer->Write(header)) {
+    WriteFiles<grpc::ClientWriter<v1::UploadRequest>, v1::UploadRequest>(writer.get(), files,
+                                                                         progress);
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Study>> Client::ListStudies(const std::string& dataset,
+                                                           v1::StudyRole role) {
+  v1::ListStudiesRequest request;
+  request.set_dataset(dataset);
+  request.set_role(role);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListStudiesResponse response;
+  grpc::Status status = state_->datasets->ListStudies(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Study>(response.studies().begin(), response.studies().end());
+}
+
+absl::StatusOr<int64_t> Client::DeleteStudy(const std::string& dataset,
+                                            const std::string& series_uid) {
+  v1::DeleteStudyRequest request;
+  request.set_dataset(dataset);
+  request.set_series_instance_uid(series_uid);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::DeleteStudyResponse response;
+  grpc::Status status = state_->datasets->DeleteStudy(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response.deleted_instances();
+}
+
+absl::StatusOr<v1::Job> Client::StartJob(const std::string& dataset,
+                                         const v1::Hyperparameters& hyperparameters) {
+  v1::StartJobRequest request;
+  request.set_dataset(dataset);
+  *request.mutable_hyperparameters() = hyperparameters;
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Job response;
+  grpc::Status status = state_->training->StartJob(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::Job> Client::GetJob(int64_t id) {
+  v1::GetJobRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Job response;
+  grpc::Status status = state_->training->GetJob(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Job>> Client::ListJobs(const std::string& dataset) {
+  v1::ListJobsRequest request;
+  request.set_dataset(dataset);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListJobsResponse response;
+  grpc::Status status = state_->training->ListJobs(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Job>(response.jobs().begin(), response.jobs().end());
+}
+
+absl::StatusOr<v1::Job> Client::CancelJob(int64_t id) {
+  v1::CancelJobRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Job response;
+  grpc::Status status = state_->training->CancelJob(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::Status Client::WatchJob(int64_t id, const WatchOptions& options,
+                              const std::function<void(const v1::JobEvent&)>& on_event) {
+  int64_t last_sequence = 0;
+  auto reconnect_until = std::chrono::steady_clock::time_point::min();
+  std::chrono::milliseconds backoff(250);
+  while (true) {
+    grpc::ClientContext context;
+    // A watch may last as long as the job: no deadline beyond a generous bound.
+    state_->Prepare(&context, std::chrono::hours(24 * 30));
+    v1::WatchJobRequest request;
+    request.set_id(id);
+    request.set_from_step(options.from_step);
+    request.set_after_sequence(last_sequence);
+    request.set_no_follow(!options.follow);
+    auto reader = state_->training->WatchJob(&context, request);
+    v1::JobEvent event;
+    bool ended = false;
+    while (reader->Read(&event)) {
+      backoff = std::chrono::milliseconds(250);
+      reconnect_until = std::chrono::steady_clock::time_point::min();
+      if (event.sequence() > 0) last_sequence = event.sequence();
+      on_event(event);
+      if (event.has_state() && (event.state().state() == v1::JOB_STATE_SUCCEEDED ||
+                                event.state().state() == v1::JOB_STATE_FAILED ||
+                                event.state().state() == v1::JOB_STATE_CANCELLED)) {
+        ended = true;
+      }
+    }
+    grpc::Status status = reader->Finish();
+    if (status.ok() || ended) return absl::OkStatus();
+    const bool transient = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    if (!transient || options.reconnect_for.count() <= 0) return FromGrpc(status);
+    const auto now = std::chrono::steady_clock::now();
+    if (reconnect_until == std::chrono::steady_clock::time_point::min()) {
+      reconnect_until = now + options.reconnect_for;
+    }
+    if (now >= reconnect_until) return FromGrpc(status);
+    if (options.on_reconnect) options.on_reconnect(FromGrpc(status));
+    // Wait for the channel to come back rather than spinning: WaitForConnected blocks until
+    // the server accepts a connection again or the backoff passes.
+    state_->channel->WaitForConnected(std::chrono::system_clock::now() + backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  }
+}
+
+absl::StatusOr<std::vector<v1::Model>> Client::ListModels(const std::string& dataset) {
+  v1::ListModelsRequest request;
+  request.set_dataset(dataset);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListModelsResponse response;
+  grpc::Status status = state_->models->ListModels(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Model>(response.models().begin(), response.models().end());
+}
+
+absl::StatusOr<v1::Model> Client::GetModel(int64_t id) {
+  v1::GetModelRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Model response;
+  grpc::Status status = state_->models->GetModel(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<v1::Model> Client::PromoteModel(int64_t id) {
+  v1::PromoteModelRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Model response;
+  grpc::Status status = state_->models->PromoteModel(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<SegmentResult> Client::Segment(const v1::SegmentHeader& header,
+                                              const std::vector<DicomBuffer>& files,
+                                              const ProgressCallback& progress,
+                                              std::chrono::seconds timeout) {
+  grpc::ClientContext context;
+  state_->Prepare(&context, timeout);
+  auto stream = state_->segmentation->Segment(&context);
+  v1::SegmentRequest first;
+  *first.mutable_header() = header;
+  if (stream->Write(first)) {
+    WriteFiles<grpc::ClientReaderWriter<v1::SegmentRequest, v1::SegmentResponse>,
+               v1::SegmentRequest>(stream.get(), files, progress);
+  }
+  stream->WritesDone();
+  SegmentResult result;
+  v1::SegmentResponse response;
+  bool summarised = false;
+  while (stream->Read(&response)) {
+    if (response.has_summary()) {
+      result.summary = response.summary();
+      summarised = true;
+    } else {
+      result.seg_bytes.append(response.segmentation_chunk());
+    }
+  }
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) return FromGrpc(status);
+  if (!summarised || static_cast<int64_t>(result.seg_bytes.size()) !=
+                         result.summary.segmentation_bytes()) {
+    return absl::DataLossError("the segmentation arrived incomplete");
+  }
+  return result;
+}
+
+}  // namespace miseg::client

@@ -1,0 +1,104 @@
+// The miseg client library: a C++ API over miseg.v1 for other software (a hospital's
+// integration engine, a notebook's extension) and for the `miseg` command. It never links
+// LibTorch. Errors are absl::Status with the server's code and message; no gRPC types in
+// the signatures beyond the API's own messages.
+#ifndef MISEG_CLIENT_CLIENT_H_
+#define MISEG_CLIENT_CLIENT_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/dicom/dicom_series.h"
+#include "miseg/v1/miseg.pb.h"
+
+namespace miseg::client {
+
+struct ConnectionOptions {
+  std::string address = "127.0.0.1:50051";
+  std::string token;             // sent as "authorization: Bearer <token>"
+  std::string tls_ca_file;       // set: TLS, trusting this CA bundle
+  std::string tls_cert_file;     // with tls_key_file: a client certificate (mutual TLS)
+  std::string tls_key_file;
+  std::string tls_server_name;   // expected name in the server's certificate, if not the host
+  int call_timeout_seconds = 120;  // unary calls; streams take their own
+};
+
+// Defaults overridden by MISEG_ADDRESS, MISEG_TOKEN, MISEG_TLS_CA, MISEG_TLS_CERT,
+// MISEG_TLS_KEY and MISEG_TLS_SERVER_NAME where set.
+ConnectionOptions OptionsFromEnvironment();
+
+// Reports bytes sent of the total, at most every chunk.
+using ProgressCallback = std::function<void(int64_t done, int64_t total)>;
+
+struct WatchOptions {
+  int64_t from_step = 0;
+  bool follow = true;  // false: the stored events only
+  // After the server goes away: how long to keep reconnecting (0: do not).
+  std::chrono::seconds reconnect_for{0};
+  // Called when a reconnect attempt starts (for a "reconnecting..." line).
+  std::function<void(const absl::Status& why)> on_reconnect;
+};
+
+struct SegmentResult {
+  std::string seg_bytes;  // a DICOM Part-10 SEG
+  v1::SegmentSummary summary;
+};
+
+class Client {
+ public:
+  // Connects lazily (the first call dials); InvalidArgument for unreadable TLS files.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ConnectionOptions& options);
+  ~Client();
+
+  // grpc.health.v1: OK when the server reports SERVING.
+  absl::Status Health();
+
+  absl::StatusOr<v1::Dataset> CreateDataset(const std::string& name,
+                                            const std::vector<std::string>& class_names,
+                                            const std::string& modality);
+  absl::StatusOr<std::vector<v1::Dataset>> ListDatasets();
+  absl::StatusOr<v1::Dataset> GetDataset(const std::string& name);
+  // One Upload stream of the files (chunked). The reply says what was stored, duplicate
+  // or refused per file.
+  absl::StatusOr<v1::UploadResponse> Upload(const std::string& dataset, v1::StudyRole role,
+                                            const std::vector<DicomBuffer>& files,
+                                            const ProgressCallback& progress = nullptr);
+  absl::StatusOr<std::vector<v1::Study>> ListStudies(const std::string& dataset,
+                                                     v1::StudyRole role);
+  absl::StatusOr<int64_t> DeleteStudy(const std::string& dataset, const std::string& series_uid);
+
+  absl::StatusOr<v1::Job> StartJob(const std::string& dataset,
+                                   const v1::Hyperparameters& hyperparameters);
+  absl::StatusOr<v1::Job> GetJob(int64_t id);
+  absl::StatusOr<std::vector<v1::Job>> ListJobs(const std::string& dataset);
+  absl::StatusOr<v1::Job> CancelJob(int64_t id);
+  // Calls on_event for each event in order, each once, until the job ends (or, without
+  // follow, until the stored events are replayed). Reconnects as options say.
+  absl::Status WatchJob(int64_t id, const WatchOptions& options,
+                        const std::function<void(const v1::JobEvent&)>& on_event);
+
+  absl::StatusOr<std::vector<v1::Model>> ListModels(const std::string& dataset);
+  absl::StatusOr<v1::Model> GetModel(int64_t id);
+  absl::StatusOr<v1::Model> PromoteModel(int64_t id);
+
+  // Files (one image series) or header.stored_series_instance_uid.
+  absl::StatusOr<SegmentResult> Segment(const v1::SegmentHeader& header,
+                                        const std::vector<DicomBuffer>& files,
+                                        const ProgressCallback& progress = nullptr,
+                                        std::chrono::seconds timeout = std::chrono::seconds(600));
+
+ private:
+  struct State;
+  explicit Client(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace miseg::client
+
+#endif  // MISEG_CLIENT_CLIENT_H_
