@@ -309,6 +309,11 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
 
   const int64_t slice_size = g.slice_size();
   std::vector<Uint8> frame(static_cast<size_t>(slice_size));
+  // Every frame's bits in order, packed contiguously as PS3.5 8.1.1 asks: DCMTK 3.6.7 pads
+  // each frame to a whole byte, which shifts every later frame when rows x columns is not a
+  // multiple of 8 (the standard's readers, ours and pydicom's, then see scrambled masks).
+  std::vector<uint8_t> packed_bits;
+  uint64_t packed_count = 0;
   for (size_t c = 1; c < num_classes; ++c) {
     std::vector<int64_t> slices_with_class;
     for (int64_t k = 0; k < g.slices; ++k) {
@@ -323,6 +328,10 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
       const uint8_t* slice = labels.voxels.data() + k * slice_size;
       for (int64_t i = 0; i < slice_size; ++i) {
         frame[static_cast<size_t>(i)] = (!empty_segment && slice[i] == c) ? 1 : 0;
+      }
+      packed_bits.resize((packed_count + static_cast<uint64_t>(slice_size) + 7) / 8, 0);
+      for (int64_t i = 0; i < slice_size; ++i, ++packed_count) {
+        if (frame[static_cast<size_t>(i)]) packed_bits[packed_count / 8] |= static_cast<uint8_t>(1u << (packed_count % 8));
       }
       const SliceSource& src = source.slices[static_cast<size_t>(k)];
       OFVector<FGBase*> per_frame;
@@ -385,6 +394,12 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
   DcmFileFormat file;
   RETURN_IF_ERROR(FromCondition(seg->writeDataset(*file.getDataset()), "writing the SEG",
                                 absl::StatusCode::kInternal));
+  // The standard's contiguous packing replaces DCMTK's per-frame padded one (see above).
+  if (packed_bits.size() % 2 == 1) packed_bits.push_back(0);  // OB values have even length
+  RETURN_IF_ERROR(FromCondition(
+      file.getDataset()->putAndInsertUint8Array(DCM_PixelData, packed_bits.data(),
+                                                static_cast<unsigned long>(packed_bits.size())),
+      "packing the SEG's frames", absl::StatusCode::kInternal));
   if (!has_for) {
     // Without plane orientations, the General Image module wants Patient Orientation (2C).
     file.getDataset()->insertEmptyElement(DCM_PatientOrientation);
