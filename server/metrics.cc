@@ -51,6 +51,11 @@ struct ServerMetrics::State {
   prometheus::Gauge* queue_depth = nullptr;
   prometheus::Counter* rejected = nullptr;
   prometheus::Histogram* model_load = nullptr;
+  prometheus::Family<prometheus::Counter>* dicom_instances = nullptr;
+  prometheus::Family<prometheus::Counter>* dicom_series = nullptr;
+  prometheus::Family<prometheus::Counter>* delivery_attempts = nullptr;
+  prometheus::Family<prometheus::Gauge>* deliveries = nullptr;
+  prometheus::Histogram* delivery_latency = nullptr;
 };
 
 ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_unique<State>()) {
@@ -140,9 +145,51 @@ ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_uniq
                             .Help("Time to load a model into the inference cache")
                             .Register(r)
                             .Add({}, RpcBuckets());
+  state_->dicom_instances = &prometheus::BuildCounter()
+                                 .Name("miseg_dicom_received_instances_total")
+                                 .Help("Instances received by C-STORE, by outcome")
+                                 .Register(r);
+  for (const char* outcome : {"stored", "refused", "failed"}) state_->dicom_instances->Add({{"outcome", outcome}});
+  state_->dicom_series = &prometheus::BuildCounter()
+                              .Name("miseg_dicom_series_total")
+                              .Help("Complete series received and routed, by outcome")
+                              .Register(r);
+  for (const char* outcome : {"processed", "failed"}) state_->dicom_series->Add({{"outcome", outcome}});
+  state_->delivery_attempts = &prometheus::BuildCounter()
+                                   .Name("miseg_delivery_attempts_total")
+                                   .Help("Attempts to deliver a SEG to a destination, by outcome")
+                                   .Register(r);
+  for (const char* outcome : {"delivered", "failed"}) state_->delivery_attempts->Add({{"outcome", outcome}});
+  state_->deliveries = &prometheus::BuildGauge()
+                            .Name("miseg_deliveries")
+                            .Help("SEG deliveries in the outbox, by state")
+                            .Register(r);
+  for (const char* st : {"pending", "delivered", "failed"}) state_->deliveries->Add({{"state", st}});
+  state_->delivery_latency = &prometheus::BuildHistogram()
+                                  .Name("miseg_delivery_latency_seconds")
+                                  .Help("From the last instance of a series received to its SEG delivered")
+                                  .Register(r)
+                                  .Add({}, prometheus::Histogram::BucketBoundaries{
+                                               0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600});
 }
 
 ServerMetrics::~ServerMetrics() = default;
+
+void ServerMetrics::CountDicomInstance(const std::string& outcome) {
+  state_->dicom_instances->Add({{"outcome", outcome}}).Increment();
+}
+void ServerMetrics::CountDicomSeries(const std::string& outcome) {
+  state_->dicom_series->Add({{"outcome", outcome}}).Increment();
+}
+void ServerMetrics::CountDeliveryAttempt(const std::string& outcome) {
+  state_->delivery_attempts->Add({{"outcome", outcome}}).Increment();
+}
+void ServerMetrics::SetDeliveries(const std::string& state, int64_t count) {
+  state_->deliveries->Add({{"state", state}}).Set(static_cast<double>(count));
+}
+void ServerMetrics::ObserveDeliveryLatency(double seconds) {
+  state_->delivery_latency->Observe(seconds);
+}
 
 absl::StatusOr<int> ServerMetrics::Serve(const std::string& address) {
   try {

@@ -40,6 +40,15 @@ class ServerMetrics {
   void CountInferenceRejected();
   void ObserveModelLoad(double seconds);
 
+  // The DICOM node. outcome: stored, refused, failed (instances); processed, failed
+  // (series); delivered, failed (delivery attempts). state: pending, delivered, failed.
+  void CountDicomInstance(const std::string& outcome);
+  void CountDicomSeries(const std::string& outcome);
+  void CountDeliveryAttempt(const std::string& outcome);
+  void SetDeliveries(const std::string& state, int64_t count);
+  // From the last instance of a series received to its SEG delivered.
+  void ObserveDeliveryLatency(double seconds);
+
  private:
   struct State;
   std::unique_ptr<State> state_;

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -32,6 +33,7 @@
 #include "core/common/allocator_tuning.h"
 #include "core/dicom/series_reader.h"
 #include "server/auth.h"
+#include "server/node/dicom_node.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/log.h"
@@ -65,6 +67,9 @@ ABSL_FLAG(bool, allow_insecure_remote, false,
           "Allow listening beyond loopback without TLS and tokens");
 ABSL_FLAG(std::string, ready_file, "",
           "Written (atomically) once serving: grpc_port, metrics_port and pid lines");
+ABSL_FLAG(std::string, dicom_node_config, "",
+          "JSON configuration of the DICOM node (storage SCP, routes, destinations); "
+          "empty: no DICOM node");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "How long running calls may finish at shutdown");
 
 namespace miseg {
@@ -74,11 +79,16 @@ constexpr char kVersion[] = "0.1.0";
 
 // Objects no instance references: left by a crash between storing files and committing
 // their study, or between a delete's commit and its file removal.
-void CollectGarbage(Store& store, FileStore& files) {
+void CollectGarbage(Store& store, NodeStore* node_store, FileStore& files) {
   absl::StatusOr<std::vector<std::string>> referenced = store.ReferencedObjects();
   absl::StatusOr<std::vector<std::string>> stored = files.List();
   if (!referenced.ok() || !stored.ok()) return;
-  const std::set<std::string> keep(referenced->begin(), referenced->end());
+  std::set<std::string> keep(referenced->begin(), referenced->end());
+  if (node_store != nullptr) {
+    absl::StatusOr<std::vector<std::string>> node_objects = node_store->ReferencedObjects();
+    if (!node_objects.ok()) return;  // unsure what the node needs: keep everything
+    keep.insert(node_objects->begin(), node_objects->end());
+  }
   int removed = 0;
   for (const std::string& hash : *stored) {
     if (!keep.count(hash) && files.Remove(hash).ok()) ++removed;
@@ -140,7 +150,17 @@ int Run() {
     Log(std::string(files.status().message()));
     return 1;
   }
-  CollectGarbage(**store, *files);
+  // The DICOM node's configuration is checked before anything starts.
+  std::optional<server::DicomNodeConfig> node_config;
+  if (!absl::GetFlag(FLAGS_dicom_node_config).empty()) {
+    absl::StatusOr<server::DicomNodeConfig> loaded =
+        LoadDicomNodeConfig(absl::GetFlag(FLAGS_dicom_node_config));
+    if (!loaded.ok()) {
+      Log(std::string(loaded.status().message()));
+      return 2;
+    }
+    node_config = *std::move(loaded);
+  }
 
   ServerMetrics metrics(kVersion);
   absl::StatusOr<int> metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
@@ -168,6 +188,27 @@ int Run() {
   engine_options.version = kVersion;
   SegmentationEngine engine(store->get(), &*files, &metrics, engine_options);
 
+  std::unique_ptr<DicomNode> node;
+  if (node_config) {
+    absl::StatusOr<std::unique_ptr<DicomNode>> created =
+        DicomNode::Create(*node_config, data_dir, {store->get(), &*files, &engine, &metrics});
+    if (!created.ok()) {
+      Log(std::string(created.status().message()));
+      runner.Shutdown();
+      return 1;
+    }
+    node = *std::move(created);
+  }
+  // After the node's store is open: its inbox and outbox reference stored files too.
+  CollectGarbage(**store, node ? node->node_store() : nullptr, *files);
+  if (node) {
+    if (absl::Status started = node->Start(); !started.ok()) {
+      Log(std::string(started.message()));
+      runner.Shutdown();
+      return 1;
+    }
+  }
+
   std::atomic<bool> stopping{false};
   ServiceDeps deps;
   deps.store = store->get();
@@ -178,6 +219,7 @@ int Run() {
   deps.auth = &auth;
   deps.hub = &hub;
   deps.stopping = &stopping;
+  deps.node_store = node ? node->node_store() : nullptr;
   deps.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -215,6 +257,7 @@ int Run() {
     stopping.store(true);
     hub.Notify();
     runner.RequestStop();  // the running job checkpoints while calls drain
+    if (node) node->Stop();
     server->GetHealthCheckService()->SetServingStatus(false);
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));

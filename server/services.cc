@@ -473,6 +473,51 @@ class SegmentationServiceImpl final : public v1::SegmentationService::Service {
   ServiceDeps deps_;
 };
 
+// ------------------------------------------------------------------------------------------
+
+class DicomNodeServiceImpl final : public v1::DicomNodeService::Service {
+ public:
+  explicit DicomNodeServiceImpl(const ServiceDeps& deps) : deps_(deps) {}
+
+  grpc::Status ListDeliveries(grpc::ServerContext* context, const v1::ListDeliveriesRequest* request,
+                              v1::ListDeliveriesResponse* response) override {
+    return Handle(deps_, context, "ListDeliveries", Permission::kRead, [&]() -> absl::Status {
+      if (deps_.node_store == nullptr) {
+        return absl::FailedPreconditionError(
+            "the DICOM node is not configured (--dicom_node_config)");
+      }
+      std::optional<DeliveryStateCode> state;
+      if (request->state() != v1::DELIVERY_STATE_UNSPECIFIED) {
+        if (!v1::DeliveryState_IsValid(request->state())) {
+          return absl::InvalidArgumentError("unknown delivery state");
+        }
+        state = static_cast<DeliveryStateCode>(request->state());
+      }
+      ASSIGN_OR_RETURN(std::vector<DeliveryRecord> deliveries, deps_.node_store->ListDeliveries(state));
+      for (const DeliveryRecord& d : deliveries) {
+        v1::Delivery* out = response->add_deliveries();
+        out->set_id(d.id);
+        out->set_destination(d.destination);
+        out->set_state(static_cast<v1::DeliveryState>(d.state));
+        out->set_dataset(d.dataset);
+        out->set_model_id(d.model_id);
+        out->set_source_series_instance_uid(d.source_series_instance_uid);
+        out->set_segmentation_sop_instance_uid(d.segmentation_sop_instance_uid);
+        out->set_attempts(d.attempts);
+        out->set_last_error(d.last_error);
+        out->set_received_unix_ms(d.received_unix_ms);
+        out->set_created_unix_ms(d.created_unix_ms);
+        out->set_next_attempt_unix_ms(d.next_attempt_unix_ms);
+        out->set_delivered_unix_ms(d.delivered_unix_ms);
+      }
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ServiceDeps deps_;
+};
+
 }  // namespace
 
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps) {
@@ -481,6 +526,7 @@ std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps
   services.push_back(std::make_unique<TrainingServiceImpl>(deps));
   services.push_back(std::make_unique<ModelServiceImpl>(deps));
   services.push_back(std::make_unique<SegmentationServiceImpl>(deps));
+  services.push_back(std::make_unique<DicomNodeServiceImpl>(deps));
   return services;
 }
 

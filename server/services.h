@@ -14,6 +14,7 @@
 #include "core/dicom/series_reader.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 #include "server/auth.h"
+#include "server/node/node_store.h"
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/metrics.h"
@@ -31,13 +32,14 @@ struct ServiceDeps {
   ServerMetrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   EventHub* hub = nullptr;
+  NodeStore* node_store = nullptr;  // null when the DICOM node is not configured
   const std::atomic<bool>* stopping = nullptr;  // set at SIGTERM: streams end
   int64_t max_request_bytes = int64_t{2} << 30;  // one Upload or Segment stream
   int64_t max_files = 100000;
   SeriesReaderLimits reader_limits;
 };
 
-// All four services; register each with the builder.
+// All the services of miseg.v1; register each with the builder.
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps);
 
 }  // namespace miseg

@@ -49,7 +49,10 @@ struct Context {
 };
 
 void Print(const Context& c, const std::string& line) {
-  if (!c.quiet || c.json) fprintf(stdout, "%s\n", line.c_str());
+  if (c.quiet && !c.json) return;
+  fprintf(stdout, "%s\n", line.c_str());
+  // Line by line even into a pipe or file: someone may be following the output.
+  fflush(stdout);
 }
 
 absl::StatusOr<v1::StudyRole> ParseRole(const std::string& role) {
@@ -413,6 +416,8 @@ absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_s
     if (!c.json) fprintf(stderr, "server unavailable; reconnecting...\n");
   };
   absl::Status watched = c.client->WatchJob(job_id, options, [&](const v1::JobEvent& e) {
+    // The exit code follows the last state event, with --json as well.
+    if (e.has_state()) final_state = e.state().state();
     if (c.json) {
       Print(c, ToJson(e));
     } else if (e.has_step()) {

@@ -6,6 +6,7 @@
 #include "client/cli/commands.h"
 #include "client/cli/output.h"
 #include "core/dicom/series_reader.h"
+#include "dcmtk/oflog/oflog.h"
 
 int main(int argc, char** argv) {
   using namespace miseg::cli;
@@ -19,6 +20,9 @@ int main(int argc, char** argv) {
     fputs(Usage().c_str(), args->positional().empty() && !args->Has("help") ? stderr : stdout);
     return args->positional().empty() && !args->Has("help") ? kExitUsage : kExitOk;
   }
+  // DCMTK's own log lines ("W: DcmItem: ...") would interleave with the CLI's output; the
+  // CLI reports what DCMTK could not read itself (a refused file, a "miseg:" error line).
+  OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
   miseg::RegisterDicomCodecs();
   return RunCommand(*args);
 }

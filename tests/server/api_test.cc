@@ -366,7 +366,9 @@ TEST_F(ApiTest, TrainingJobStreamsMetricsAndYieldsAnActiveModel) {
   std::vector<v1::JobEvent> tail;
   ASSERT_TRUE(client_->Watch(job.id(), &tail, /*from_step=*/6).ok());
   for (const v1::JobEvent& e : tail) {
-    if (e.has_step()) EXPECT_GE(e.step().step(), 6);
+    if (e.has_step()) {
+      EXPECT_GE(e.step().step(), 6);
+    }
   }
   EXPECT_LT(tail.size(), events.size());
   // A reconnecting watcher skips what it saw by sequence.

@@ -123,7 +123,9 @@ TEST(ConcurrencyTest, ConcurrentUploadsAndASegmentationWhileAJobTrainsLoseNothin
   EXPECT_EQ(events.back().state().state(), v1::JOB_STATE_CANCELLED);
   int64_t expected_step = 1;
   for (const v1::JobEvent& e : events) {
-    if (e.has_step()) EXPECT_EQ(e.step().step(), expected_step++);
+    if (e.has_step()) {
+      EXPECT_EQ(e.step().step(), expected_step++);
+    }
   }
   EXPECT_GT(expected_step, 1);
 

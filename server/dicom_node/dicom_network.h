@@ -1,0 +1,178 @@
+// The DICOM networking layer of miseg-server: a storage SCP a PACS sends images to (C-ECHO,
+// C-STORE), and the two ways results go back (C-STORE as an SCU, STOW-RS over HTTP).
+// DCMTK (dcmnet), libcurl and Abseil only: no protobuf, no LibTorch, and no DCMTK type in
+// this header. Nothing here keeps data: what the SCP receives is handed to a callback, and
+// what the senders send comes from the caller's buffers.
+#ifndef MISEG_SERVER_DICOM_NODE_DICOM_NETWORK_H_
+#define MISEG_SERVER_DICOM_NODE_DICOM_NETWORK_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace miseg {
+
+// A remote application entity: where SendByCStore connects to.
+struct DicomPeer {
+  std::string ae_title;
+  std::string host;  // name or IP literal
+  int port = 104;
+};
+
+// One entry of the SCP's allow list: an association is accepted only when its calling AE
+// title equals calling_ae_title (case-sensitive, surrounding spaces ignored) and its peer
+// address is host. host is an IPv4 literal ("10.0.0.5") or a name, resolved (getaddrinfo,
+// IPv4) each time an association from that AE title arrives, so a changed DNS entry is seen
+// without a restart; a name that does not resolve matches nothing.
+struct AllowedPeer {
+  std::string calling_ae_title;
+  std::string host;
+};
+
+// One instance received by C-STORE.
+struct ReceivedInstance {
+  uint64_t association_id = 0;  // unique within one StorageScp, from 1 up
+  std::string calling_ae_title;
+  std::string called_ae_title;
+  std::string peer_host;  // the peer's IPv4 address as text, e.g. "127.0.0.1"
+  // A Part-10 file: meta header + dataset, in the transfer syntax it arrived in (the
+  // presentation context's; compressed pixel data is kept compressed, never transcoded).
+  std::string bytes;
+};
+
+// The SOP classes a StorageScp accepts by default (besides Verification, always accepted):
+// MR Image, Enhanced MR Image, Legacy Converted Enhanced MR Image, CT Image, Enhanced CT
+// Image, Legacy Converted Enhanced CT Image Storage.
+std::vector<std::string> DefaultStorageSopClasses();
+
+// The transfer syntaxes a StorageScp accepts, those the series reader decodes, in the order
+// it prefers them when one presentation context proposes several: lossless compressed (so a
+// sender need not decompress), then uncompressed (explicit LE, implicit LE, explicit BE,
+// deflated), then lossy JPEG / JPEG-LS (chosen only when a sender proposes nothing else).
+std::vector<std::string> StorageTransferSyntaxes();
+
+struct StorageScpOptions {
+  std::string ae_title = "MISEG";  // the called AE title associations must address
+  int port = 104;                  // 0: any free port, see StorageScp::port()
+  // The IPv4 address the listening socket is bound to: "127.0.0.1" (default) accepts only
+  // local peers, "0.0.0.0" every interface. IPv6 is not supported (DCMTK 3.6.7's acceptor
+  // is IPv4-only).
+  std::string bind_address = "127.0.0.1";
+  // Who may associate; empty: nobody (every association is rejected).
+  std::vector<AllowedPeer> allowed_peers;
+  // Associations served at once, each on its own thread; one more is rejected (A-ASSOCIATE-RJ,
+  // transient, local limit exceeded).
+  int max_associations = 8;
+  // ACSE: reading the A-ASSOCIATE-RQ after connecting, and the release. DIMSE: waiting for
+  // the next command or data; an association idle for longer is aborted.
+  std::chrono::seconds acse_timeout{30};
+  std::chrono::seconds dimse_timeout{60};
+  // SOP classes accepted for C-STORE (add kSegmentationStorageUid from
+  // core/dicom/instance_info.h to receive DICOM SEG too).
+  std::vector<std::string> sop_classes = DefaultStorageSopClasses();
+};
+
+struct StorageScpCallbacks {
+  // Called once per C-STORE, on the association's thread, before the response is sent. OK:
+  // the response is Success (0x0000). An error: the response is a failure and the instance
+  // must be considered not kept: InvalidArgument or FailedPrecondition -> 0xC000 (Error:
+  // cannot understand), anything else -> 0xA700 (Refused: out of resources). The status
+  // message (its first 64 characters) travels as the response's Error Comment.
+  // Instances that fail the SCP's own checks never reach it: a dataset without SOP Class,
+  // SOP Instance, Study Instance or Series Instance UID, or whose SOP Class / Instance UID
+  // differ from the C-STORE command's, gets 0xA900 (Error: data set does not match SOP class);
+  // one that cannot be re-encoded as a Part-10 file gets 0xC000.
+  // Required (Start fails without it).
+  std::function<absl::Status(const ReceivedInstance&)> on_instance;
+  // Called once per accepted association after it ended (released, aborted or timed out)
+  // and its connection was closed, on the association's thread; never for an association
+  // that was rejected. Its slot among max_associations is already free. Optional.
+  std::function<void(uint64_t association_id, const std::string& calling_ae,
+                      const std::string& called_ae)>
+      on_association_end;
+};
+
+// A storage SCP: one listening thread plus one thread per association (at most
+// max_associations).
+//
+// Thread safety: Start, port and Stop may be called from any thread, but not concurrently
+// with each other on the same object. The callbacks run on association threads, several at
+// once when several associations are open: they must be thread-safe, and must not call Stop
+// or destroy the StorageScp (that would wait for the very thread calling it).
+//
+// Process-wide effect: Start turns off DCMTK's reverse DNS lookup of accepted peers
+// (dcmDisableGethostbyaddr), which could otherwise stall the listening thread.
+class StorageScp {
+ public:
+  StorageScp(StorageScpOptions options, StorageScpCallbacks callbacks);
+  ~StorageScp();  // Stop()
+  StorageScp(const StorageScp&) = delete;
+  StorageScp& operator=(const StorageScp&) = delete;
+
+  // Binds, listens and starts the listening thread; returns once associations can be made.
+  // InvalidArgument for bad options (empty or over-long AE title, port outside 0..65535,
+  // bind_address not an IPv4 literal, max_associations < 1, no on_instance), Unavailable when
+  // the port cannot be bound, FailedPrecondition when already started.
+  absl::Status Start();
+  // The bound port (the kernel's choice when options.port was 0); 0 before Start.
+  int port() const;
+  // Stops accepting (the listening thread ends, after the association request it may be
+  // reading, at most acse_timeout; then the listening socket is closed and new connections
+  // are refused), then waits for the running associations to end by themselves (a peer's
+  // release or abort, or dimse_timeout of idleness) and returns. Idempotent; Start may be
+  // called again afterwards.
+  void Stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sends Part-10 files to a peer over one association: proposes, for every SOP class among the
+// files, explicit and implicit VR little endian, plus each file's own transfer syntax when it
+// is another (compressed, big endian, deflated); sends each file in its own syntax when the
+// peer accepted it, otherwise decompressed/re-encoded in the accepted uncompressed one.
+// Every file is parsed before connecting: InvalidArgument (nothing sent) when one is not
+// DICOM or lacks SOP Class / Instance UID, or more than 127 presentation contexts would be
+// needed. Files are sent in order and sending stops at the first failure (the earlier ones
+// are stored). OK only when every C-STORE response is Success or a Warning (0x0001, 0xBxxx).
+// Errors name the peer (AE@host:port) and, for a response, the SOP Instance UID, the status
+// and its Error Comment:
+//   Unavailable: connection refused or failed, timeouts, the association aborted or dropped,
+//     a transient association rejection, a response status 0xA7xx (out of resources);
+//   FailedPrecondition: a permanent association rejection (e.g. AE title not recognized), or
+//     the peer accepted no presentation context for a file's SOP class;
+//   Internal: any other failure status (0xA9xx, 0xCxxx, 0x01xx, ...);
+//   DeadlineExceeded: timeout elapsed between files.
+// timeout bounds the TCP connect, the association negotiation, each C-STORE response wait,
+// and the whole call (checked between files). An empty list sends nothing and returns OK.
+// Thread-safe, with one process-wide caveat: the TCP connect timeout is DCMTK's global
+// dcmConnectionTimeout, which this call sets to `timeout` (concurrent calls with different
+// timeouts may use each other's value for the connect only).
+absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_title,
+                          const std::vector<std::string>& part10_files,
+                          std::chrono::seconds timeout);
+
+// Sends Part-10 files with one STOW-RS request (PS3.18 10.5): POST studies_url (e.g.
+// "http://pacs:8042/dicom-web/studies") with a multipart/related; type="application/dicom"
+// body, one part per file (streamed from the caller's buffers, not copied), Accept:
+// application/dicom+json, and Authorization: Bearer <token> when bearer_token is not empty.
+// OK for HTTP 200 whose response has no failed SOP (FailedSOPSequence (0008,1198) absent or
+// empty). Errors carry the HTTP status and the response body's first 300 characters:
+//   Unavailable: connection errors and timeouts, 5xx, 408, 429;
+//   InvalidArgument: 400, 413, 415, an empty URL, a token with a line break;
+//   FailedPrecondition: other 4xx (401, 403, 404, 409, ...), 202 or 200 with failed SOPs,
+//     other unexpected statuses.
+// timeout bounds the whole request. An empty list sends nothing and returns OK. Thread-safe.
+absl::Status SendByStowRs(const std::string& studies_url, const std::string& bearer_token,
+                          const std::vector<std::string>& part10_files,
+                          std::chrono::seconds timeout);
+
+}  // namespace miseg
+
+#endif  // MISEG_SERVER_DICOM_NODE_DICOM_NETWORK_H_

@@ -1,0 +1,422 @@
+#include "server/node/dicom_node.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/dicom/instance_info.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/convert.h"
+#include "server/dicom_node/dicom_network.h"
+#include "server/ingest.h"
+#include "server/log.h"
+
+namespace miseg {
+namespace {
+
+absl::Status ValidateAeTitle(const std::string& title, const std::string& what) {
+  if (title.empty() || title.size() > 16) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": an AE title has 1 to 16 characters"));
+  }
+  for (char c : title) {
+    if (c < 0x20 || c > 0x7e || c == '\\') {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": AE title '", title,
+                                                     "' holds a character DICOM does not allow"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool Matches(const std::string& pattern, const std::string& value) {
+  return pattern.empty() || pattern == value;
+}
+
+}  // namespace
+
+absl::StatusOr<server::DicomNodeConfig> LoadDicomNodeConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  server::DicomNodeConfig config;
+  google::protobuf::util::JsonParseOptions options;
+  const auto parsed = google::protobuf::util::JsonStringToMessage(text, &config, options);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parsed.message().as_string()));
+  }
+  if (config.ae_title().empty()) config.set_ae_title("MISEG");
+  if (config.port() == 0 && text.find("\"port\"") == std::string::npos) config.set_port(11112);
+  if (config.quiet_period_seconds() <= 0) config.set_quiet_period_seconds(10);
+  if (config.max_associations() <= 0) config.set_max_associations(8);
+  if (config.max_retry_interval_seconds() <= 0) config.set_max_retry_interval_seconds(300);
+  RETURN_IF_ERROR(ValidateAeTitle(config.ae_title(), path));
+  if (config.port() < 0 || config.port() > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": port out of range"));
+  }
+  if (config.peers().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no peers: nobody could connect"));
+  }
+  for (const server::AllowedPeer& peer : config.peers()) {
+    RETURN_IF_ERROR(ValidateAeTitle(peer.ae_title(), absl::StrCat(path, ": peer")));
+    if (peer.host().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": peer ", peer.ae_title(), " has no host"));
+    }
+  }
+  std::set<std::string> names;
+  for (server::Destination& d : *config.mutable_destinations()) {
+    if (d.name().empty() || !names.insert(d.name()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": destination names must be present and unique ('", d.name(), "')"));
+    }
+    if (d.has_dicom()) {
+      RETURN_IF_ERROR(ValidateAeTitle(d.dicom().ae_title(), absl::StrCat(path, ": destination ", d.name())));
+      if (d.dicom().host().empty() || d.dicom().port() <= 0 || d.dicom().port() > 65535) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": destination ", d.name(), " needs a host and a port"));
+      }
+    } else if (d.has_stow_rs()) {
+      if (d.stow_rs().url().rfind("http://", 0) != 0 && d.stow_rs().url().rfind("https://", 0) != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": destination ", d.name(), " needs an http(s) URL"));
+      }
+      if (!d.stow_rs().bearer_token_file().empty()) {
+        // Read once at load, so a missing file stops the server rather than every delivery.
+        ASSIGN_OR_RETURN(std::string token, ReadFileToString(d.stow_rs().bearer_token_file()));
+        (void)token;
+      }
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": destination ", d.name(), " is neither dicom nor stowRs"));
+    }
+  }
+  if (config.routes().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no routes: nothing would happen"));
+  }
+  for (const server::Route& r : config.routes()) {
+    if (r.store_dataset().empty() && r.segment_dataset().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": a route must store or segment (storeDataset, segmentDataset)"));
+    }
+    if (!r.deliver_to().empty() && r.segment_dataset().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": a route delivers SEGs only when it segments (segmentDataset)"));
+    }
+    for (const std::string& to : r.deliver_to()) {
+      if (!names.count(to)) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": route delivers to unknown destination '", to, "'"));
+      }
+    }
+  }
+  return config;
+}
+
+DicomNode::DicomNode(server::DicomNodeConfig config, std::unique_ptr<NodeStore> node_store,
+                     DicomNodeDeps deps)
+    : config_(std::move(config)), node_store_(std::move(node_store)), deps_(deps) {}
+
+absl::StatusOr<std::unique_ptr<DicomNode>> DicomNode::Create(server::DicomNodeConfig config,
+                                                             const std::string& data_dir,
+                                                             DicomNodeDeps deps) {
+  ASSIGN_OR_RETURN(std::unique_ptr<NodeStore> node_store, NodeStore::Open(data_dir + "/node.db"));
+  return std::unique_ptr<DicomNode>(new DicomNode(std::move(config), std::move(node_store), deps));
+}
+
+DicomNode::~DicomNode() { Stop(); }
+
+absl::Status DicomNode::Start() {
+  StorageScpOptions options;
+  options.ae_title = config_.ae_title();
+  options.port = config_.port();
+  options.max_associations = config_.max_associations();
+  for (const server::AllowedPeer& p : config_.peers()) {
+    options.allowed_peers.push_back({p.ae_title(), p.host()});
+  }
+  StorageScpCallbacks callbacks;
+  callbacks.on_instance = [this](const ReceivedInstance& i) { return OnInstance(i); };
+  callbacks.on_association_end = [this](uint64_t id, const std::string&, const std::string&) {
+    OnAssociationEnd(id);
+  };
+  scp_ = std::make_unique<StorageScp>(options, callbacks);
+  RETURN_IF_ERROR(scp_->Start());
+  RefreshDeliveryGauges();
+  routing_thread_ = std::thread([this] { RoutingLoop(); });
+  delivery_thread_ = std::thread([this] { DeliveryLoop(); });
+  Log(absl::StrCat("DICOM node ", config_.ae_title(), " listening on port ", scp_->port()));
+  return absl::OkStatus();
+}
+
+int DicomNode::port() const { return scp_ ? scp_->port() : 0; }
+
+void DicomNode::Stop() {
+  if (scp_) scp_->Stop();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  routing_wake_.notify_all();
+  delivery_wake_.notify_all();
+  if (routing_thread_.joinable()) routing_thread_.join();
+  if (delivery_thread_.joinable()) delivery_thread_.join();
+}
+
+absl::Status DicomNode::OnInstance(const ReceivedInstance& received) {
+  bool routed = false;
+  for (const server::Route& r : config_.routes()) {
+    routed |= Matches(r.called_ae_title(), received.called_ae_title) &&
+              Matches(r.calling_ae_title(), received.calling_ae_title);
+  }
+  if (!routed) {
+    deps_.metrics->CountDicomInstance("refused");
+    return absl::FailedPreconditionError("no route for this peer and AE title");
+  }
+  absl::StatusOr<InstanceInfo> info = IdentifyInstance({"C-STORE", received.bytes});
+  if (!info.ok()) {
+    deps_.metrics->CountDicomInstance("refused");
+    return info.status();
+  }
+  absl::StatusOr<std::string> hash = deps_.files->Put(received.bytes);
+  if (!hash.ok()) {
+    deps_.metrics->CountDicomInstance("failed");
+    return hash.status();
+  }
+  InboxInstance instance;
+  instance.sop_instance_uid = info->sop_instance_uid;
+  instance.series_instance_uid = info->series_instance_uid;
+  instance.calling_ae_title = received.calling_ae_title;
+  instance.called_ae_title = received.called_ae_title;
+  instance.peer_host = received.peer_host;
+  instance.association_id = received.association_id;
+  instance.object_hash = *hash;
+  instance.received_unix_ms = NowUnixMs();
+  if (absl::Status added = node_store_->AddReceived(instance); !added.ok()) {
+    deps_.metrics->CountDicomInstance("failed");
+    return added;
+  }
+  deps_.metrics->CountDicomInstance("stored");
+  routing_wake_.notify_all();
+  return absl::OkStatus();
+}
+
+void DicomNode::OnAssociationEnd(uint64_t association_id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ended_associations_.insert(association_id);
+  }
+  routing_wake_.notify_all();
+}
+
+void DicomNode::RoutingLoop() {
+  const int64_t quiet_ms = static_cast<int64_t>(config_.quiet_period_seconds() * 1000);
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) return;
+    }
+    absl::StatusOr<std::vector<InboxSeries>> pending = node_store_->PendingSeries();
+    const int64_t now = NowUnixMs();
+    int64_t next_check = now + quiet_ms;
+    if (pending.ok()) {
+      for (const InboxSeries& series : *pending) {
+        bool ended = true;
+        int64_t retry_at = 0;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          for (const InboxInstance& i : series.instances) {
+            ended = ended && ended_associations_.count(i.association_id) > 0;
+          }
+          auto it = retry_after_.find(series.series_instance_uid);
+          if (it != retry_after_.end()) retry_at = it->second;
+        }
+        const int64_t quiet_at = series.last_received_unix_ms + quiet_ms;
+        const bool complete = ended || now >= quiet_at;
+        if (complete && now >= retry_at) {
+          ProcessSeries(series);
+        } else {
+          next_check = std::min(next_check, std::max(complete ? retry_at : quiet_at, now + 50));
+        }
+      }
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    // Until the next series could be complete, or a new instance or association end.
+    routing_wake_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(50, next_check - NowUnixMs())));
+  }
+}
+
+void DicomNode::ProcessSeries(const InboxSeries& series) {
+  std::vector<DicomBuffer> files;
+  for (const InboxInstance& i : series.instances) {
+    absl::StatusOr<std::string> bytes = deps_.files->Get(i.object_hash);
+    if (!bytes.ok()) {
+      Log(absl::StrCat("series ", series.series_instance_uid, ": ", bytes.status().ToString()));
+      continue;
+    }
+    files.push_back({i.sop_instance_uid, *std::move(bytes)});
+  }
+  std::vector<DeliveryRecord> deliveries;
+  const int64_t now = NowUnixMs();
+  bool retry_later = false;
+  for (const server::Route& route : config_.routes()) {
+    if (!Matches(route.called_ae_title(), series.called_ae_title) ||
+        !Matches(route.calling_ae_title(), series.calling_ae_title)) {
+      continue;
+    }
+    if (!route.store_dataset().empty()) {
+      absl::StatusOr<DatasetRecord> dataset = deps_.store->GetDataset(route.store_dataset());
+      absl::StatusOr<IngestResult> ingested =
+          dataset.ok() ? IngestFiles(*deps_.store, *deps_.files, *dataset, StoredRole::kUnlabeled, files)
+                       : absl::StatusOr<IngestResult>(dataset.status());
+      if (!ingested.ok()) {
+        Log(absl::StrCat("series ", series.series_instance_uid, " not stored into '",
+                         route.store_dataset(), "': ", ingested.status().message()));
+      } else {
+        Log(absl::StrCat("series ", series.series_instance_uid, " from ", series.calling_ae_title,
+                         ": ", ingested->stored.size(), " stud", ingested->stored.size() == 1 ? "y" : "ies",
+                         " stored into '", route.store_dataset(), "'"));
+      }
+    }
+    if (route.segment_dataset().empty()) continue;
+    SegmentationJob job;
+    job.dataset = route.segment_dataset();
+    job.files = files;
+    absl::StatusOr<SegmentationResult> result =
+        deps_.engine->Segment(job, std::chrono::system_clock::now() + std::chrono::minutes(30));
+    if (absl::IsResourceExhausted(result.status()) || absl::IsUnavailable(result.status())) {
+      retry_later = true;  // the queue is full: try the series again shortly
+      break;
+    }
+    std::string hash;
+    if (result.ok()) {
+      absl::StatusOr<std::string> put = deps_.files->Put(result->seg_bytes);
+      if (!put.ok()) {
+        retry_later = true;
+        break;
+      }
+      hash = *put;
+    }
+    Log(absl::StrCat("series ", series.series_instance_uid, " from ", series.calling_ae_title,
+                     result.ok() ? absl::StrCat(": segmented with model ", result->model.id)
+                                 : absl::StrCat(": segmentation failed: ", result.status().message())));
+    for (const std::string& destination : route.deliver_to()) {
+      DeliveryRecord d;
+      d.destination = destination;
+      d.dataset = route.segment_dataset();
+      d.source_series_instance_uid = series.series_instance_uid;
+      d.received_unix_ms = series.last_received_unix_ms;
+      d.created_unix_ms = now;
+      d.next_attempt_unix_ms = now;
+      if (result.ok()) {
+        d.state = DeliveryStateCode::kPending;
+        d.model_id = result->model.id;
+        d.segmentation_sop_instance_uid = result->seg_sop_instance_uid;
+        d.segmentation_hash = hash;
+      } else {
+        d.state = DeliveryStateCode::kFailed;
+        d.last_error = std::string(result.status().message());
+      }
+      deliveries.push_back(std::move(d));
+    }
+  }
+  if (retry_later) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    retry_after_[series.series_instance_uid] = NowUnixMs() + 5000;
+    return;
+  }
+  absl::StatusOr<std::vector<DeliveryRecord>> stored = node_store_->CompleteSeries(series, deliveries);
+  if (!stored.ok()) {
+    Log(absl::StrCat("series ", series.series_instance_uid, ": ", stored.status().ToString()));
+    std::lock_guard<std::mutex> lock(mutex_);
+    retry_after_[series.series_instance_uid] = NowUnixMs() + 5000;
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    retry_after_.erase(series.series_instance_uid);
+  }
+  deps_.metrics->CountDicomSeries(deliveries.empty() || deliveries.front().state == DeliveryStateCode::kPending
+                                      ? "processed" : "failed");
+  RefreshDeliveryGauges();
+  delivery_wake_.notify_all();
+}
+
+absl::Status DicomNode::Deliver(const DeliveryRecord& delivery) {
+  const server::Destination* destination = nullptr;
+  for (const server::Destination& d : config_.destinations()) {
+    if (d.name() == delivery.destination) destination = &d;
+  }
+  if (!destination) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("destination '", delivery.destination, "' is no longer configured"));
+  }
+  ASSIGN_OR_RETURN(std::string seg, deps_.files->Get(delivery.segmentation_hash));
+  if (destination->has_dicom()) {
+    DicomPeer peer{destination->dicom().ae_title(), destination->dicom().host(), destination->dicom().port()};
+    return SendByCStore(peer, config_.ae_title(), {seg}, std::chrono::seconds(60));
+  }
+  std::string token;
+  if (!destination->stow_rs().bearer_token_file().empty()) {
+    ASSIGN_OR_RETURN(token, ReadFileToString(destination->stow_rs().bearer_token_file()));
+    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) {
+      token.pop_back();
+    }
+  }
+  return SendByStowRs(destination->stow_rs().url(), token, {seg}, std::chrono::seconds(60));
+}
+
+void DicomNode::DeliveryLoop() {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_) return;
+    }
+    absl::StatusOr<std::vector<DeliveryRecord>> due = node_store_->DueDeliveries(NowUnixMs(), 16);
+    if (due.ok()) {
+      for (const DeliveryRecord& d : *due) {
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          if (stopping_) return;
+        }
+        absl::Status sent = Deliver(d);
+        const int64_t now = NowUnixMs();
+        if (sent.ok()) {
+          (void)node_store_->MarkDelivered(d.id, now);
+          deps_.metrics->CountDeliveryAttempt("delivered");
+          deps_.metrics->ObserveDeliveryLatency(static_cast<double>(now - d.received_unix_ms) / 1000.0);
+          Log(absl::StrCat("delivery ", d.id, " of series ", d.source_series_instance_uid, " to ",
+                           d.destination, " done (attempt ", d.attempts + 1, ")"));
+        } else {
+          // 1 s, 2 s, 4 s, ... up to the configured ceiling.
+          const double backoff = std::min(config_.max_retry_interval_seconds(),
+                                          std::ldexp(1.0, std::min(d.attempts, 20)));
+          (void)node_store_->MarkAttemptFailed(d.id, std::string(sent.message()),
+                                               now + static_cast<int64_t>(backoff * 1000));
+          deps_.metrics->CountDeliveryAttempt("failed");
+          Log(absl::StrCat("delivery ", d.id, " to ", d.destination, " failed (attempt ",
+                           d.attempts + 1, "), retry in ", backoff, " s: ", sent.message()));
+        }
+      }
+      if (!due->empty()) RefreshDeliveryGauges();
+    }
+    absl::StatusOr<std::optional<int64_t>> next = node_store_->NextAttemptTime();
+    int64_t wait_ms = 60000;
+    if (next.ok() && next->has_value()) wait_ms = std::clamp<int64_t>(**next - NowUnixMs(), 0, 60000);
+    if (due.ok() && due->size() == 16) wait_ms = 0;  // more are due
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    if (wait_ms > 0) delivery_wake_.wait_for(lock, std::chrono::milliseconds(wait_ms));
+  }
+}
+
+void DicomNode::RefreshDeliveryGauges() {
+  absl::StatusOr<std::vector<std::pair<DeliveryStateCode, int64_t>>> counts =
+      node_store_->CountDeliveries();
+  if (!counts.ok()) return;
+  for (const auto& [state, count] : *counts) {
+    deps_.metrics->SetDeliveries(state == DeliveryStateCode::kPending     ? "pending"
+                                 : state == DeliveryStateCode::kDelivered ? "delivered"
+                                                                          : "failed",
+                                 count);
+  }
+}
+
+}  // namespace miseg
