@@ -78,6 +78,7 @@ struct Client::State {
   std::unique_ptr<v1::TrainingService::Stub> training;
   std::unique_ptr<v1::ModelService::Stub> models;
   std::unique_ptr<v1::SegmentationService::Stub> segmentation;
+  std::unique_ptr<v1::DicomNodeService::Stub> node;
 
   void Prepare(grpc::ClientContext* context, std::chrono::seconds timeout) const {
     if (!options.token.empty()) context->AddMetadata("authorization", "Bearer " + options.token);
@@ -125,6 +126,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions&
   state->training = v1::TrainingService::NewStub(state->channel);
   state->models = v1::ModelService::NewStub(state->channel);
   state->segmentation = v1::SegmentationService::NewStub(state->channel);
+  state->node = v1::DicomNodeService::NewStub(state->channel);
   return std::unique_ptr<Client>(new Client(std::move(state)));
 }
 
@@ -364,6 +366,17 @@ absl::StatusOr<v1::Model> Client::PromoteModel(int64_t id) {
   grpc::Status status = state_->models->PromoteModel(&context, request, &response);
   if (!status.ok()) return FromGrpc(status);
   return response;
+}
+
+absl::StatusOr<std::vector<v1::Delivery>> Client::ListDeliveries(v1::DeliveryState state) {
+  v1::ListDeliveriesRequest request;
+  request.set_state(state);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListDeliveriesResponse response;
+  grpc::Status status = state_->node->ListDeliveries(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Delivery>(response.deliveries().begin(), response.deliveries().end());
 }
 
 absl::StatusOr<SegmentResult> Client::Segment(const v1::SegmentHeader& header,

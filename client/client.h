@@ -87,6 +87,9 @@ class Client {
   absl::StatusOr<v1::Model> GetModel(int64_t id);
   absl::StatusOr<v1::Model> PromoteModel(int64_t id);
 
+  // The DICOM node's outbox (FailedPrecondition when the server runs no DICOM node).
+  absl::StatusOr<std::vector<v1::Delivery>> ListDeliveries(v1::DeliveryState state);
+
   // Files (one image series) or header.stored_series_instance_uid.
   absl::StatusOr<SegmentResult> Segment(const v1::SegmentHeader& header,
                                         const std::vector<DicomBuffer>& files,

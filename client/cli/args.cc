@@ -63,7 +63,7 @@ absl::StatusOr<std::optional<int64_t>> Args::GetInt(const std::string& flag) con
   if (it == flags_.end()) return std::optional<int64_t>();
   int64_t value;
   if (!absl::SimpleAtoi(it->second, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " takes an integer, not '", it->second, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("usage: --", flag, " takes an integer, not '", it->second, "'"));
   }
   return std::optional<int64_t>(value);
 }
@@ -73,7 +73,7 @@ absl::StatusOr<std::optional<double>> Args::GetDouble(const std::string& flag) c
   if (it == flags_.end()) return std::optional<double>();
   double value;
   if (!absl::SimpleAtod(it->second, &value)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, " takes a number, not '", it->second, "'"));
+    return absl::InvalidArgumentError(absl::StrCat("usage: --", flag, " takes a number, not '", it->second, "'"));
   }
   return std::optional<double>(value);
 }

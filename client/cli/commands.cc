@@ -235,8 +235,8 @@ absl::Status Upload(Context& c, bool* refused_any) {
       std::map<std::string, int> reasons;  // one line per distinct reason
       for (const v1::InstanceResult& r : response.results()) {
         if (r.outcome() == v1::INSTANCE_OUTCOME_REFUSED) {
-          ++reasons[r.series_instance_uid().empty() ? absl::StrCat(r.file_name(), ": ", r.reason())
-                                                    : r.reason()];
+          // The server's reason names the file where it matters.
+          ++reasons[r.reason()];
         }
       }
       for (const auto& [reason, count] : reasons) {
@@ -343,7 +343,7 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
   v1::Hyperparameters h;
   if (args.Has("config")) {
     FILE* f = fopen(args.Get("config").c_str(), "rb");
-    if (!f) return absl::InvalidArgumentError(absl::StrCat("cannot read ", args.Get("config")));
+    if (!f) return UsageError(absl::StrCat("cannot read --config ", args.Get("config")));
     std::string text;
     char buffer[4096];
     size_t n;
@@ -352,7 +352,7 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
     google::protobuf::util::JsonParseOptions options;
     auto parsed = google::protobuf::util::JsonStringToMessage(text, &h, options);
     if (!parsed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(args.Get("config"), ": ", parsed.message().as_string()));
+      return UsageError(absl::StrCat("--config ", args.Get("config"), ": ", parsed.message().as_string()));
     }
   }
   for (const HyperparameterFlag& flag : HyperparameterFlags()) RETURN_IF_ERROR(flag.apply(args, &h));
@@ -627,6 +627,47 @@ absl::Status Models(Context& c) {
 }
 
 // ------------------------------------------------------------------------------------------
+// deliveries
+
+std::string DeliveryStateName(v1::DeliveryState state) {
+  switch (state) {
+    case v1::DELIVERY_STATE_PENDING: return "pending";
+    case v1::DELIVERY_STATE_DELIVERED: return "delivered";
+    case v1::DELIVERY_STATE_FAILED: return "failed";
+    default: return "-";
+  }
+}
+
+absl::Status Deliveries(Context& c) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb != "list") return UsageError("miseg deliveries list [--state pending|delivered|failed]");
+  RETURN_IF_ERROR(c.args.Allow({"state"}));
+  v1::DeliveryState state = v1::DELIVERY_STATE_UNSPECIFIED;
+  if (c.args.Has("state")) {
+    const std::string name = c.args.Get("state");
+    if (name == "pending") state = v1::DELIVERY_STATE_PENDING;
+    else if (name == "delivered") state = v1::DELIVERY_STATE_DELIVERED;
+    else if (name == "failed") state = v1::DELIVERY_STATE_FAILED;
+    else return UsageError("--state is pending, delivered or failed");
+  }
+  ASSIGN_OR_RETURN(std::vector<v1::Delivery> list, c.client->ListDeliveries(state));
+  if (c.json) return Print(c, JsonArray("deliveries", list)), absl::OkStatus();
+  Print(c, absl::StrFormat("%5s %-12s %-10s %8s %9s  %-21s %s", "ID", "DESTINATION", "STATE", "ATTEMPTS",
+                           "LATENCY", "RECEIVED", "SOURCE SERIES / LAST ERROR"));
+  for (const v1::Delivery& d : list) {
+    const std::string latency =
+        d.delivered_unix_ms() > 0
+            ? absl::StrFormat("%.1f s", (d.delivered_unix_ms() - d.received_unix_ms()) / 1000.0)
+            : "-";
+    Print(c, absl::StrFormat("%5d %-12s %-10s %8d %9s  %-21s %s%s", d.id(), d.destination(),
+                             DeliveryStateName(d.state()), d.attempts(), latency,
+                             TimeOf(d.received_unix_ms()), d.source_series_instance_uid(),
+                             d.last_error().empty() ? "" : "  (" + d.last_error() + ")"));
+  }
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------------------------------
 // segment, phantom
 
 absl::Status Segment(Context& c) {
@@ -760,6 +801,7 @@ std::string Usage() {
       "  miseg segment DATASET (FILE_OR_FOLDER... | --stored SERIES_UID) --out SEG.dcm\n"
       "        [--model MODEL] [--overlay FILE.png]\n"
       "  miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I] [--small]\n"
+      "  miseg deliveries list [--state pending|delivered|failed]   (the DICOM node's outbox)\n"
       "\n"
       "Hyperparameter flags (unset: the method's defaults):\n";
   for (const HyperparameterFlag& f : HyperparameterFlags()) {
@@ -806,9 +848,9 @@ int RunCommand(const Args& args) {
     status = Phantom(c);
   } else {
     static const std::set<std::string> known = {"health", "datasets", "upload", "studies",
-                                                "train", "models", "segment"};
+                                                "train", "models", "segment", "deliveries"};
     if (!known.count(command)) {
-      status = UsageError(absl::StrCat("unknown command '", command, "'; see miseg help"));
+      status = UsageError(absl::StrCat("unknown command '", command, "'"));
     } else if (status = connect(); status.ok()) {
       if (command == "health") status = Health(c);
       if (command == "datasets") status = Datasets(c);
@@ -817,12 +859,13 @@ int RunCommand(const Args& args) {
       if (command == "train") status = Train(c, &job_failed);
       if (command == "models") status = Models(c);
       if (command == "segment") status = Segment(c);
+      if (command == "deliveries") status = Deliveries(c);
     }
   }
   if (!status.ok()) {
     if (IsUsageError(status) || (absl::IsInvalidArgument(status) &&
                                  absl::StartsWith(status.message(), "unknown flag"))) {
-      fprintf(stderr, "miseg: %s\n(see miseg help)\n", std::string(status.message()).c_str());
+      fprintf(stderr, "miseg: %s (see miseg help)\n", std::string(status.message()).c_str());
       return kExitUsage;
     }
     PrintError(status);
