@@ -748,16 +748,7 @@ absl::Status Phantom(Context& c) {
   if (!count || *count < 1 || *count > 10000 || labeled.value_or(0) < 0 || first.value_or(0) < 0) {
     return UsageError("miseg phantom OUT_DIR --count N (1..10000) [--labeled K] [--seed S] [--first I] [--small]");
   }
-  PhantomOptions options;
-  if (c.args.Has("small")) {
-    // Seconds-sized studies for demos and tests: few, coarse slices.
-    options.min_slices = 4;
-    options.max_slices = 6;
-    options.min_matrix = 64;
-    options.max_matrix = 72;
-    options.min_pixel_mm = 2.8;
-    options.max_pixel_mm = 3.2;
-  }
+  const PhantomOptions options = c.args.Has("small") ? SmallPhantomOptions() : PhantomOptions{};
   ProgressBar bar("phantom", !c.json && !c.quiet);
   std::vector<std::string> folders;
   for (int64_t i = 0; i < *count; ++i) {

@@ -31,6 +31,19 @@ struct PhantomOptions {
   bool bias_field = true;    // smooth multiplicative coil-sensitivity field (up to +-30%)
 };
 
+// Small subjects for demos and tests: 4-6 slices of 64-72 pixels at about 3 mm (the whole
+// heart still in view), so that uploads, training and segmentation take seconds.
+inline PhantomOptions SmallPhantomOptions() {
+  PhantomOptions options;
+  options.min_slices = 4;
+  options.max_slices = 6;
+  options.min_matrix = 64;
+  options.max_matrix = 72;
+  options.min_pixel_mm = 2.8;
+  options.max_pixel_mm = 3.2;
+  return options;
+}
+
 // Label values of PhantomSubject::labels, in the order of PhantomClassNames().
 enum PhantomLabel : uint8_t {
   kPhantomBackground = 0,

@@ -89,35 +89,13 @@ absl::StatusOr<std::vector<DeliveryRecord>> ReadDeliveries(Stmt& s) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NodeStore>> NodeStore::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                                         SQLITE_OPEN_FULLMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    const std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    sqlite3_close(db);
-    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", message));
-  }
-  std::unique_ptr<NodeStore> store(new NodeStore(db));
-  sqlite3_busy_timeout(db, 5000);
-  RETURN_IF_ERROR(Exec(db, "PRAGMA journal_mode=WAL"));
-  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL"));
-  ASSIGN_OR_RETURN(Stmt version, Stmt::Prepare(db, "PRAGMA user_version"));
-  ASSIGN_OR_RETURN(bool row, version.Step());
-  const int64_t current = row ? version.Int(0) : 0;
-  if (current > kSchemaVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(path, " has schema version ", current, "; this server knows ", kSchemaVersion));
-  }
-  if (current == 0) {
-    RETURN_IF_ERROR(InTransaction(db, [&]() -> absl::Status {
-      RETURN_IF_ERROR(Exec(db, kSchema));
-      return Exec(db, "PRAGMA user_version = 1");
-    }));
-  }
-  return store;
+  static_assert(kSchemaVersion == 1, "OpenDatabase writes the version as a literal");
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, kSchema, "PRAGMA user_version = 1",
+                                                      kSchemaVersion));
+  return std::unique_ptr<NodeStore>(new NodeStore(db));
 }
 
-NodeStore::~NodeStore() { sqlite3_close(db_); }
+NodeStore::~NodeStore() { sqlite3_close_v2(db_); }
 
 absl::Status NodeStore::AddReceived(const InboxInstance& i) {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -286,13 +264,7 @@ absl::StatusOr<std::vector<std::string>> NodeStore::ReferencedObjects() {
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
       "SELECT object_hash FROM inbox UNION SELECT segmentation_hash FROM deliveries "
       "WHERE segmentation_hash != ''"));
-  std::vector<std::string> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back(s.Text(0));
-  }
-  return out;
+  return sqlite::ReadStrings(s);
 }
 
 }  // namespace miseg

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -136,6 +137,70 @@ absl::Status InTransaction(sqlite3* db, Body&& body) {
     sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   return status;
+}
+
+// Column 0 of every row, as text.
+inline absl::StatusOr<std::vector<std::string>> ReadStrings(Stmt& s) {
+  std::vector<std::string> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back(s.Text(0));
+  }
+  return out;
+}
+
+// Opens (or creates) a database in WAL mode with synchronous=FULL (a committed
+// transaction survives power loss), foreign keys on and a busy timeout; creates the schema
+// when user_version is 0 (set_version is the "PRAGMA user_version = N" that records it: a
+// PRAGMA takes no bound value). FailedPrecondition for a database of another schema version.
+// The caller owns the handle (sqlite3_close_v2).
+inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path, const char* schema,
+                                             const char* set_version, int64_t version) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close_v2(db);
+    return absl::InternalError(absl::StrCat("store: cannot open database ", path, ": ", message));
+  }
+  absl::Status status = [&]() -> absl::Status {
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, 5000);
+    {
+      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "PRAGMA journal_mode=WAL"));
+      ASSIGN_OR_RETURN(bool row, s.Step());
+      const std::string mode = row ? s.Text(0) : "";
+      // An in-memory database (tests) reports "memory" and cannot use WAL.
+      if (mode != "wal" && mode != "memory") {
+        return absl::InternalError(absl::StrCat("store: cannot enable WAL on ", path,
+                                                " (journal mode is \"", mode, "\")"));
+      }
+    }
+    RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL"));
+    RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys=ON"));
+    // Reading and setting user_version inside the write transaction keeps two processes
+    // opening a new file from both creating the schema.
+    return InTransaction(db, [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "PRAGMA user_version"));
+      ASSIGN_OR_RETURN(bool row, s.Step());
+      const int64_t found = row ? s.Int(0) : 0;
+      if (found == version) return absl::OkStatus();
+      if (found != 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("store: database ", path, " has schema version ", found,
+                         ", this build supports ", version));
+      }
+      RETURN_IF_ERROR(Exec(db, schema));
+      return Exec(db, set_version);
+    });
+  }();
+  if (!status.ok()) {
+    sqlite3_close_v2(db);
+    return status;
+  }
+  return db;
 }
 
 }  // namespace miseg::sqlite

@@ -393,50 +393,10 @@ absl::StatusOr<bool> RequeueRunningLocked(sqlite3* db, const JobRecord& job) {
 // --- Open / close. ---
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                           nullptr);
-  if (rc != SQLITE_OK) {
-    std::string message = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    sqlite3_close_v2(db);
-    return absl::InternalError(
-        absl::StrCat("store: cannot open database ", path, ": ", message));
-  }
-  // From here the Store owns db, so every error path closes it.
-  std::unique_ptr<Store> store(new Store(db));
-  sqlite3_extended_result_codes(db, 1);
-  sqlite3_busy_timeout(db, 5000);
-  {
-    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "PRAGMA journal_mode=WAL"));
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    std::string mode = row ? s.Text(0) : "";
-    // An in-memory database (tests) reports "memory" and cannot use WAL.
-    if (mode != "wal" && mode != "memory") {
-      return absl::InternalError(absl::StrCat("store: cannot enable WAL on ", path,
-                                              " (journal mode is \"", mode, "\")"));
-    }
-  }
-  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL"));
-  RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys=ON"));
-
-  // Reading and setting user_version inside the write transaction keeps two processes
-  // opening a new file from both creating the schema.
-  RETURN_IF_ERROR(InTransaction(db, [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "PRAGMA user_version"));
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    int64_t version = row ? s.Int(0) : 0;
-    if (version == kSchemaVersion) return absl::OkStatus();
-    if (version != 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("store: database ", path, " has schema version ", version,
-                       ", this build supports ", kSchemaVersion));
-    }
-    RETURN_IF_ERROR(Exec(db, kSchema));
-    // PRAGMA takes no bound parameters; the value is a compile-time constant.
-    return Exec(db, "PRAGMA user_version = 1");
-  }));
-  static_assert(kSchemaVersion == 1, "update the PRAGMA user_version statement above");
-  return store;
+  static_assert(kSchemaVersion == 1, "OpenDatabase writes the version as a literal");
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, kSchema, "PRAGMA user_version = 1",
+                                                      kSchemaVersion));
+  return std::unique_ptr<Store>(new Store(db));
 }
 
 Store::Store(sqlite3* db) : db_(db) {}
@@ -689,13 +649,7 @@ absl::StatusOr<std::vector<std::string>> Store::ReferencedObjects() {
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                          "SELECT DISTINCT object_hash FROM instances "
                                          "ORDER BY object_hash"));
-  std::vector<std::string> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back(s.Text(0));
-  }
-  return out;
+  return sqlite::ReadStrings(s);
 }
 
 // --- Jobs. ---

@@ -1,5 +1,5 @@
-// Small phantom studies for the server tests: a few slices of 64-72 pixels, so that
-// uploads, training and segmentation take seconds on two CPU cores.
+// Small phantom studies for the server tests (SmallPhantomOptions): uploads, training and
+// segmentation take seconds on two CPU cores.
 #ifndef MISEG_TESTS_SERVER_TEST_STUDIES_H_
 #define MISEG_TESTS_SERVER_TEST_STUDIES_H_
 
@@ -14,14 +14,7 @@ namespace miseg::testing {
 
 inline absl::StatusOr<PhantomStudy> SmallPhantomStudy(uint64_t population_seed, int index,
                                                       bool with_segmentation) {
-  PhantomOptions options;
-  options.min_slices = 4;
-  options.max_slices = 6;
-  options.min_matrix = 64;
-  options.max_matrix = 72;
-  // Coarse pixels keep the whole heart in the small field of view.
-  options.min_pixel_mm = 2.8;
-  options.max_pixel_mm = 3.2;
+  const PhantomOptions options = SmallPhantomOptions();
   const PhantomSubject subject = GeneratePhantomSubject(population_seed, index, options);
   return MakePhantomStudy(subject, absl::StrCat("p", population_seed, "-", index),
                           with_segmentation);
