@@ -14,7 +14,7 @@ packages=(
   libopenblas0-serial
   # server, client, DICOM
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libdcmtk-dev dcmtk
-  prometheus-cpp-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev openssl
+  prometheus-cpp-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev openssl zlib1g-dev
   # tests
   libgtest-dev libgmock-dev clang libclang-rt-14-dev dicom3tools orthanc orthanc-dicomweb
   prometheus python3-pydicom python3-grpcio
