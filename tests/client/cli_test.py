@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import re
-import select
 import shutil
 import signal
 import struct
@@ -31,6 +30,9 @@ import tempfile
 import threading
 import time
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from miseg_server_process import ServerProcess  # noqa: E402
 
 MISEG = None   # the CLI binary, set in main()
 SERVER = None  # the server binary
@@ -55,120 +57,11 @@ SHUTDOWN_TIMEOUT_S = 60
 FAST = ["--grid-size", "32", "--widths", "8,16"]
 
 
-class ServerProcess:
-    """A miseg-server subprocess; its stderr is read until it serves, then drained by a
-    thread into self.lines."""
-
-    def __init__(self, work_dir, data_dir, token_file, listen, name):
-        self.name = name
-        self.ready_file = os.path.join(work_dir, name + ".ready")
-        self.lines = []
-        self.lock = threading.Lock()
-        self.grpc_port = None
-        self.drain_thread = None
-        self._pending = b""
-        self.proc = subprocess.Popen(
-            [SERVER,
-             "--data_dir=" + data_dir,
-             "--listen=" + listen,
-             "--metrics_listen=127.0.0.1:0",
-             "--token_file=" + token_file,
-             "--ready_file=" + self.ready_file,
-             "--devices=cpu",
-             "--shutdown_grace_seconds=10"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._fd = self.proc.stderr.fileno()
-        ALL_SERVERS.append(self)
-
-    def _add(self, data):
-        self._pending += data
-        *complete, self._pending = self._pending.split(b"\n")
-        text = [line.decode("utf-8", "replace") for line in complete]
-        with self.lock:
-            self.lines.extend(text)
-        return text
-
-    def wait_until_serving(self, timeout_s=STARTUP_TIMEOUT_S):
-        """Reads stderr (select, no sleeps) until 'serving miseg.v1 on port N', then checks
-        the ready file against it."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("%s did not log 'serving miseg.v1' within %ds"
-                                     % (self.name, timeout_s))
-            readable, _, _ = select.select([self._fd], [], [], left)
-            if not readable:
-                continue
-            data = os.read(self._fd, 65536)
-            if not data:
-                self.proc.wait(timeout=10)
-                raise AssertionError("%s exited with status %s before serving"
-                                     % (self.name, self.proc.returncode))
-            for line in self._add(data):
-                match = re.search(r"serving miseg\.v1 on port (\d+)", line)
-                if match:
-                    self._start_drain()
-                    self._check_ready_file(int(match.group(1)))
-                    return self.grpc_port
-
-    def _start_drain(self):
-        def drain():
-            while True:
-                try:
-                    data = os.read(self._fd, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self._add(data)
-            if self._pending:
-                self._add(b"\n")
-        self.drain_thread = threading.Thread(target=drain, name=self.name + "-stderr",
-                                             daemon=True)
-        self.drain_thread.start()
-
-    def _check_ready_file(self, logged_port):
-        # Written atomically before the log line.
-        values = {}
-        with open(self.ready_file) as f:
-            for line in f:
-                key, _, value = line.strip().partition("=")
-                if key:
-                    values[key] = int(value)
-        if values.get("pid") != self.proc.pid:
-            raise AssertionError("ready file pid %r, server pid %d" % (values.get("pid"),
-                                                                        self.proc.pid))
-        if values.get("grpc_port") != logged_port or logged_port <= 0:
-            raise AssertionError("ready file grpc_port %r, log says %d"
-                                 % (values.get("grpc_port"), logged_port))
-        if values.get("metrics_port", 0) <= 0:
-            raise AssertionError("ready file lacks metrics_port: %r" % values)
-        self.grpc_port = logged_port
-
-    def log(self):
-        with self.lock:
-            return "\n".join(self.lines)
-
-    def stop(self, sig=signal.SIGTERM, timeout_s=SHUTDOWN_TIMEOUT_S):
-        """Sends sig; returns the exit status, or None if it did not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            status = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        if self.drain_thread is not None:
-            self.drain_thread.join(timeout=10)
-        return status
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        if self.drain_thread is not None:
-            self.drain_thread.join(timeout=10)
-        self.proc.stderr.close()
+def start_server(work_dir, data_dir, token_file, listen, name):
+    server = ServerProcess(SERVER, data_dir, os.path.join(work_dir, name + ".ready"),
+                           ["--token_file=" + token_file], name=name, listen=listen)
+    ALL_SERVERS.append(server)
+    return server
 
 
 class Result:
@@ -252,9 +145,9 @@ class CliTest(unittest.TestCase):
                 f.write("%s admin cli-admin\n" % sha256_hex(ADMIN_TOKEN))
                 f.write("%s trainer cli-trainer\n" % sha256_hex(TRAINER_TOKEN))
                 f.write("%s reader cli-reader\n" % sha256_hex(READER_TOKEN))
-            cls.server = ServerProcess(cls.work_dir, cls.data_dir, cls.token_file,
-                                       "127.0.0.1:0", "server-1")
-            cls.port = cls.server.wait_until_serving()
+            cls.server = start_server(cls.work_dir, cls.data_dir, cls.token_file,
+                                      "127.0.0.1:0", "server-1")
+            cls.port = cls.server.wait_until_serving(STARTUP_TIMEOUT_S)
             cls.address = "127.0.0.1:%d" % cls.port
         except BaseException:
             cls.tearDownClass()  # unittest does not call it when setUpClass fails
@@ -955,8 +848,8 @@ class CliTest(unittest.TestCase):
             # SIGKILL: no checkpoint on the way out. The new server takes the same data and
             # the same port, where the watch reconnects.
             self.assertEqual(self.server.stop(signal.SIGKILL), -signal.SIGKILL)
-            restarted = ServerProcess(self.work_dir, self.data_dir, self.token_file,
-                                      self.address, "server-2")
+            restarted = start_server(self.work_dir, self.data_dir, self.token_file,
+                                     self.address, "server-2")
             self.assertEqual(restarted.wait_until_serving(), self.port)
             type(self).server = restarted
 

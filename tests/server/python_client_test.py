@@ -14,15 +14,16 @@ MISEG_TEST_PHANTOM. Other arguments go to unittest.
 import argparse
 import hashlib
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from miseg_server_process import ServerProcess  # noqa: E402
 import urllib.request
 
 SERVER = None  # set in main()
@@ -47,137 +48,6 @@ STARTUP_TIMEOUT_S = 60
 RPC_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 240
 SHUTDOWN_TIMEOUT_S = 60
-
-
-class ServerProcess:
-    """The miseg-server subprocess and its log, drained continuously by a thread."""
-
-    def __init__(self, binary, work_dir, token_file):
-        self.data_dir = os.path.join(work_dir, "data")
-        self.ready_file = os.path.join(work_dir, "ready")
-        self.stdout_path = os.path.join(work_dir, "server.stdout")
-        self.lines = []
-        self.lock = threading.Lock()
-        self.grpc_port = None
-        self.metrics_port = None
-        self.drain_thread = None
-        self.stdout_text = None
-        self._stdout = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen(
-            [binary,
-             "--data_dir=" + self.data_dir,
-             "--listen=127.0.0.1:0",
-             "--metrics_listen=127.0.0.1:0",
-             "--token_file=" + token_file,
-             "--ready_file=" + self.ready_file,
-             "--devices=cpu",
-             "--shutdown_grace_seconds=10"],
-            stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.PIPE)
-        self._fd = self.proc.stderr.fileno()
-        self._pending = b""
-
-    def _add_lines(self, data):
-        self._pending += data
-        *complete, self._pending = self._pending.split(b"\n")
-        text = [line.decode("utf-8", "replace") for line in complete]
-        with self.lock:
-            self.lines.extend(text)
-        return text
-
-    def wait_until_serving(self, timeout_s):
-        """Reads stderr lines until the 'serving miseg.v1 on port N' line; no sleeps."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(
-                    "the server did not log 'serving miseg.v1' within %ds" % timeout_s)
-            readable, _, _ = select.select([self._fd], [], [], left)
-            if not readable:
-                continue
-            data = os.read(self._fd, 65536)
-            if not data:
-                self.proc.wait(timeout=10)
-                raise AssertionError("the server exited with status %s before serving"
-                                     % self.proc.returncode)
-            for line in self._add_lines(data):
-                if "serving miseg.v1 on port " in line:
-                    logged_port = int(line.split("serving miseg.v1 on port ")[1].split()[0])
-                    self._start_drain()
-                    self._read_ready_file(logged_port)
-                    return
-
-    def _start_drain(self):
-        def drain():
-            while True:
-                try:
-                    data = os.read(self._fd, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self._add_lines(data)
-            if self._pending:
-                self._add_lines(b"\n")
-        self.drain_thread = threading.Thread(target=drain, name="server-stderr", daemon=True)
-        self.drain_thread.start()
-
-    def _read_ready_file(self, logged_port):
-        # Written atomically (rename) before the log line, so it is complete by now.
-        values = {}
-        with open(self.ready_file) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    key, _, value = line.partition("=")
-                    values[key] = int(value)
-        for key in ("grpc_port", "metrics_port", "pid"):
-            if key not in values:
-                raise AssertionError("ready file lacks %s: %r" % (key, values))
-        if values["pid"] != self.proc.pid:
-            raise AssertionError("ready file pid %d != %d" % (values["pid"], self.proc.pid))
-        if values["grpc_port"] != logged_port or values["grpc_port"] <= 0:
-            raise AssertionError("ready file grpc_port %d, log says %d"
-                                 % (values["grpc_port"], logged_port))
-        self.grpc_port = values["grpc_port"]
-        self.metrics_port = values["metrics_port"]
-
-    def log(self):
-        with self.lock:
-            text = "\n".join(self.lines)
-        out = self.stdout_text if self.stdout_text is not None else self._read_stdout()
-        if out.strip():
-            text += "\n--- stdout ---\n" + out
-        return text
-
-    def stop(self, sig=signal.SIGTERM, timeout_s=SHUTDOWN_TIMEOUT_S):
-        """Sends sig and returns the exit status (None if it did not exit in time)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            status = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        if self.drain_thread is not None:
-            self.drain_thread.join(timeout=10)
-        return status
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        if self.drain_thread is not None:
-            self.drain_thread.join(timeout=10)
-        self.proc.stderr.close()
-        self._stdout.close()
-        self.stdout_text = self._read_stdout()
-
-    def _read_stdout(self):
-        try:
-            with open(self.stdout_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 def sha256_hex(token):
@@ -276,7 +146,9 @@ class PythonClientTest(unittest.TestCase):
             f.write("%s admin test-admin\n" % sha256_hex(ADMIN_TOKEN))
             f.write("%s reader test-reader\n" % sha256_hex(READER_TOKEN))
 
-        cls.server = ServerProcess(SERVER, cls.work_dir, token_file)
+        cls.server = ServerProcess(SERVER, os.path.join(cls.work_dir, "data"),
+                                   os.path.join(cls.work_dir, "ready"),
+                                   ["--token_file=" + token_file])
         global RUNNING_SERVER
         RUNNING_SERVER = cls.server
         cls.server.wait_until_serving(STARTUP_TIMEOUT_S)
