@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <dcmtk/oflog/oflog.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -98,6 +99,8 @@ void CollectGarbage(Store& store, NodeStore* node_store, FileStore& files) {
 
 int Run() {
   KeepFreedMemoryForReuse();
+  // DCMTK logs two INFO lines per C-STORE by default; warnings and errors are enough.
+  OFLog::configure(OFLogger::WARN_LOG_LEVEL);
   RegisterDicomCodecs();
 
   // Signals go to the dedicated thread below, never to a worker.

@@ -1,6 +1,6 @@
 // The DICOM networking layer: a storage SCP on DCMTK's DcmThreadSCP (one thread per
-// association, behind our own listening thread), a C-STORE SCU on dcmnet's ASC/DIMSE calls,
-// and a STOW-RS client on libcurl.
+// connection, behind our own listening socket and thread), a C-STORE SCU on dcmnet's
+// ASC/DIMSE calls, and a STOW-RS client on libcurl.
 #include "server/dicom_node/dicom_network.h"
 
 #include <arpa/inet.h>
@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,11 +32,9 @@
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmnet/assoc.h>
-#include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/dcmnet/diutil.h>
 #include <dcmtk/dcmnet/dul.h>
-#include <dcmtk/dcmnet/dulstruc.h>
 #include <dcmtk/dcmnet/scpthrd.h>
 #include <dcmtk/ofstd/ofstd.h>
 
@@ -54,9 +53,7 @@ namespace {
 constexpr Uint32 kMaxReceivePdu = ASC_MAXIMUMPDUSIZE;  // 128 KiB
 constexpr size_t kMaxAeTitle = 16;
 
-std::string Trim(absl::string_view text) {
-  return std::string(absl::StripAsciiWhitespace(text));
-}
+std::string Trim(absl::string_view text) { return std::string(absl::StripAsciiWhitespace(text)); }
 
 std::string StatusHex(Uint16 status) { return absl::StrFormat("0x%04X", status); }
 
@@ -80,32 +77,31 @@ bool ValidAeTitle(absl::string_view ae) {
   return true;
 }
 
-// DcmTransportConnection::getSocket() is protected; a member pointer taken through a
-// derived class reaches it without touching the object's layout.
-struct SocketOf : DcmTransportConnection {
-  static DcmNativeSocketType Get(DcmTransportConnection* connection) {
-    return (connection->*(&SocketOf::getSocket))();
+// The IPv4 address of a connected socket's peer, as text ("" if unknown).
+std::string PeerAddress(int fd) {
+  sockaddr_storage address;
+  socklen_t length = sizeof(address);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 ||
+      address.ss_family != AF_INET) {
+    return "";
   }
-};
-
-// The peer's IPv4 address of an accepted association, from its socket.
-std::string PeerAddress(T_ASC_Association* assoc) {
-  auto* key = reinterpret_cast<PRIVATE_ASSOCIATIONKEY*>(assoc->DULassociation);
-  if (key != nullptr && key->connection != nullptr) {
-    sockaddr_storage address;
-    socklen_t length = sizeof(address);
-    if (getpeername(SocketOf::Get(key->connection), reinterpret_cast<sockaddr*>(&address),
-                    &length) == 0 &&
-        address.ss_family == AF_INET) {
-      char text[INET_ADDRSTRLEN] = {};
-      const auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
-      if (inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text)) != nullptr) return text;
-    }
-  }
-  // DCMTK's own record (numeric: reverse lookups are off while an SCP runs).
-  std::string fallback = assoc->params->DULparams.callingPresentationAddress;
-  return fallback.substr(0, fallback.find(':'));
+  char text[INET_ADDRSTRLEN] = {};
+  const auto* v4 = reinterpret_cast<const sockaddr_in*>(&address);
+  return inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text)) != nullptr ? text : "";
 }
+
+// dcmnet takes an already accepted connection only through the process-wide
+// dcmExternalSocketHandle, which ASC_initializeNetwork and ASC_receiveAssociation read: every
+// use of it (by every StorageScp of the process) holds this lock, and leaves it invalid.
+std::mutex& AdoptedSocketMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+constexpr DcmNativeSocketType kNoSocket = static_cast<DcmNativeSocketType>(-1);
+
+// The largest A-ASSOCIATE-RQ waited for in full before dcmnet reads it (128 presentation
+// contexts with a dozen transfer syntaxes each stay well below).
+constexpr uint32_t kMaxAssociateRequest = 60000;
 
 // Whether host (an IPv4 literal or a name) denotes peer_ip.
 bool HostMatches(const std::string& host, const std::string& peer_ip) {
@@ -137,21 +133,21 @@ OFList<OFString> ToOFList(const std::vector<std::string>& values) {
 }  // namespace
 
 std::vector<std::string> DefaultStorageSopClasses() {
-  return {UID_MRImageStorage,  UID_EnhancedMRImageStorage,  UID_LegacyConvertedEnhancedMRImageStorage,
-          UID_CTImageStorage,  UID_EnhancedCTImageStorage,  UID_LegacyConvertedEnhancedCTImageStorage};
+  return {
+      UID_MRImageStorage, UID_EnhancedMRImageStorage, UID_LegacyConvertedEnhancedMRImageStorage,
+      UID_CTImageStorage, UID_EnhancedCTImageStorage, UID_LegacyConvertedEnhancedCTImageStorage};
 }
 
 std::vector<std::string> StorageTransferSyntaxes() {
-  return {
-      // Lossless compressed: taken as they come.
-      UID_JPEGLSLosslessTransferSyntax, UID_JPEGProcess14SV1TransferSyntax,
-      UID_JPEGProcess14TransferSyntax, UID_RLELosslessTransferSyntax,
-      // Uncompressed.
-      UID_LittleEndianExplicitTransferSyntax, UID_LittleEndianImplicitTransferSyntax,
-      UID_BigEndianExplicitTransferSyntax, UID_DeflatedExplicitVRLittleEndianTransferSyntax,
-      // Lossy: only when nothing else is proposed.
-      UID_JPEGLSLossyTransferSyntax, UID_JPEGProcess1TransferSyntax,
-      UID_JPEGProcess2_4TransferSyntax};
+  return {// Lossless compressed: taken as they come.
+          UID_JPEGLSLosslessTransferSyntax, UID_JPEGProcess14SV1TransferSyntax,
+          UID_JPEGProcess14TransferSyntax, UID_RLELosslessTransferSyntax,
+          // Uncompressed.
+          UID_LittleEndianExplicitTransferSyntax, UID_LittleEndianImplicitTransferSyntax,
+          UID_BigEndianExplicitTransferSyntax, UID_DeflatedExplicitVRLittleEndianTransferSyntax,
+          // Lossy: only when nothing else is proposed.
+          UID_JPEGLSLossyTransferSyntax, UID_JPEGProcess1TransferSyntax,
+          UID_JPEGProcess2_4TransferSyntax};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -177,23 +173,26 @@ struct ScpShared {
 
 struct StorageScp::Impl : ScpShared {
   DcmSharedSCPConfig config;
-  T_ASC_Network* network = nullptr;
+  T_ASC_Network* network = nullptr;  // used only with adopted sockets, under the lock
+  int listen_fd = -1;
+  // Written once by Stop and never read: readable from then on, it wakes every poll.
   int wake_read = -1, wake_write = -1;
   std::atomic<int> bound_port{0};
   bool started = false;
   std::thread listener;
 
   std::atomic<uint64_t> next_association_id{1};
-  std::mutex mutex;  // guards workers, finished, active
-  std::map<uint64_t, std::thread> workers;
-  std::vector<uint64_t> finished;
-  int active = 0;
+  std::mutex mutex;                         // guards threads, finished, connections, active
+  std::map<uint64_t, std::thread> threads;  // one per accepted connection
+  std::vector<uint64_t> finished;           // threads that are done, to be joined
+  int connections = 0;                      // connection threads alive
+  int active = 0;                           // associations past negotiation
 
   void ListenLoop();
-  void RunAssociation(uint64_t id, T_ASC_Association* assoc, std::string peer_ip,
-                      std::string calling, std::string called);
+  void RunConnection(uint64_t id, int fd, std::string peer_ip);
+  bool WaitForAssociateRequest(int fd) const;
   void ReapFinished();
-  void CloseWakePipe();
+  void CloseDescriptors();
 };
 
 namespace {
@@ -264,11 +263,12 @@ class AssociationWorker : public DcmThreadSCP {
     std::string values[4];
     for (int i = 0; i < 4; ++i) {
       OFString value;
-      if (dataset->findAndGetOFString(required[i].first, value).bad() || value.empty()) {
+      values[i] = dataset->findAndGetOFString(required[i].first, value).good() ? Trim(value.c_str())
+                                                                               : std::string();
+      if (values[i].empty()) {
         *comment = absl::StrCat("missing ", required[i].second);
         return STATUS_STORE_Error_DataSetDoesNotMatchSOPClass;
       }
-      values[i] = Trim(value.c_str());
     }
     if (values[0] != Trim(request.AffectedSOPClassUID) ||
         values[1] != Trim(request.AffectedSOPInstanceUID)) {
@@ -280,8 +280,9 @@ class AssociationWorker : public DcmThreadSCP {
       *comment = "unknown transfer syntax";
       return STATUS_STORE_Error_CannotUnderstand;
     }
-    DcmFileFormat file(dataset.release(), /*deepCopy=*/OFFalse);
-    absl::StatusOr<std::string> bytes = SerializeDicom(file, syntax);
+    auto file = std::make_unique<DcmFileFormat>(dataset.release(), /*deepCopy=*/OFFalse);
+    absl::StatusOr<std::string> bytes = SerializeDicom(*file, syntax);
+    file.reset();  // only the encoded copy is kept while the callback runs
     if (!bytes.ok()) {
       *comment = "cannot encode as a Part-10 file";
       return STATUS_STORE_Error_CannotUnderstand;
@@ -322,10 +323,10 @@ void StorageScp::Impl::ReapFinished() {
   {
     std::lock_guard<std::mutex> lock(mutex);
     for (uint64_t id : finished) {
-      auto it = workers.find(id);
-      if (it == workers.end()) continue;
+      auto it = threads.find(id);
+      if (it == threads.end()) continue;
       done.push_back(std::move(it->second));
-      workers.erase(it);
+      threads.erase(it);
     }
     finished.clear();
   }
@@ -333,7 +334,9 @@ void StorageScp::Impl::ReapFinished() {
 }
 
 void StorageScp::Impl::ListenLoop() {
-  const int listen_fd = DUL_networkSocket(network->network);
+  // Connections still negotiating, beyond the associations served: a few, so that one too
+  // many gets its A-ASSOCIATE-RJ; past that, connections are closed unread.
+  const int max_connections = options.max_associations + 4;
   while (true) {
     pollfd fds[2] = {{listen_fd, POLLIN, 0}, {wake_read, POLLIN, 0}};
     const int ready = poll(fds, 2, -1);
@@ -345,57 +348,122 @@ void StorageScp::Impl::ListenLoop() {
     ReapFinished();
     if ((fds[0].revents & (POLLERR | POLLNVAL)) != 0) break;
     if ((fds[0].revents & POLLIN) == 0) continue;
-
-    // A connection with data waiting (TCP_DEFER_ACCEPT): accept it and read the
-    // A-ASSOCIATE-RQ (bounded by the ACSE timeout).
-    T_ASC_Association* assoc = nullptr;
-    OFCondition cond = ASC_receiveAssociation(network, &assoc, kMaxReceivePdu, nullptr, nullptr,
-                                              OFFalse, DUL_NOBLOCK, 1);
-    if (cond.bad()) {
-      if (assoc != nullptr) {
-        ASC_dropAssociation(assoc);
-        ASC_destroyAssociation(&assoc);
-      }
+    const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    std::string peer_ip = PeerAddress(fd);
+    std::lock_guard<std::mutex> lock(mutex);
+    if (connections >= max_connections || peer_ip.empty()) {
+      close(fd);
       continue;
     }
-    std::string peer_ip = PeerAddress(assoc);
-    std::string calling = Trim(assoc->params->DULparams.callingAPTitle);
-    std::string called = Trim(assoc->params->DULparams.calledAPTitle);
-
-    bool handed_over = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      if (active < options.max_associations) {
-        const uint64_t id = next_association_id.fetch_add(1);
-        try {
-          workers.emplace(id, std::thread(&Impl::RunAssociation, this, id, assoc, peer_ip,
-                                          calling, called));
-          ++active;
-          handed_over = true;
-        } catch (const std::system_error&) {
-          // No thread: rejected below like one too many.
-        }
-      }
-    }
-    if (!handed_over) {
-      T_ASC_RejectParameters reject;
-      reject.result = ASC_RESULT_REJECTEDTRANSIENT;
-      reject.source = ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED;
-      reject.reason = ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED;
-      ASC_rejectAssociation(assoc, &reject);
-      ASC_dropAssociation(assoc);
-      ASC_destroyAssociation(&assoc);
+    const uint64_t id = next_association_id.fetch_add(1);
+    try {
+      threads.emplace(id, std::thread(&Impl::RunConnection, this, id, fd, std::move(peer_ip)));
+      ++connections;
+    } catch (const std::system_error&) {
+      close(fd);
     }
   }
 }
 
-void StorageScp::Impl::RunAssociation(uint64_t id, T_ASC_Association* assoc, std::string peer_ip,
-                                      std::string calling, std::string called) {
+bool StorageScp::Impl::WaitForAssociateRequest(int fd) const {
+  const auto deadline = std::chrono::steady_clock::now() + options.acse_timeout;
+  // Waits until `bytes` bytes are buffered (SO_RCVLOWAT makes poll say so), the deadline
+  // passes, the peer closes, or Stop is called. The kernel caps the low-water mark at half
+  // the receive buffer (64 KiB by default); a request larger than the cap is waited for up
+  // to the cap, and dcmnet reads the rest as it comes.
+  auto buffered = [&](int bytes) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes));
+    int effective = bytes;
+    socklen_t size = sizeof(effective);
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &effective, &size) == 0 && effective > 0) {
+      bytes = std::min(bytes, effective);
+    }
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd fds[2] = {{fd, POLLIN, 0}, {wake_read, POLLIN, 0}};
+      const int ready = poll(fds, 2, static_cast<int>(left.count()));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0 || fds[1].revents != 0) return false;
+      int available = 0;
+      return ioctl(fd, FIONREAD, &available) == 0 && available >= bytes;
+    }
+  };
+  bool complete = false;
+  unsigned char head[6];
+  if (buffered(6) && recv(fd, head, sizeof(head), MSG_PEEK) == 6 && head[0] == 0x01) {
+    const uint32_t length = (uint32_t{head[2]} << 24) | (uint32_t{head[3]} << 16) |
+                            (uint32_t{head[4]} << 8) | uint32_t{head[5]};
+    complete = length <= kMaxAssociateRequest && buffered(static_cast<int>(6 + length));
+  }
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+  return complete;
+}
+
+void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
+  auto done = [this, id] {
+    std::lock_guard<std::mutex> lock(mutex);
+    --connections;
+    finished.push_back(id);
+  };
+  // The whole A-ASSOCIATE-RQ first, read by nobody yet: a silent, slow or non-DICOM peer
+  // costs this thread only, at most acse_timeout.
+  if (!WaitForAssociateRequest(fd)) {
+    close(fd);
+    done();
+    return;
+  }
+  T_ASC_Association* assoc = nullptr;
+  OFCondition cond;
+  {
+    std::lock_guard<std::mutex> lock(AdoptedSocketMutex());
+    dcmExternalSocketHandle.set(fd);
+    cond = ASC_receiveAssociation(network, &assoc, kMaxReceivePdu, nullptr, nullptr, OFFalse,
+                                  DUL_NOBLOCK, static_cast<int>(options.acse_timeout.count()));
+    dcmExternalSocketHandle.set(kNoSocket);
+  }
+  if (cond.bad()) {
+    if (assoc != nullptr && assoc->DULassociation != nullptr) {
+      ASC_dropAssociation(assoc);  // dcmnet took the socket over: this closes it
+      ASC_destroyAssociation(&assoc);
+    } else {
+      if (assoc != nullptr) ASC_destroyAssociation(&assoc);
+      close(fd);
+    }
+    done();
+    return;
+  }
+  const std::string calling = Trim(assoc->params->DULparams.callingAPTitle);
+  const std::string called = Trim(assoc->params->DULparams.calledAPTitle);
+
+  bool admitted = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (active < options.max_associations) {
+      ++active;
+      admitted = true;
+    }
+  }
+  if (!admitted) {
+    T_ASC_RejectParameters reject;
+    reject.result = ASC_RESULT_REJECTEDTRANSIENT;
+    reject.source = ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED;
+    reject.reason = ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED;
+    ASC_rejectAssociation(assoc, &reject);
+    ASC_dropAssociation(assoc);
+    ASC_destroyAssociation(&assoc);
+    done();
+    return;
+  }
+
   bool acknowledged = false;
   {
     AssociationWorker worker(this, id, peer_ip, calling, called);
     worker.setSharedConfig(config);
-    worker.run(assoc);  // negotiates, serves, refuses; the worker owns assoc from here
+    worker.run(assoc);  // negotiates, serves or refuses; the worker owns assoc from here
     acknowledged = worker.acknowledged();
   }  // the worker's destructor drops the association and closes the connection
   {
@@ -409,14 +477,14 @@ void StorageScp::Impl::RunAssociation(uint64_t id, T_ASC_Association* assoc, std
       // A throwing callback must not take the process down.
     }
   }
-  std::lock_guard<std::mutex> lock(mutex);
-  finished.push_back(id);
+  done();
 }
 
-void StorageScp::Impl::CloseWakePipe() {
-  if (wake_read >= 0) close(wake_read);
-  if (wake_write >= 0) close(wake_write);
-  wake_read = wake_write = -1;
+void StorageScp::Impl::CloseDescriptors() {
+  for (int* fd : {&listen_fd, &wake_read, &wake_write}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
 }
 
 StorageScp::StorageScp(StorageScpOptions options, StorageScpCallbacks callbacks)
@@ -442,8 +510,8 @@ absl::Status StorageScp::Start() {
   }
   in_addr bind_ip{};
   if (inet_pton(AF_INET, o.bind_address.c_str(), &bind_ip) != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "StorageScp: bind address '", o.bind_address, "' is not an IPv4 literal"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("StorageScp: bind address '", o.bind_address, "' is not an IPv4 literal"));
   }
   if (o.max_associations < 1) {
     return absl::InvalidArgumentError("StorageScp: max_associations must be at least 1");
@@ -455,7 +523,7 @@ absl::Status StorageScp::Start() {
     return absl::InvalidArgumentError("StorageScp: timeouts must be at least 1 s");
   }
 
-  // Reverse lookups of every peer would stall the listening thread on a slow DNS.
+  // dcmnet would look every peer up in reverse DNS while the adopted-socket lock is held.
   dcmDisableGethostbyaddr.set(OFTrue);
 
   DcmSCPConfig config;
@@ -480,12 +548,12 @@ absl::Status StorageScp::Start() {
   s.config = DcmSharedSCPConfig(config);
 
   // Our own listening socket, bound where asked (DCMTK 3.6.7 would bind every interface).
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking: accept never waits for a connection that vanished after poll saw it.
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("StorageScp: socket: ", strerror(errno)));
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  // Wake the listener only once a peer has sent data: a silent connection (a port probe)
-  // never holds it up.
+  // A connection is accepted once its peer has sent something: port probes cost nothing.
   const int defer = static_cast<int>(o.acse_timeout.count());
   setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer));
   sockaddr_in address{};
@@ -496,36 +564,36 @@ absl::Status StorageScp::Start() {
       listen(fd, 64) != 0) {
     const std::string error = strerror(errno);
     close(fd);
-    return absl::UnavailableError(absl::StrCat("StorageScp: cannot listen on ", o.bind_address,
-                                               ":", o.port, ": ", error));
+    return absl::UnavailableError(
+        absl::StrCat("StorageScp: cannot listen on ", o.bind_address, ":", o.port, ": ", error));
   }
   socklen_t length = sizeof(address);
   getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  const int port = ntohs(address.sin_port);
+  s.listen_fd = fd;
 
-  // DCMTK's acceptor network, with its listening socket (an ephemeral one on every
-  // interface) swapped for ours.
-  cond = ASC_initializeNetwork(NET_ACCEPTOR, 0, static_cast<int>(o.acse_timeout.count()),
-                               &s.network);
+  // dcmnet's acceptor network, without a listening socket of its own: with an external
+  // socket set, ASC_initializeNetwork opens none.
+  {
+    std::lock_guard<std::mutex> lock(AdoptedSocketMutex());
+    dcmExternalSocketHandle.set(fd);
+    cond = ASC_initializeNetwork(NET_ACCEPTOR, 0, static_cast<int>(o.acse_timeout.count()),
+                                 &s.network);
+    dcmExternalSocketHandle.set(kNoSocket);
+  }
   if (cond.bad()) {
-    close(fd);
     s.network = nullptr;
+    s.CloseDescriptors();
     return FromCondition(cond, "StorageScp: ASC_initializeNetwork", absl::StatusCode::kInternal);
   }
-  auto* key = reinterpret_cast<PRIVATE_NETWORKKEY*>(s.network->network);
-  close(key->networkSpecific.TCP.listenSocket);
-  key->networkSpecific.TCP.listenSocket = fd;
-  key->networkSpecific.TCP.port = port;
-  s.network->acceptorPort = port;
-
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
     ASC_dropNetwork(&s.network);
+    s.CloseDescriptors();
     return absl::InternalError(absl::StrCat("StorageScp: pipe: ", strerror(errno)));
   }
   s.wake_read = pipe_fds[0];
   s.wake_write = pipe_fds[1];
-  s.bound_port = port;
+  s.bound_port = ntohs(address.sin_port);
   s.started = true;
   s.listener = std::thread(&Impl::ListenLoop, &s);
   return absl::OkStatus();
@@ -538,19 +606,22 @@ void StorageScp::Stop() {
   while (write(s.wake_write, &byte, 1) < 0 && errno == EINTR) {
   }
   if (s.listener.joinable()) s.listener.join();
-  ASC_dropNetwork(&s.network);  // closes the listening socket: new connections are refused
-  s.network = nullptr;
+  close(s.listen_fd);  // new connections are refused from here
+  s.listen_fd = -1;
+  // Connections still negotiating see the wake-up and close; associations run to their end.
   std::map<uint64_t, std::thread> running;
   {
     std::lock_guard<std::mutex> lock(s.mutex);
-    running.swap(s.workers);
+    running.swap(s.threads);
   }
   for (auto& [id, thread] : running) thread.join();
   {
     std::lock_guard<std::mutex> lock(s.mutex);
     s.finished.clear();
   }
-  s.CloseWakePipe();
+  ASC_dropNetwork(&s.network);
+  s.network = nullptr;
+  s.CloseDescriptors();
   s.bound_port = 0;
   s.started = false;
 }
@@ -572,9 +643,7 @@ bool IsPlainLittleEndian(const std::string& syntax) {
          syntax == UID_LittleEndianImplicitTransferSyntax;
 }
 
-std::string SopName(const std::string& uid) {
-  return dcmFindNameOfUID(uid.c_str(), uid.c_str());
-}
+std::string SopName(const std::string& uid) { return dcmFindNameOfUID(uid.c_str(), uid.c_str()); }
 
 // Owns the dcmnet structures of one requested association.
 class ScuAssociation {
@@ -615,9 +684,9 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
                           std::chrono::seconds timeout) {
   const std::string who = absl::StrCat(Trim(peer.ae_title), "@", peer.host, ":", peer.port);
   if (!ValidAeTitle(peer.ae_title) || !ValidAeTitle(calling_ae_title)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "C-STORE to ", who, ": AE titles must have 1 to 16 characters (called '", peer.ae_title,
-        "', calling '", calling_ae_title, "')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("C-STORE to ", who, ": AE titles must have 1 to 16 characters (called '",
+                     peer.ae_title, "', calling '", calling_ae_title, "')"));
   }
   if (peer.host.empty() || peer.host.size() > 50 || peer.port < 1 || peer.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("C-STORE to ", who, ": bad host or port"));
@@ -638,7 +707,8 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
     out.file = std::move(*parsed);
     DcmDataset* dataset = out.file->getDataset();
     OFString value;
-    if (dataset->findAndGetOFString(DCM_SOPClassUID, value).good()) out.sop_class_uid = Trim(value.c_str());
+    if (dataset->findAndGetOFString(DCM_SOPClassUID, value).good())
+      out.sop_class_uid = Trim(value.c_str());
     if (dataset->findAndGetOFString(DCM_SOPInstanceUID, value).good()) {
       out.sop_instance_uid = Trim(value.c_str());
     }
@@ -681,9 +751,9 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
             {UID_LittleEndianExplicitTransferSyntax, UID_LittleEndianImplicitTransferSyntax});
   }
   if (proposed.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "C-STORE to ", who, ": the files need ", proposed.size(),
-        " presentation contexts, more than the 128 one association can carry"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("C-STORE to ", who, ": the files need ", proposed.size(),
+                     " presentation contexts, more than the 128 one association can carry"));
   }
 
   ScuAssociation a;
@@ -727,9 +797,8 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
       }
       return absl::UnavailableError(message);
     }
-    return absl::UnavailableError(absl::StrCat("C-STORE to ", who,
-                                               ": association request failed: ",
-                                               OneLine(cond.text(), 300)));
+    return absl::UnavailableError(absl::StrCat(
+        "C-STORE to ", who, ": association request failed: ", OneLine(cond.text(), 300)));
   }
   a.established_ = true;
   if (ASC_countAcceptedPresentationContexts(a.params_) == 0) {
@@ -753,8 +822,8 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
 
   for (size_t i = 0; i < files.size(); ++i) {
     OutgoingFile& f = files[i];
-    const std::string what = absl::StrCat("C-STORE to ", who, " of file #", i, " (SOP Instance UID ",
-                                          f.sop_instance_uid, ")");
+    const std::string what = absl::StrCat("C-STORE to ", who, " of file #", i,
+                                          " (SOP Instance UID ", f.sop_instance_uid, ")");
     if (std::chrono::steady_clock::now() > deadline) {
       return absl::DeadlineExceededError(
           absl::StrCat(what, ": not sent, the timeout of ", timeout.count(), " s elapsed"));
@@ -774,9 +843,9 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
       if (dataset->chooseRepresentation(target, nullptr).bad() ||
           !dataset->canWriteXfer(target, dataset->getOriginalXfer())) {
         a.release_ = true;
-        return absl::FailedPreconditionError(absl::StrCat(
-            what, ": the peer accepts ", SopName(f.sop_class_uid), " only as ", syntax,
-            ", and the file's ", f.syntax_uid, " cannot be converted to it"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(what, ": the peer accepts ", SopName(f.sop_class_uid), " only as ", syntax,
+                         ", and the file's ", f.syntax_uid, " cannot be converted to it"));
       }
     }
     T_DIMSE_C_StoreRQ request;
@@ -912,8 +981,8 @@ bool HasFailedSops(const std::string& json) {
       }
     }
   }
-  const std::string object = json.substr(open, close == std::string::npos ? std::string::npos
-                                                                           : close - open + 1);
+  const std::string object =
+      json.substr(open, close == std::string::npos ? std::string::npos : close - open + 1);
   const size_t value = object.find("\"Value\"");
   if (value == std::string::npos) return false;
   const size_t bracket = object.find('[', value);
@@ -975,7 +1044,8 @@ absl::Status SendByStowRs(const std::string& studies_url, const std::string& bea
   headers = curl_slist_append(headers, "Accept: application/dicom+json");
   headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
   if (!bearer_token.empty()) {
-    headers = curl_slist_append(headers, absl::StrCat("Authorization: Bearer ", bearer_token).c_str());
+    headers =
+        curl_slist_append(headers, absl::StrCat("Authorization: Bearer ", bearer_token).c_str());
   }
   std::string response;
   const long timeout_ms = static_cast<long>(std::max<int64_t>(1, timeout.count()) * 1000);

@@ -36,7 +36,9 @@ struct AllowedPeer {
 
 // One instance received by C-STORE.
 struct ReceivedInstance {
-  uint64_t association_id = 0;  // unique within one StorageScp, from 1 up
+  // Unique within one StorageScp, increasing (from 1; not contiguous: every accepted
+  // connection takes one, rejected ones too).
+  uint64_t association_id = 0;
   std::string calling_ae_title;
   std::string called_ae_title;
   std::string peer_host;  // the peer's IPv4 address as text, e.g. "127.0.0.1"
@@ -66,10 +68,12 @@ struct StorageScpOptions {
   // Who may associate; empty: nobody (every association is rejected).
   std::vector<AllowedPeer> allowed_peers;
   // Associations served at once, each on its own thread; one more is rejected (A-ASSOCIATE-RJ,
-  // transient, local limit exceeded).
+  // transient, local limit exceeded). Up to 4 more connections may be negotiating at the same
+  // time; connections beyond that are closed unread.
   int max_associations = 8;
-  // ACSE: reading the A-ASSOCIATE-RQ after connecting, and the release. DIMSE: waiting for
-  // the next command or data; an association idle for longer is aborted.
+  // ACSE: the whole A-ASSOCIATE-RQ must have arrived within it after the connection was
+  // accepted (else the connection is closed), and the release. DIMSE: waiting for the next
+  // command or data; an association idle for longer is aborted.
   std::chrono::seconds acse_timeout{30};
   std::chrono::seconds dimse_timeout{60};
   // SOP classes accepted for C-STORE (add kSegmentationStorageUid from
@@ -93,20 +97,26 @@ struct StorageScpCallbacks {
   // and its connection was closed, on the association's thread; never for an association
   // that was rejected. Its slot among max_associations is already free. Optional.
   std::function<void(uint64_t association_id, const std::string& calling_ae,
-                      const std::string& called_ae)>
+                     const std::string& called_ae)>
       on_association_end;
 };
 
-// A storage SCP: one listening thread plus one thread per association (at most
-// max_associations).
+// A storage SCP: one listening thread that only accepts connections, and one thread per
+// connection, which waits (at most acse_timeout) for the peer's whole A-ASSOCIATE-RQ before
+// dcmnet reads it, so that a silent, slow or non-DICOM peer holds up nobody else, then
+// negotiates and serves the association (DcmThreadSCP). A connection whose first PDU is not
+// an A-ASSOCIATE-RQ, or announces one over 60000 bytes, is closed unanswered.
 //
 // Thread safety: Start, port and Stop may be called from any thread, but not concurrently
 // with each other on the same object. The callbacks run on association threads, several at
 // once when several associations are open: they must be thread-safe, and must not call Stop
 // or destroy the StorageScp (that would wait for the very thread calling it).
 //
-// Process-wide effect: Start turns off DCMTK's reverse DNS lookup of accepted peers
-// (dcmDisableGethostbyaddr), which could otherwise stall the listening thread.
+// Process-wide effects: Start turns off DCMTK's reverse DNS lookup of accepted peers
+// (dcmDisableGethostbyaddr). Accepted connections reach dcmnet through its process-wide
+// dcmExternalSocketHandle, set and reset under a lock shared by every StorageScp in the
+// process; other code that runs a DCMTK acceptor (ASC_initializeNetwork(NET_ACCEPTOR...),
+// ASC_receiveAssociation) in the same process could see it set for those instants.
 class StorageScp {
  public:
   StorageScp(StorageScpOptions options, StorageScpCallbacks callbacks);
@@ -121,11 +131,10 @@ class StorageScp {
   absl::Status Start();
   // The bound port (the kernel's choice when options.port was 0); 0 before Start.
   int port() const;
-  // Stops accepting (the listening thread ends, after the association request it may be
-  // reading, at most acse_timeout; then the listening socket is closed and new connections
-  // are refused), then waits for the running associations to end by themselves (a peer's
-  // release or abort, or dimse_timeout of idleness) and returns. Idempotent; Start may be
-  // called again afterwards.
+  // Stops accepting (the listening socket is closed, new connections are refused, and
+  // connections still waiting for their A-ASSOCIATE-RQ are closed), then waits for the
+  // running associations to end by themselves (a peer's release or abort, or dimse_timeout
+  // of idleness) and returns. Idempotent; Start may be called again afterwards.
   void Stop();
 
  private:

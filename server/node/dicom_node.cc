@@ -45,10 +45,11 @@ absl::StatusOr<server::DicomNodeConfig> LoadDicomNodeConfig(const std::string& p
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", parsed.message().as_string()));
   }
   if (config.ae_title().empty()) config.set_ae_title("MISEG");
-  if (config.port() == 0 && text.find("\"port\"") == std::string::npos) config.set_port(11112);
+  if (!config.has_port()) config.set_port(11112);
   if (config.quiet_period_seconds() <= 0) config.set_quiet_period_seconds(10);
   if (config.max_associations() <= 0) config.set_max_associations(8);
   if (config.max_retry_interval_seconds() <= 0) config.set_max_retry_interval_seconds(300);
+  if (config.bind_address().empty()) config.set_bind_address("0.0.0.0");
   RETURN_IF_ERROR(ValidateAeTitle(config.ae_title(), path));
   if (config.port() < 0 || config.port() > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": port out of range"));
@@ -127,6 +128,7 @@ absl::Status DicomNode::Start() {
   StorageScpOptions options;
   options.ae_title = config_.ae_title();
   options.port = config_.port();
+  options.bind_address = config_.bind_address();
   options.max_associations = config_.max_associations();
   for (const server::AllowedPeer& p : config_.peers()) {
     options.allowed_peers.push_back({p.ae_title(), p.host()});

@@ -293,8 +293,8 @@ TEST(StorageScpTest, AnswersEchoscu) {
   StorageScp scp(ScpOptions({{"ECHOSCU", "127.0.0.1"}}), recorder.Callbacks());
   ASSERT_TRUE(scp.Start().ok());
   ASSERT_GT(scp.port(), 0);
-  const auto [status, output] = RunShell(absl::StrCat(MISEG_ECHOSCU, " -aet ECHOSCU -aec ", kScpAe,
-                                                      " 127.0.0.1 ", scp.port()));
+  const auto [status, output] = RunShell(
+      absl::StrCat(MISEG_ECHOSCU, " -aet ECHOSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port()));
   EXPECT_EQ(status, 0) << output;
   ASSERT_TRUE(recorder.WaitForEnds(1));
   EXPECT_EQ(recorder.ends()[0].calling, "ECHOSCU");
@@ -345,8 +345,8 @@ TEST(StorageScpTest, KeepsTheTransferSyntaxEachInstanceArrivedIn) {
   ASSERT_FALSE(series.images.empty());
   const std::string& source = series.images[0];
   const std::vector<E_TransferSyntax> syntaxes = {
-      EXS_JPEGLSLossless,     EXS_JPEGProcess14SV1,     EXS_RLELossless,
-      EXS_BigEndianExplicit,  EXS_LittleEndianImplicit, EXS_DeflatedLittleEndianExplicit};
+      EXS_JPEGLSLossless,    EXS_JPEGProcess14SV1,     EXS_RLELossless,
+      EXS_BigEndianExplicit, EXS_LittleEndianImplicit, EXS_DeflatedLittleEndianExplicit};
   std::vector<std::string> files;
   for (E_TransferSyntax s : syntaxes) files.push_back(Transcode(source, s));
   Recorder recorder;
@@ -458,8 +458,8 @@ TEST(StorageScpTest, RejectsPeersNotAllowed) {
                       seconds(30));
   EXPECT_EQ(sent.code(), absl::StatusCode::kFailedPrecondition) << sent;
   if (Executable(MISEG_ECHOSCU)) {
-    const auto [status, output] = RunShell(absl::StrCat(
-        MISEG_ECHOSCU, " -aet BADSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port()));
+    const auto [status, output] = RunShell(
+        absl::StrCat(MISEG_ECHOSCU, " -aet BADSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port()));
     EXPECT_NE(status, 0);
     EXPECT_TRUE(absl::StrContains(output, "Association Rejected")) << output;
   }
@@ -665,19 +665,47 @@ std::string Poke(int port, const std::string& data) {
   return reply;
 }
 
+// Connects to 127.0.0.1:port and sends data; the open socket.
+int Connect(int port, const std::string& data) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    (void)!write(fd, data.data(), data.size());
+  }
+  return fd;
+}
+
 TEST(StorageScpTest, SurvivesProbesAndGarbage) {
   const Series series = PhantomSeries(14);
   Recorder recorder;
   StorageScp scp(ScpOptions({{kSenderAe, "127.0.0.1"}}), recorder.Callbacks());
   ASSERT_TRUE(scp.Start().ok());
-  Poke(scp.port(), "");  // a port probe: connect, close
+  Poke(scp.port(), "");                        // a port probe: connect, close
   Poke(scp.port(), "GET / HTTP/1.0\r\n\r\n");  // not DICOM: dropped
   Poke(scp.port(), std::string("\x01\x00\x00\x00\xff\xff\xff\xff", 8));  // absurd PDU length
+  // Peers that stall half-way stay open meanwhile: a partial PDU header, and an
+  // A-ASSOCIATE-RQ header announcing 100 bytes of which 4 came.
+  const int stalled_header = Connect(scp.port(), std::string("\x01\x00", 2));
+  const int stalled_request = Connect(scp.port(), std::string("\x01\x00\x00\x00\x00\x64"
+                                                              "abcd",
+                                                              10));
+  const auto start = std::chrono::steady_clock::now();
   const absl::Status sent = SendByCStore(ScpPeer(scp), kSenderAe, series.images, seconds(30));
   EXPECT_TRUE(sent.ok()) << sent;
+  // Not held up by the stalled peers (each may take up to acse_timeout, 10 s, on its own).
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(5));
   ASSERT_TRUE(recorder.WaitForEnds(1));
   EXPECT_EQ(recorder.ends().size(), 1u);
   EXPECT_EQ(recorder.instances().size(), series.images.size());
+  // Stop does not wait for connections still negotiating.
+  const auto stopping = std::chrono::steady_clock::now();
+  scp.Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, seconds(5));
+  close(stalled_header);
+  close(stalled_request);
 }
 
 TEST(StorageScpTest, StartRefusesBadOptions) {
@@ -736,9 +764,8 @@ TEST(SendersTest, SilentPeerTimesOutAsUnavailable) {
   const Series series = PhantomSeries(9);
   SilentListener silent;
   const auto start = std::chrono::steady_clock::now();
-  absl::Status sent =
-      SendByCStore(DicomPeer{"SILENT", "127.0.0.1", silent.port()}, kSenderAe, series.images,
-                   seconds(2));
+  absl::Status sent = SendByCStore(DicomPeer{"SILENT", "127.0.0.1", silent.port()}, kSenderAe,
+                                   series.images, seconds(2));
   EXPECT_EQ(sent.code(), absl::StatusCode::kUnavailable) << sent;
   sent = SendByStowRs(absl::StrCat("http://127.0.0.1:", silent.port(), "/dicom-web/studies"), "",
                       series.images, seconds(2));
@@ -747,8 +774,8 @@ TEST(SendersTest, SilentPeerTimesOutAsUnavailable) {
 }
 
 TEST(SendersTest, RefusesFilesThatAreNotDicom) {
-  const absl::Status sent = SendByCStore(DicomPeer{"ANY", "127.0.0.1", 1}, kSenderAe,
-                                         {"not a DICOM file"}, seconds(5));
+  const absl::Status sent =
+      SendByCStore(DicomPeer{"ANY", "127.0.0.1", 1}, kSenderAe, {"not a DICOM file"}, seconds(5));
   EXPECT_EQ(sent.code(), absl::StatusCode::kInvalidArgument) << sent;
   EXPECT_TRUE(SendByCStore(DicomPeer{"ANY", "127.0.0.1", 1}, kSenderAe, {}, seconds(5)).ok());
 }
@@ -850,7 +877,8 @@ TEST(StowRsTest, SendsMultipartRelatedWithBearerToken) {
   const size_t type_at = head.find(type_prefix);
   ASSERT_NE(type_at, std::string::npos) << head;
   const size_t boundary_at = type_at + type_prefix.size();
-  const std::string boundary = head.substr(boundary_at, head.find("\r\n", boundary_at) - boundary_at);
+  const std::string boundary =
+      head.substr(boundary_at, head.find("\r\n", boundary_at) - boundary_at);
   ASSERT_FALSE(boundary.empty());
   // The body splits back into the files, in order.
   const std::string delimiter = "--" + boundary;
@@ -989,8 +1017,8 @@ TEST_F(OrthancTest, SendByStowRsStoresSeries) {
   EXPECT_EQ(StoredSopUids(Identify(series.segmentation).series_instance_uid),
             SopUids({series.segmentation}));
   // A part that is not DICOM: Orthanc answers 400.
-  const absl::Status bad = SendByStowRs(orthanc_->dicomweb_studies_url(), "", {"not DICOM"},
-                                        seconds(30));
+  const absl::Status bad =
+      SendByStowRs(orthanc_->dicomweb_studies_url(), "", {"not DICOM"}, seconds(30));
   EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument) << bad;
 }
 
@@ -1003,7 +1031,8 @@ TEST_F(OrthancTest, StoppedOrthancIsUnavailableToBothSendersUntilRestarted) {
   const Series second = PhantomSeries(24);
   absl::Status sent = SendByCStore(OrthancPeer(), kScpAe, second.images, seconds(10));
   EXPECT_EQ(sent.code(), absl::StatusCode::kUnavailable) << sent;
-  EXPECT_TRUE(absl::StrContains(sent.message(), absl::StrCat("@127.0.0.1:", orthanc_->dicom_port())))
+  EXPECT_TRUE(
+      absl::StrContains(sent.message(), absl::StrCat("@127.0.0.1:", orthanc_->dicom_port())))
       << sent;
   sent = SendByStowRs(orthanc_->dicomweb_studies_url(), "", second.images, seconds(10));
   EXPECT_EQ(sent.code(), absl::StatusCode::kUnavailable) << sent;

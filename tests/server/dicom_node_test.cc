@@ -68,6 +68,7 @@ class DicomNodeTest : public ::testing::Test {
     const std::string config_path = dir_.path() + "/node.json";
     std::ofstream(config_path) << absl::StrCat(R"({
   "aeTitle": "MISEG",
+  "bindAddress": "127.0.0.1",
   "port": )", node_port_, R"(,
   "peers": [{"aeTitle": "ORTHANC", "host": "127.0.0.1"}],
   "quietPeriodSeconds": 2,

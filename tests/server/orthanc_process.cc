@@ -177,23 +177,17 @@ absl::StatusOr<std::unique_ptr<OrthancProcess>> OrthancProcess::Start(
                                       JsonQuote(m.host), ", ", m.port, "]"));
   }
   const std::string config = absl::StrCat(
-      "{\n",
-      "  \"Name\": \"miseg-test-pacs\",\n",
-      "  \"HttpPort\": ", orthanc->http_port_, ",\n",
+      "{\n", "  \"Name\": \"miseg-test-pacs\",\n", "  \"HttpPort\": ", orthanc->http_port_, ",\n",
       "  \"DicomPort\": ", orthanc->dicom_port_, ",\n",
       "  \"DicomAet\": ", JsonQuote(options.dicom_aet), ",\n",
-      "  \"RemoteAccessAllowed\": false,\n",
-      "  \"AuthenticationEnabled\": false,\n",
+      "  \"RemoteAccessAllowed\": false,\n", "  \"AuthenticationEnabled\": false,\n",
       "  \"StorageDirectory\": ", JsonQuote(storage), ",\n",
-      "  \"IndexDirectory\": ", JsonQuote(storage), ",\n",
-      "  \"Plugins\": [", options.enable_dicomweb ? JsonQuote(kOrthancDicomWebPlugin) : "", "],\n",
+      "  \"IndexDirectory\": ", JsonQuote(storage), ",\n", "  \"Plugins\": [",
+      options.enable_dicomweb ? JsonQuote(kOrthancDicomWebPlugin) : "", "],\n",
       "  \"DicomWeb\": {\"Enable\": ", options.enable_dicomweb ? "true" : "false",
-      ", \"Root\": \"/dicom-web/\"},\n",
-      "  \"DicomAlwaysAllowStore\": true,\n",
-      "  \"DicomCheckCalledAet\": false,\n",
-      "  \"SaveJobs\": false,\n",
-      "  \"DicomModalities\": {\n", absl::StrJoin(modalities, ",\n"), "\n  }\n",
-      "}\n");
+      ", \"Root\": \"/dicom-web/\"},\n", "  \"DicomAlwaysAllowStore\": true,\n",
+      "  \"DicomCheckCalledAet\": false,\n", "  \"SaveJobs\": false,\n",
+      "  \"DicomModalities\": {\n", absl::StrJoin(modalities, ",\n"), "\n  }\n", "}\n");
   {
     std::ofstream out(orthanc->config_path_, std::ios::trunc);
     out << config;
@@ -242,9 +236,8 @@ absl::Status OrthancProcess::Launch() {
   absl::StatusOr<std::string> system = Get("/system");
   if (!system.ok()) {
     Kill();
-    return absl::UnavailableError(
-        absl::StrCat("Orthanc logged its start but GET /system failed: ", system.status().message(),
-                     "\n", log()));
+    return absl::UnavailableError(absl::StrCat("Orthanc logged its start but GET /system failed: ",
+                                               system.status().message(), "\n", log()));
   }
   return absl::OkStatus();
 }
@@ -329,8 +322,7 @@ absl::Status OrthancProcess::Restart() {
 }
 
 absl::StatusOr<HttpReply> OrthancProcess::Request(const std::string& method,
-                                                  const std::string& path,
-                                                  const std::string& body,
+                                                  const std::string& path, const std::string& body,
                                                   const std::string& content_type) const {
   InitCurl();
   CURL* curl = curl_easy_init();
@@ -356,8 +348,7 @@ absl::StatusOr<HttpReply> OrthancProcess::Request(const std::string& method,
   curl_slist_free_all(headers);
   curl_easy_cleanup(curl);
   if (code != CURLE_OK) {
-    return absl::UnavailableError(
-        absl::StrCat(method, " ", url, ": ", curl_easy_strerror(code)));
+    return absl::UnavailableError(absl::StrCat(method, " ", url, ": ", curl_easy_strerror(code)));
   }
   return reply;
 }

@@ -68,7 +68,7 @@ class OrthancProcess {
   // once it serves REST and DICOM, or an error holding its log when it exits or stays silent
   // for 60 s.
   static absl::StatusOr<std::unique_ptr<OrthancProcess>> Start(const std::string& dir,
-                                                              const OrthancOptions& options = {});
+                                                               const OrthancOptions& options = {});
   ~OrthancProcess();  // SIGKILL if still running
 
   int http_port() const { return http_port_; }
