@@ -60,8 +60,8 @@ namespace {
 
 using ::miseg::testing::OrthancOptions;
 using ::miseg::testing::OrthancProcess;
-using ::miseg::testing::RunShell;
-using ::miseg::testing::ScratchDir;
+using ::miseg::testing::RunCommand;
+using ::miseg::testing::TempDir;
 using std::chrono::seconds;
 
 constexpr char kScpAe[] = "MISEG";
@@ -293,7 +293,7 @@ TEST(StorageScpTest, AnswersEchoscu) {
   StorageScp scp(ScpOptions({{"ECHOSCU", "127.0.0.1"}}), recorder.Callbacks());
   ASSERT_TRUE(scp.Start().ok());
   ASSERT_GT(scp.port(), 0);
-  const auto [status, output] = RunShell(
+  const auto [status, output] = RunCommand(
       absl::StrCat(MISEG_ECHOSCU, " -aet ECHOSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port()));
   EXPECT_EQ(status, 0) << output;
   ASSERT_TRUE(recorder.WaitForEnds(1));
@@ -374,7 +374,7 @@ TEST(StorageScpTest, KeepsTheTransferSyntaxEachInstanceArrivedIn) {
 TEST(StorageScpTest, StorescuSeveralAssociationsAtOnce) {
   if (!Executable(MISEG_STORESCU)) GTEST_SKIP() << "no storescu";
   constexpr int kSenders = 3;
-  ScratchDir dir;
+  TempDir dir;
   std::vector<Series> series;
   std::vector<std::vector<std::string>> paths;
   for (int i = 0; i < kSenders; ++i) {
@@ -407,7 +407,7 @@ TEST(StorageScpTest, StorescuSeveralAssociationsAtOnce) {
   script += "r=0; ";
   for (int i = 0; i < kSenders; ++i) absl::StrAppend(&script, "wait $p", i, " || r=1; ");
   script += "exit $r";
-  const auto [status, output] = RunShell(script);
+  const auto [status, output] = RunCommand(script);
   EXPECT_EQ(status, 0) << output;
 
   ASSERT_TRUE(recorder.WaitForEnds(kSenders));
@@ -458,15 +458,15 @@ TEST(StorageScpTest, RejectsPeersNotAllowed) {
                       seconds(30));
   EXPECT_EQ(sent.code(), absl::StatusCode::kFailedPrecondition) << sent;
   if (Executable(MISEG_ECHOSCU)) {
-    const auto [status, output] = RunShell(
+    const auto [status, output] = RunCommand(
         absl::StrCat(MISEG_ECHOSCU, " -aet BADSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port()));
     EXPECT_NE(status, 0);
     EXPECT_TRUE(absl::StrContains(output, "Association Rejected")) << output;
   }
   if (Executable(MISEG_STORESCU)) {
-    ScratchDir dir;
+    TempDir dir;
     const std::vector<std::string> paths = WriteFiles(dir.path(), series.images);
-    const auto [status, output] = RunShell(absl::StrCat(
+    const auto [status, output] = RunCommand(absl::StrCat(
         MISEG_STORESCU, " -aet BADSCU -aec ", kScpAe, " 127.0.0.1 ", scp.port(), " ", paths[0]));
     EXPECT_NE(status, 0) << output;
   }
@@ -969,7 +969,7 @@ class OrthancTest : public ::testing::Test {
     return uids;
   }
 
-  ScratchDir dir_;
+  TempDir dir_;
   std::unique_ptr<OrthancProcess> orthanc_;
 };
 

@@ -21,29 +21,6 @@
 
 namespace miseg::testing {
 
-ScratchDir::ScratchDir() {
-  std::string pattern =
-      (std::filesystem::temp_directory_path() / "miseg-dicom-test-XXXXXX").string();
-  char* made = mkdtemp(pattern.data());
-  path_ = made ? made : "";
-}
-
-ScratchDir::~ScratchDir() {
-  std::error_code ignored;
-  if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-}
-
-std::pair<int, std::string> RunShell(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return {-1, "popen failed"};
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) output.append(buffer, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
-
 namespace {
 
 // A port the kernel chose on 127.0.0.1, held by an open (bound, not listening) socket until
@@ -202,33 +179,12 @@ absl::StatusOr<std::unique_ptr<OrthancProcess>> OrthancProcess::Start(
 }
 
 absl::Status OrthancProcess::Launch() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    launch_offset_ = log_.size();
-    log_closed_ = false;
-  }
-  exited_ = false;
-  int pipe_fds[2];
-  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return absl::InternalError("pipe2 failed");
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(pipe_fds[0]);
-    close(pipe_fds[1]);
-    return absl::InternalError("fork failed");
-  }
-  if (pid == 0) {
-    dup2(pipe_fds[1], STDOUT_FILENO);
-    dup2(pipe_fds[1], STDERR_FILENO);
-    std::vector<char*> argv = {const_cast<char*>(kOrthancBinary),
-                               const_cast<char*>(config_path_.c_str()), nullptr};
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(pipe_fds[1]);
-  pid_ = pid;
-  const int log_fd = pipe_fds[0];
-  reader_ = std::thread([this, log_fd] { ReadLog(log_fd); });
-  if (!WaitForLog("Orthanc has started", std::chrono::seconds(60))) {
+  if (child_ != nullptr) earlier_logs_ += child_->log();
+  absl::StatusOr<std::unique_ptr<ChildProcess>> child =
+      ChildProcess::Spawn({kOrthancBinary, config_path_});
+  if (!child.ok()) return child.status();
+  child_ = *std::move(child);
+  if (!child_->WaitForLog("Orthanc has started", std::chrono::seconds(60))) {
     Kill();
     return absl::UnavailableError(absl::StrCat("Orthanc did not start:\n", log()));
   }
@@ -242,76 +198,21 @@ absl::Status OrthancProcess::Launch() {
   return absl::OkStatus();
 }
 
-OrthancProcess::~OrthancProcess() {
-  Kill();
-  if (reader_.joinable()) reader_.join();
-}
-
-void OrthancProcess::ReadLog(int fd) {
-  char buffer[4096];
-  while (true) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n <= 0) break;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      log_.append(buffer, static_cast<size_t>(n));
-    }
-    log_changed_.notify_all();
-  }
-  close(fd);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    log_closed_ = true;
-  }
-  log_changed_.notify_all();
-}
-
-bool OrthancProcess::WaitForLog(const std::string& text, std::chrono::seconds timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  auto found = [&] { return log_.find(text, launch_offset_) != std::string::npos; };
-  log_changed_.wait_for(lock, timeout, [&] { return found() || log_closed_; });
-  return found();
-}
+OrthancProcess::~OrthancProcess() { Kill(); }
 
 std::string OrthancProcess::log() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return log_;
-}
-
-int OrthancProcess::WaitExit(std::chrono::seconds timeout) {
-  {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!log_changed_.wait_for(lock, timeout, [&] { return log_closed_; })) return -1;
-  }
-  // Its output closed: the process is exiting; reap it.
-  int status = 0;
-  if (waitpid(pid_, &status, 0) != pid_) return -1;
-  exited_ = true;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return earlier_logs_ + (child_ != nullptr ? child_->log() : "");
 }
 
 void OrthancProcess::Kill() {
-  if (pid_ > 0 && !exited_) {
-    kill(pid_, SIGKILL);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    exited_ = true;
-  }
-  if (reader_.joinable()) reader_.join();
+  if (child_ != nullptr) child_->Kill();
 }
 
 absl::Status OrthancProcess::Stop(std::chrono::seconds timeout) {
-  if (pid_ <= 0 || exited_) {
-    if (reader_.joinable()) reader_.join();
-    return absl::OkStatus();
-  }
-  kill(pid_, SIGTERM);
-  const int status = WaitExit(timeout);
-  if (status < 0) {
-    Kill();
+  if (child_ == nullptr || child_->exited()) return absl::OkStatus();
+  if (child_->Terminate(timeout) < 0) {
     return absl::InternalError("Orthanc did not exit on SIGTERM; killed");
   }
-  if (reader_.joinable()) reader_.join();
   return absl::OkStatus();
 }
 

@@ -21,25 +21,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "tests/server/child_process.h"
 
 namespace miseg::testing {
 
 // A fresh temporary directory, removed with everything in it on destruction. (Own name so
 // that it never clashes with server_process.h's TempDir in one binary.)
-class ScratchDir {
- public:
-  ScratchDir();
-  ~ScratchDir();
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Runs a command line through /bin/sh; returns {exit status, stdout+stderr}.
-std::pair<int, std::string> RunShell(const std::string& command);
 
 // The Orthanc binary and DICOMweb plugin the harness uses (Debian's paths).
 inline constexpr char kOrthancBinary[] = "/usr/sbin/Orthanc";
@@ -76,7 +63,7 @@ class OrthancProcess {
   const std::string& dicom_aet() const { return options_.dicom_aet; }
   std::string base_url() const { return "http://127.0.0.1:" + std::to_string(http_port_); }
   std::string dicomweb_studies_url() const { return base_url() + "/dicom-web/studies"; }
-  bool running() const { return pid_ > 0 && !exited_; }
+  bool running() const { return child_ != nullptr && !child_->exited(); }
   std::string log() const;
 
   // SIGTERM and wait (up to timeout, then SIGKILL): Internal when it had to be killed.
@@ -117,21 +104,12 @@ class OrthancProcess {
  private:
   OrthancProcess() = default;
   absl::Status Launch();
-  void ReadLog(int fd);
-  bool WaitForLog(const std::string& text, std::chrono::seconds timeout);
-  int WaitExit(std::chrono::seconds timeout);
 
   std::string dir_, config_path_;
   OrthancOptions options_;
   int http_port_ = 0, dicom_port_ = 0;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  std::thread reader_;
-  mutable std::mutex mutex_;
-  std::condition_variable log_changed_;
-  std::string log_;
-  size_t launch_offset_ = 0;  // where this launch's log starts
-  bool log_closed_ = false;
+  std::unique_ptr<ChildProcess> child_;  // the current launch
+  std::string earlier_logs_;             // of launches before a Restart
 };
 
 // Small JSON helpers for Orthanc's replies (no JSON library in the image): the string or
