@@ -195,7 +195,9 @@ absl::Status DicomNode::OnInstance(const ReceivedInstance& received) {
     return added;
   }
   deps_.metrics->CountDicomInstance("stored");
-  routing_wake_.notify_all();
+  // No wake-up per instance (each would rescan the inbox): a series completes when its
+  // association ends, which wakes the router, or after its quiet period, which the router
+  // sleeps until anyway.
   return absl::OkStatus();
 }
 
