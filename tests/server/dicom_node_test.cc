@@ -23,6 +23,7 @@
 #include "server/dicom_node/dicom_network.h"
 #include "tests/server/api_client.h"
 #include "tests/server/orthanc_process.h"
+#include "tests/server/raw_association.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
 
@@ -266,6 +267,32 @@ TEST_F(DicomNodeTest, ResultsWaitOutAnOrthancOutageAndAMisegRestart) {
   EXPECT_GE(delivered->attempts(), 3);
   ExpectSegInOrthanc(delivered->segmentation_sop_instance_uid(), study->series.series_instance_uid);
   EXPECT_EQ(Deliveries().size(), 1u);  // delivered once, not twice
+}
+
+TEST_F(DicomNodeTest, ASeriesOnAnAssociationLeftOpenCompletesAfterTheQuietPeriod) {
+  StartMiseg("pacs");
+  TrainModel();
+  absl::StatusOr<PhantomStudy> study = SmallPhantomStudy(66, 0, false);
+  ASSERT_TRUE(study.ok());
+  // A modality that keeps its association open: only the quiet period (2 s) completes the
+  // series.
+  RawAssociation association(node_port_, "ORTHANC", "MISEG");
+  ASSERT_TRUE(association.established()) << association.condition().text();
+  for (const DicomBuffer& file : study->image_files) {
+    absl::StatusOr<std::unique_ptr<DcmFileFormat>> parsed = ParseDicom(file.bytes, file.name);
+    ASSERT_TRUE(parsed.ok());
+    absl::StatusOr<InstanceInfo> info = IdentifyInstance(file);
+    ASSERT_TRUE(info.ok());
+    ASSERT_EQ(association.Store((*parsed)->getDataset(), info->sop_class_uid, info->sop_instance_uid), 0);
+  }
+  std::optional<v1::Delivery> delivered = WaitForDelivery(
+      [](const v1::Delivery& d) { return d.state() == v1::DELIVERY_STATE_DELIVERED; },
+      std::chrono::seconds(120));
+  ASSERT_TRUE(delivered.has_value()) << miseg_->log();
+  // Not before the quiet period had passed since the last instance.
+  EXPECT_GE(delivered->created_unix_ms() - delivered->received_unix_ms(), 2000);
+  ExpectSegInOrthanc(delivered->segmentation_sop_instance_uid(), study->series.series_instance_uid);
+  EXPECT_TRUE(association.Release());
 }
 
 TEST_F(DicomNodeTest, UnknownPeersAreRefusedAndMalformedInstancesLeaveNothing) {
