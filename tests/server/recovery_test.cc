@@ -105,7 +105,7 @@ class RecoveryTest : public ::testing::Test {
 TEST_F(RecoveryTest, JobKilledMidRunResumesFromItsLastCheckpoint) {
   Start();
   FillDataset(3, 1);
-  const v1::Hyperparameters h = TinyHyperparameters(30, 5);
+  const v1::Hyperparameters h = TinyHyperparameters(80, 5);
   const int64_t job_id = StartJob(h);
   // Step 12 runs only after the checkpoint of step 10 is committed.
   ASSERT_TRUE(WaitForStep(job_id, 12)) << server_->log();
@@ -121,7 +121,7 @@ TEST_F(RecoveryTest, JobKilledMidRunResumesFromItsLastCheckpoint) {
   std::vector<v1::JobEvent> events;
   ASSERT_TRUE(client_->Watch(job_id, &events).ok());
   // One consistent history: the steps re-run after the checkpoint replace the lost ones.
-  EXPECT_EQ(Steps(events), OneTo(30));
+  EXPECT_EQ(Steps(events), OneTo(80));
   int64_t resumed_from = -1;
   for (const v1::JobEvent& e : events) {
     if (e.has_state() && e.state().state() == v1::JOB_STATE_RUNNING &&
@@ -157,7 +157,7 @@ TEST_F(RecoveryTest, SigtermCheckpointsTheRunningJobAndItResumesOnRestart) {
   Start();
   FillDataset(2, 0);
   // No periodic checkpoint before the end: only the shutdown writes one.
-  const int64_t job_id = StartJob(TinyHyperparameters(40, 1000));
+  const int64_t job_id = StartJob(TinyHyperparameters(100, 1000));
   ASSERT_TRUE(WaitForStep(job_id, 3)) << server_->log();
   EXPECT_EQ(server_->Terminate(), 0) << server_->log();
   EXPECT_THAT(server_->log(), HasSubstr("stopped"));
@@ -168,7 +168,7 @@ TEST_F(RecoveryTest, SigtermCheckpointsTheRunningJobAndItResumesOnRestart) {
   std::vector<v1::JobEvent> events;
   ASSERT_TRUE(client_->Watch(job_id, &events).ok());
   EXPECT_EQ(events.back().state().state(), v1::JOB_STATE_SUCCEEDED) << server_->log();
-  EXPECT_EQ(Steps(events), OneTo(40));
+  EXPECT_EQ(Steps(events), OneTo(100));
   bool requeued = false, resumed = false;
   for (const v1::JobEvent& e : events) {
     if (!e.has_state()) continue;
