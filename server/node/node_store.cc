@@ -77,13 +77,7 @@ DeliveryRecord ReadDelivery(const Stmt& s) {
 }
 
 absl::StatusOr<std::vector<DeliveryRecord>> ReadDeliveries(Stmt& s) {
-  std::vector<DeliveryRecord> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back(ReadDelivery(s));
-  }
-  return out;
+  return sqlite::ReadRows(s, ReadDelivery);
 }
 
 }  // namespace

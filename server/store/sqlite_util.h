@@ -139,15 +139,35 @@ absl::Status InTransaction(sqlite3* db, Body&& body) {
   return status;
 }
 
-// Column 0 of every row, as text.
-inline absl::StatusOr<std::vector<std::string>> ReadStrings(Stmt& s) {
-  std::vector<std::string> out;
+template <typename T>
+struct RowValue {
+  using type = T;
+  static absl::StatusOr<T> Get(T&& value) { return std::move(value); }
+};
+template <typename T>
+struct RowValue<absl::StatusOr<T>> {
+  using type = T;
+  static absl::StatusOr<T> Get(absl::StatusOr<T>&& value) { return std::move(value); }
+};
+
+// Every remaining row, each made by read(s): a value, or a StatusOr whose error stops.
+template <typename Read>
+auto ReadRows(Stmt& s, Read&& read)
+    -> absl::StatusOr<std::vector<typename RowValue<decltype(read(s))>::type>> {
+  using Made = decltype(read(s));
+  std::vector<typename RowValue<Made>::type> out;
   while (true) {
     ASSIGN_OR_RETURN(bool row, s.Step());
     if (!row) break;
-    out.push_back(s.Text(0));
+    ASSIGN_OR_RETURN(auto value, RowValue<Made>::Get(read(s)));
+    out.push_back(std::move(value));
   }
   return out;
+}
+
+// Column 0 of every row, as text.
+inline absl::StatusOr<std::vector<std::string>> ReadStrings(Stmt& s) {
+  return ReadRows(s, [](const Stmt& row) { return row.Text(0); });
 }
 
 // Opens (or creates) a database in WAL mode with synchronous=FULL (a committed

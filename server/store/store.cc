@@ -453,13 +453,7 @@ absl::StatusOr<std::vector<DatasetRecord>> Store::ListDatasets() {
   std::lock_guard<std::mutex> lock(mutex_);
   ASSIGN_OR_RETURN(Stmt s,
                    Stmt::Prepare(db_, absl::StrCat(kDatasetSelect, "ORDER BY d.id").c_str()));
-  std::vector<DatasetRecord> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back(ReadDataset(s));
-  }
-  return out;
+  return sqlite::ReadRows(s, [](const Stmt& row) { return ReadDataset(row); });
 }
 
 // --- Studies and instances. ---
@@ -692,13 +686,7 @@ absl::StatusOr<std::vector<JobRecord>> Store::ListJobs(int64_t dataset_id) {
                                                            "ORDER BY j.id DESC")
                                                   .c_str()));
   s.Bind(1, dataset_id);
-  std::vector<JobRecord> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    out.push_back(ReadJob(s));
-  }
-  return out;
+  return sqlite::ReadRows(s, [](const Stmt& row) { return ReadJob(row); });
 }
 
 absl::StatusOr<std::optional<JobRecord>> Store::ClaimNextJob(const std::string& device) {
@@ -1013,14 +1001,7 @@ absl::StatusOr<std::vector<ModelRecord>> Store::ListModels(int64_t dataset_id) {
                                                            "ORDER BY m.id")
                                                   .c_str()));
   s.Bind(1, dataset_id);
-  std::vector<ModelRecord> out;
-  while (true) {
-    ASSIGN_OR_RETURN(bool row, s.Step());
-    if (!row) break;
-    ASSIGN_OR_RETURN(ModelRecord m, ReadModel(s));
-    out.push_back(std::move(m));
-  }
-  return out;
+  return sqlite::ReadRows(s, [](const Stmt& row) { return ReadModel(row); });
 }
 
 absl::StatusOr<ModelRecord> Store::PromoteModel(int64_t id) {
