@@ -31,28 +31,52 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   return bytes;
 }
 
-// Sends files as FileChunk messages after the header; reports progress.
+// Sends one file as FileChunk messages; false when the stream broke.
 template <typename Writer, typename Request>
-bool WriteFiles(Writer* writer, const std::vector<DicomBuffer>& files,
-                const ProgressCallback& progress) {
-  int64_t total = 0, done = 0;
-  for (const DicomBuffer& f : files) total += static_cast<int64_t>(f.bytes.size());
-  for (const DicomBuffer& file : files) {
-    size_t offset = 0;
-    do {
-      Request request;
-      v1::FileChunk* chunk = request.mutable_chunk();
-      if (offset == 0) chunk->set_file_name(file.name);
-      const size_t n = std::min(kChunkBytes, file.bytes.size() - offset);
-      chunk->set_data(file.bytes.data() + offset, n);
-      offset += n;
-      chunk->set_last_chunk(offset >= file.bytes.size());
-      if (!writer->Write(request)) return false;
-      done += static_cast<int64_t>(n);
-      if (progress) progress(done, total);
-    } while (offset < file.bytes.size());
-  }
+bool WriteFile(Writer* writer, const DicomBuffer& file, int64_t total, int64_t* done,
+               const ProgressCallback& progress) {
+  size_t offset = 0;
+  do {
+    Request request;
+    v1::FileChunk* chunk = request.mutable_chunk();
+    if (offset == 0) chunk->set_file_name(file.name);
+    const size_t n = std::min(kChunkBytes, file.bytes.size() - offset);
+    chunk->set_data(file.bytes.data() + offset, n);
+    offset += n;
+    chunk->set_last_chunk(offset >= file.bytes.size());
+    if (!writer->Write(request)) return false;
+    *done += static_cast<int64_t>(n);
+    if (progress) progress(*done, total);
+  } while (offset < file.bytes.size());
   return true;
+}
+
+// Sends the source's files after the header. OK also when the stream broke (Finish then
+// says why); the source's error otherwise.
+template <typename Writer, typename Request>
+absl::Status WriteFiles(Writer* writer, const FileSource& next_file, int64_t total,
+                        const ProgressCallback& progress) {
+  int64_t done = 0;
+  while (true) {
+    absl::StatusOr<const DicomBuffer*> file = next_file();
+    if (!file.ok()) return file.status();
+    if (*file == nullptr) return absl::OkStatus();
+    if (!WriteFile<Writer, Request>(writer, **file, total, &done, progress)) {
+      return absl::OkStatus();
+    }
+  }
+}
+
+FileSource FromVector(const std::vector<DicomBuffer>& files) {
+  return [&files, next = size_t{0}]() mutable -> absl::StatusOr<const DicomBuffer*> {
+    return next < files.size() ? &files[next++] : nullptr;
+  };
+}
+
+int64_t TotalBytes(const std::vector<DicomBuffer>& files) {
+  int64_t total = 0;
+  for (const DicomBuffer& f : files) total += static_cast<int64_t>(f.bytes.size());
+  return total;
 }
 
 }  // namespace
@@ -121,6 +145,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions&
       arguments.SetSslTargetNameOverride(options.tls_server_name);
     }
   }
+  if (options.own_connection) arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   state->channel = grpc::CreateCustomChannel(options.address, credentials, arguments);
   state->datasets = v1::DatasetService::NewStub(state->channel);
   state->training = v1::TrainingService::NewStub(state->channel);
@@ -201,6 +226,14 @@ absl::StatusOr<v1::UploadResponse> Client::Upload(const std::string& dataset,
                                                   v1::StudyRole role,
                                                   const std::vector<DicomBuffer>& files,
                                                   const ProgressCallback& progress) {
+  return UploadFrom(dataset, role, FromVector(files), TotalBytes(files), progress);
+}
+
+absl::StatusOr<v1::UploadResponse> Client::UploadFrom(const std::string& dataset,
+                                                      v1::StudyRole role,
+                                                      const FileSource& next_file,
+                                                      int64_t total_bytes,
+                                                      const ProgressCallback& progress) {
   grpc::ClientContext context;
   state_->Prepare(&context, std::chrono::seconds(3600));
   v1::UploadResponse response;
@@ -208,9 +241,15 @@ absl::StatusOr<v1::UploadResponse> Client::Upload(const std::string& dataset,
   v1::UploadRequest header;
   header.mutable_header()->set_dataset(dataset);
   header.mutable_header()->set_role(role);
+  absl::Status sent = absl::OkStatus();
   if (writer->Write(header)) {
-    WriteFiles<grpc::ClientWriter<v1::UploadRequest>, v1::UploadRequest>(writer.get(), files,
-                                                                         progress);
+    sent = WriteFiles<grpc::ClientWriter<v1::UploadRequest>, v1::UploadRequest>(
+        writer.get(), next_file, total_bytes, progress);
+  }
+  if (!sent.ok()) {
+    context.TryCancel();  // a broken stream: the server keeps nothing
+    (void)writer->Finish();
+    return sent;
   }
   writer->WritesDone();
   grpc::Status status = writer->Finish();
@@ -298,7 +337,9 @@ absl::Status Client::WatchJob(int64_t id, const WatchOptions& options,
   while (true) {
     grpc::ClientContext context;
     // A watch may last as long as the job: no deadline beyond a generous bound.
-    state_->Prepare(&context, std::chrono::hours(24 * 30));
+    state_->Prepare(&context, options.timeout.count() > 0
+                                  ? options.timeout
+                                  : std::chrono::seconds(std::chrono::hours(24 * 30)));
     v1::WatchJobRequest request;
     request.set_id(id);
     request.set_from_step(options.from_step);
@@ -389,8 +430,10 @@ absl::StatusOr<SegmentResult> Client::Segment(const v1::SegmentHeader& header,
   v1::SegmentRequest first;
   *first.mutable_header() = header;
   if (stream->Write(first)) {
-    WriteFiles<grpc::ClientReaderWriter<v1::SegmentRequest, v1::SegmentResponse>,
-               v1::SegmentRequest>(stream.get(), files, progress);
+    // A vector's source cannot fail.
+    (void)WriteFiles<grpc::ClientReaderWriter<v1::SegmentRequest, v1::SegmentResponse>,
+                     v1::SegmentRequest>(stream.get(), FromVector(files), TotalBytes(files),
+                                         progress);
   }
   stream->WritesDone();
   SegmentResult result;

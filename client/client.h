@@ -27,6 +27,9 @@ struct ConnectionOptions {
   std::string tls_key_file;
   std::string tls_server_name;   // expected name in the server's certificate, if not the host
   int call_timeout_seconds = 120;  // unary calls; streams take their own
+  // A TCP connection of this client's own. By default gRPC shares one connection among all
+  // the clients of a process that connect to the same address with the same options.
+  bool own_connection = false;
 };
 
 // Defaults overridden by MISEG_ADDRESS, MISEG_TOKEN, MISEG_TLS_CA, MISEG_TLS_CERT,
@@ -36,6 +39,12 @@ ConnectionOptions OptionsFromEnvironment();
 // Reports bytes sent of the total, at most every chunk.
 using ProgressCallback = std::function<void(int64_t done, int64_t total)>;
 
+// The files of one stream, produced one at a time so that a study larger than memory can be
+// sent (read from disk file by file). Each call returns the next file, which must stay valid
+// until the following call; nullptr when there are no more; an error cancels the stream,
+// so the server stores nothing, and becomes the call's result.
+using FileSource = std::function<absl::StatusOr<const DicomBuffer*>()>;
+
 struct WatchOptions {
   int64_t from_step = 0;
   bool follow = true;  // false: the stored events only
@@ -43,6 +52,9 @@ struct WatchOptions {
   std::chrono::seconds reconnect_for{0};
   // Called when a reconnect attempt starts (for a "reconnecting..." line).
   std::function<void(const absl::Status& why)> on_reconnect;
+  // The deadline of each stream (DEADLINE_EXCEEDED when it passes); 0: as long as the job
+  // runs.
+  std::chrono::seconds timeout{0};
 };
 
 struct SegmentResult {
@@ -69,6 +81,13 @@ class Client {
   absl::StatusOr<v1::UploadResponse> Upload(const std::string& dataset, v1::StudyRole role,
                                             const std::vector<DicomBuffer>& files,
                                             const ProgressCallback& progress = nullptr);
+  // The same with the files produced one at a time (see FileSource): client memory is one
+  // file, whatever the stream's size. total_bytes is the progress callback's total (-1:
+  // unknown).
+  absl::StatusOr<v1::UploadResponse> UploadFrom(const std::string& dataset, v1::StudyRole role,
+                                                const FileSource& next_file,
+                                                int64_t total_bytes = -1,
+                                                const ProgressCallback& progress = nullptr);
   absl::StatusOr<std::vector<v1::Study>> ListStudies(const std::string& dataset,
                                                      v1::StudyRole role);
   absl::StatusOr<int64_t> DeleteStudy(const std::string& dataset, const std::string& series_uid);

@@ -4,16 +4,21 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/common/status_macros.h"
 #include "core/dicom/instance_info.h"
 #include "core/dicom/segmentation.h"
 #include "server/convert.h"
 
 namespace miseg {
 namespace {
+
+constexpr char kAlreadyStored[] = "already stored in this dataset";
 
 const char* RoleWord(StoredRole role) {
   switch (role) {
@@ -24,192 +29,443 @@ const char* RoleWord(StoredRole role) {
   return "unknown";
 }
 
+// The files of one upload, wherever their bytes are: what checking and storing need of
+// them. Indices are the upload's.
+class UploadFiles {
+ public:
+  virtual ~UploadFiles() = default;
+  // The image files `which`, read or checked as ReadSeries reads them (with or without
+  // voxels). InvalidArgument is the input's fault; any other error the server's.
+  virtual absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesOf(
+      const std::vector<size_t>& which, std::vector<std::string>* skipped,
+      const SeriesReaderLimits& limits) const = 0;
+  // File i in memory (a SEG).
+  virtual absl::StatusOr<DicomBuffer> Load(size_t i) const = 0;
+  // Puts file i into the file store (again: a no-op); returns its hash.
+  virtual absl::StatusOr<std::string> Store(size_t i) = 0;
+  virtual int64_t SizeOf(size_t i) const = 0;
+};
+
+// Files held in memory (the DICOM node's series).
+class BufferFiles final : public UploadFiles {
+ public:
+  BufferFiles(FileStore& files, const std::vector<DicomBuffer>& input)
+      : files_(files), input_(input) {}
+
+  absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesOf(
+      const std::vector<size_t>& which, std::vector<std::string>* skipped,
+      const SeriesReaderLimits& limits) const override {
+    std::vector<DicomBuffer> buffers;
+    for (size_t i : which) buffers.push_back(input_[i]);
+    return ReadSeries(buffers, skipped, limits);
+  }
+  absl::StatusOr<DicomBuffer> Load(size_t i) const override { return input_[i]; }
+  absl::StatusOr<std::string> Store(size_t i) override { return files_.Put(input_[i].bytes); }
+  int64_t SizeOf(size_t i) const override {
+    return static_cast<int64_t>(input_[i].bytes.size());
+  }
+
+ private:
+  FileStore& files_;
+  const std::vector<DicomBuffer>& input_;
+};
+
+// Files staged on disk (a streamed upload): checked from there, one file at a time, and
+// committed by rename.
+class StagedUploadFiles final : public UploadFiles {
+ public:
+  StagedUploadFiles(FileStore& files, std::vector<std::unique_ptr<StagedFile>>& staged,
+                    const std::vector<std::string>& names)
+      : files_(files), staged_(staged), names_(names), hashes_(staged.size()) {}
+
+  absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesOf(
+      const std::vector<size_t>& which, std::vector<std::string>* skipped,
+      const SeriesReaderLimits& limits) const override {
+    std::vector<std::string> paths, names;
+    for (size_t i : which) {
+      paths.push_back(staged_[i]->path());
+      names.push_back(names_[i]);
+    }
+    return CheckSeriesFiles(paths, names, skipped, limits);
+  }
+  absl::StatusOr<DicomBuffer> Load(size_t i) const override {
+    ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(staged_[i]->path()));
+    return DicomBuffer{names_[i], std::move(bytes)};
+  }
+  absl::StatusOr<std::string> Store(size_t i) override {
+    // A SEG referencing two series of the upload is stored with each.
+    if (hashes_[i].empty()) {
+      ASSIGN_OR_RETURN(hashes_[i], files_.Commit(*staged_[i]));
+    }
+    return hashes_[i];
+  }
+  int64_t SizeOf(size_t i) const override { return staged_[i]->size(); }
+
+ private:
+  FileStore& files_;
+  std::vector<std::unique_ptr<StagedFile>>& staged_;
+  const std::vector<std::string>& names_;
+  std::vector<std::string> hashes_;  // of the files committed so far
+};
+
+// One ingest: the identified files of an upload grouped into series, each series checked
+// and committed on its own.
+class Ingest {
+ public:
+  Ingest(Store& store, const DatasetRecord& dataset, StoredRole role, UploadFiles& files,
+         const SeriesReaderLimits& limits)
+      : store_(store), dataset_(dataset), role_(role), files_(files), limits_(limits) {}
+
+  absl::StatusOr<IngestResult> Run(const std::vector<std::string>& names,
+                                   std::vector<absl::StatusOr<InstanceInfo>> identities);
+
+ private:
+  void Group();
+  absl::Status IngestSeries(const std::string& series_uid);
+  std::optional<std::string> RefusalBeforeReading(const std::string& series_uid,
+                                                  const std::vector<size_t>& members,
+                                                  const std::vector<size_t>& segs) const;
+  absl::StatusOr<std::optional<StudyRecord>> CheckContent(const std::string& series_uid,
+                                                          const std::vector<size_t>& members,
+                                                          const std::vector<size_t>& segs,
+                                                          const std::vector<size_t>& everything);
+  absl::Status Commit(StudyRecord study, const std::vector<size_t>& everything);
+  void SettleUnusedSegs();
+  void Mark(const std::vector<size_t>& which, IngestOutcome outcome, const std::string& reason);
+  bool needs_seg() const { return role_ != StoredRole::kUnlabeled; }
+
+  Store& store_;
+  const DatasetRecord& dataset_;
+  const StoredRole role_;
+  UploadFiles& files_;
+  const SeriesReaderLimits& limits_;
+
+  IngestResult result_;
+  std::vector<std::optional<InstanceInfo>> infos_;  // per file; empty when not identified
+  absl::flat_hash_set<std::string> existing_;       // SOP Instance UIDs stored already
+  std::map<std::string, std::vector<size_t>> series_files_;  // images by series
+  std::vector<std::string> series_order_;                    // of first appearance
+  std::vector<size_t> segs_;
+  std::set<size_t> segs_used_;
+};
+
+absl::StatusOr<IngestResult> Ingest::Run(const std::vector<std::string>& names,
+                                         std::vector<absl::StatusOr<InstanceInfo>> identities) {
+  result_.files.resize(names.size());
+  infos_.resize(names.size());
+  std::vector<std::string> all_uids;
+  for (size_t i = 0; i < names.size(); ++i) {
+    IngestFileResult& r = result_.files[i];
+    r.file_name = names[i];
+    if (!identities[i].ok()) {
+      r.reason = std::string(identities[i].status().message());
+      continue;
+    }
+    r.sop_instance_uid = identities[i]->sop_instance_uid;
+    r.series_instance_uid = identities[i]->series_instance_uid;
+    infos_[i] = *std::move(identities[i]);
+    all_uids.push_back(infos_[i]->sop_instance_uid);
+  }
+  ASSIGN_OR_RETURN(std::vector<std::string> existing,
+                   store_.ExistingInstances(dataset_.id, all_uids));
+  existing_.insert(existing.begin(), existing.end());
+  Group();
+  for (const std::string& series_uid : series_order_) {
+    RETURN_IF_ERROR(IngestSeries(series_uid));
+  }
+  SettleUnusedSegs();
+  return std::move(result_);
+}
+
+// Groups images by series and notes SEGs. A SOP Instance UID twice in one upload: the later
+// copies are duplicates of the first.
+void Ingest::Group() {
+  absl::flat_hash_set<std::string> seen_in_upload;
+  for (size_t i = 0; i < infos_.size(); ++i) {
+    if (!infos_[i]) continue;
+    if (!seen_in_upload.insert(infos_[i]->sop_instance_uid).second) {
+      Mark({i}, IngestOutcome::kDuplicate, "the same instance appears earlier in this upload");
+      continue;
+    }
+    if (infos_[i]->is_segmentation) {
+      segs_.push_back(i);
+      continue;
+    }
+    auto [it, inserted] = series_files_.try_emplace(infos_[i]->series_instance_uid);
+    if (inserted) series_order_.push_back(infos_[i]->series_instance_uid);
+    it->second.push_back(i);
+  }
+}
+
+absl::Status Ingest::IngestSeries(const std::string& series_uid) {
+  const std::vector<size_t>& members = series_files_[series_uid];
+  std::vector<size_t> segs;
+  for (size_t s : segs_) {
+    for (const std::string& ref : infos_[s]->referenced_series_instance_uids) {
+      if (ref == series_uid) segs.push_back(s);
+    }
+  }
+  segs_used_.insert(segs.begin(), segs.end());
+  std::vector<size_t> everything = members;
+  everything.insert(everything.end(), segs.begin(), segs.end());
+
+  const bool all_stored = std::all_of(everything.begin(), everything.end(), [&](size_t i) {
+    return existing_.contains(infos_[i]->sop_instance_uid);
+  });
+  if (all_stored) {
+    Mark(everything, IngestOutcome::kDuplicate, kAlreadyStored);
+    return absl::OkStatus();
+  }
+  if (std::optional<std::string> refusal = RefusalBeforeReading(series_uid, members, segs)) {
+    Mark(everything, IngestOutcome::kRefused, *refusal);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::optional<StudyRecord> study,
+                   CheckContent(series_uid, members, segs, everything));
+  if (!study) return absl::OkStatus();
+  return Commit(*std::move(study), everything);
+}
+
+// What refuses a series from the identities alone: some of it stored already, another
+// modality, a SEG missing or too many, a SEG where none belongs.
+std::optional<std::string> Ingest::RefusalBeforeReading(const std::string& series_uid,
+                                                        const std::vector<size_t>& members,
+                                                        const std::vector<size_t>& segs) const {
+  const bool some_stored =
+      std::any_of(members.begin(), members.end(),
+                  [&](size_t i) { return existing_.contains(infos_[i]->sop_instance_uid); }) ||
+      std::any_of(segs.begin(), segs.end(),
+                  [&](size_t i) { return existing_.contains(infos_[i]->sop_instance_uid); });
+  if (some_stored) {
+    return absl::StrCat("series ", series_uid,
+                        " is already stored with other instances; delete it first to replace it");
+  }
+  const auto other_modality = std::find_if(members.begin(), members.end(), [&](size_t i) {
+    return infos_[i]->modality != dataset_.modality;
+  });
+  if (other_modality != members.end()) {
+    return absl::StrCat("series ", series_uid, " has modality '",
+                        infos_[*other_modality]->modality, "'; dataset '", dataset_.name,
+                        "' accepts ", dataset_.modality);
+  }
+  if (needs_seg() && segs.size() != 1) {
+    return segs.empty() ? absl::StrCat("a ", RoleWord(role_), " study needs its DICOM SEG: ",
+                                       "none in this upload references series ", series_uid)
+                        : absl::StrCat("several DICOM SEGs reference series ", series_uid,
+                                       "; upload one");
+  }
+  if (!needs_seg() && !segs.empty()) {
+    return "an unlabeled study takes no DICOM SEG; upload it as labeled";
+  }
+  return std::nullopt;
+}
+
+// Reads the series (one consistent volume) and, for a labeled study, its SEG onto it.
+// nullopt when refused (the files are marked); errors are the server's.
+absl::StatusOr<std::optional<StudyRecord>> Ingest::CheckContent(
+    const std::string& series_uid, const std::vector<size_t>& members,
+    const std::vector<size_t>& segs, const std::vector<size_t>& everything) {
+  std::vector<std::string> skipped;
+  absl::StatusOr<std::vector<SeriesVolume>> volumes =
+      files_.ReadSeriesOf(members, &skipped, limits_);
+  if (!volumes.ok() && !absl::IsInvalidArgument(volumes.status())) return volumes.status();
+  if (!volumes.ok()) {
+    Mark(everything, IngestOutcome::kRefused, std::string(volumes.status().message()));
+    return std::nullopt;
+  }
+  if (!skipped.empty() || volumes->size() != 1) {
+    Mark(everything, IngestOutcome::kRefused,
+         skipped.empty() ? absl::StrCat("series ", series_uid, " is not one volume")
+                         : absl::StrCat("not an image instance: ", skipped.front()));
+    return std::nullopt;
+  }
+  const SeriesVolume& volume = volumes->front();
+  StudyRecord study;
+  if (needs_seg()) {
+    const size_t s = segs.front();
+    ASSIGN_OR_RETURN(DicomBuffer seg, files_.Load(s));
+    // The labels come back as one LabelVolume of the series' size: for labeled and
+    // validation studies only, the one allocation of an upload that grows with the study
+    // (a byte per voxel; the series itself was checked without its voxels).
+    absl::StatusOr<SegmentationLabels> labels =
+        ReadSegmentation(seg, volume, dataset_.class_names);
+    if (!labels.ok()) {
+      Mark(everything, IngestOutcome::kRefused, std::string(labels.status().message()));
+      return std::nullopt;
+    }
+    study.segmentation_sop_instance_uid = infos_[s]->sop_instance_uid;
+  }
+  study.dataset_id = dataset_.id;
+  study.role = role_;
+  study.study_instance_uid = volume.study_instance_uid;
+  study.series_instance_uid = series_uid;
+  study.modality = volume.modality;
+  study.slices = static_cast<int32_t>(volume.image.geometry.slices);
+  study.rows = static_cast<int32_t>(volume.image.geometry.rows);
+  study.columns = static_cast<int32_t>(volume.image.geometry.cols);
+  return study;
+}
+
+// Stores the files by hash, then the study in one transaction.
+absl::Status Ingest::Commit(StudyRecord study, const std::vector<size_t>& everything) {
+  for (size_t i : everything) {
+    ASSIGN_OR_RETURN(std::string hash, files_.Store(i));
+    study.instances.push_back({infos_[i]->sop_instance_uid, std::move(hash), files_.SizeOf(i),
+                               infos_[i]->is_segmentation});
+  }
+  absl::StatusOr<StudyRecord> inserted = store_.InsertStudy(study);
+  if (absl::IsAlreadyExists(inserted.status())) {
+    // A concurrent upload of the same series won the race: ours are duplicates.
+    Mark(everything, IngestOutcome::kDuplicate, kAlreadyStored);
+    return absl::OkStatus();
+  }
+  if (!inserted.ok()) return inserted.status();
+  Mark(everything, IngestOutcome::kStored, "");
+  result_.stored.push_back(*std::move(inserted));
+  return absl::OkStatus();
+}
+
+// SEGs that label no series of the upload: duplicates when stored already, else refused.
+void Ingest::SettleUnusedSegs() {
+  for (size_t s : segs_) {
+    if (segs_used_.count(s)) continue;
+    if (existing_.contains(infos_[s]->sop_instance_uid)) {
+      Mark({s}, IngestOutcome::kDuplicate, kAlreadyStored);
+      continue;
+    }
+    Mark({s}, IngestOutcome::kRefused,
+         absl::StrCat("this DICOM SEG references no image series of this upload (",
+                      absl::StrJoin(infos_[s]->referenced_series_instance_uids, ", "), ")"));
+  }
+}
+
+void Ingest::Mark(const std::vector<size_t>& which, IngestOutcome outcome,
+                  const std::string& reason) {
+  for (size_t i : which) {
+    result_.files[i].outcome = outcome;
+    result_.files[i].reason = reason;
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<IngestResult> IngestFiles(Store& store, FileStore& files,
                                          const DatasetRecord& dataset, StoredRole role,
                                          const std::vector<DicomBuffer>& input,
                                          const SeriesReaderLimits& limits) {
-  IngestResult result;
-  result.files.resize(input.size());
-  std::vector<std::optional<InstanceInfo>> infos(input.size());
-  std::vector<std::string> all_uids;
-  for (size_t i = 0; i < input.size(); ++i) {
-    IngestFileResult& r = result.files[i];
-    r.file_name = input[i].name;
-    absl::StatusOr<InstanceInfo> info = IdentifyInstance(input[i]);
-    if (!info.ok()) {
-      r.reason = std::string(info.status().message());
-      continue;
-    }
-    r.sop_instance_uid = info->sop_instance_uid;
-    r.series_instance_uid = info->series_instance_uid;
-    infos[i] = *std::move(info);
-    all_uids.push_back(infos[i]->sop_instance_uid);
+  std::vector<std::string> names;
+  std::vector<absl::StatusOr<InstanceInfo>> identities;
+  for (const DicomBuffer& file : input) {
+    names.push_back(file.name);
+    identities.push_back(IdentifyInstance(file));
   }
-  absl::StatusOr<std::vector<std::string>> existing_list =
-      store.ExistingInstances(dataset.id, all_uids);
-  if (!existing_list.ok()) return existing_list.status();
-  const absl::flat_hash_set<std::string> existing(existing_list->begin(), existing_list->end());
+  BufferFiles upload(files, input);
+  return Ingest(store, dataset, role, upload, limits).Run(names, std::move(identities));
+}
 
-  // Group images by series; note SEGs. A SOP Instance UID twice in one upload: the later
-  // copies are duplicates of the first.
-  std::map<std::string, std::vector<size_t>> series_files;  // ordered: stable output
-  std::vector<std::string> series_order;
-  std::vector<size_t> segs;
-  absl::flat_hash_set<std::string> seen_in_upload;
-  for (size_t i = 0; i < input.size(); ++i) {
-    if (!infos[i]) continue;
-    IngestFileResult& r = result.files[i];
-    if (!seen_in_upload.insert(infos[i]->sop_instance_uid).second) {
-      r.outcome = IngestOutcome::kDuplicate;
-      r.reason = "the same instance appears earlier in this upload";
-      continue;
-    }
-    if (infos[i]->is_segmentation) {
-      segs.push_back(i);
-      continue;
-    }
-    auto [it, inserted] = series_files.try_emplace(infos[i]->series_instance_uid);
-    if (inserted) series_order.push_back(infos[i]->series_instance_uid);
-    it->second.push_back(i);
+// ------------------------------------------------------------------------------------------
+
+FileReceiver::FileReceiver(FileStore* files, ChunkLimits limits)
+    : store_(files), limits_(limits) {}
+
+absl::Status FileReceiver::Fail(absl::Status status) {
+  error_ = status;
+  current_.reset();
+  staged_.clear();  // removes them
+  names_.clear();
+  return status;
+}
+
+absl::Status FileReceiver::AddChunk(std::string_view file_name, std::string_view data,
+                                    bool last_chunk) {
+  if (!error_.ok()) return error_;
+  if (ended_) return Fail(absl::InvalidArgumentError("a chunk after the end of the stream"));
+  bytes_received_ += static_cast<int64_t>(data.size());
+  if (bytes_received_ > limits_.max_bytes) {
+    return Fail(absl::ResourceExhaustedError(absl::StrCat(
+        "request exceeds the server's limit of ", limits_.max_bytes, " bytes")));
   }
-
-  std::set<size_t> segs_used;
-  auto refuse = [&](const std::vector<size_t>& which, const std::string& reason) {
-    for (size_t i : which) {
-      result.files[i].outcome = IngestOutcome::kRefused;
-      result.files[i].reason = reason;
+  const std::string_view client_name = file_name.substr(0, 256);
+  if (current_ == nullptr) {
+    if (static_cast<int64_t>(staged_.size()) >= limits_.max_files) {
+      return Fail(absl::ResourceExhaustedError(
+          absl::StrCat("request exceeds the server's limit of ", limits_.max_files, " files")));
     }
-  };
-  const bool needs_seg = role != StoredRole::kUnlabeled;
-
-  for (const std::string& series_uid : series_order) {
-    std::vector<size_t> members = series_files[series_uid];
-    std::vector<size_t> segs_of_series;
-    for (size_t s : segs) {
-      for (const std::string& ref : infos[s]->referenced_series_instance_uids) {
-        if (ref == series_uid) segs_of_series.push_back(s);
-      }
-    }
-    for (size_t s : segs_of_series) segs_used.insert(s);
-    std::vector<size_t> everything = members;
-    everything.insert(everything.end(), segs_of_series.begin(), segs_of_series.end());
-
-    size_t already = 0;
-    for (size_t i : everything) already += existing.contains(infos[i]->sop_instance_uid);
-    if (already == everything.size()) {
-      for (size_t i : everything) {
-        result.files[i].outcome = IngestOutcome::kDuplicate;
-        result.files[i].reason = "already stored in this dataset";
-      }
-      continue;
-    }
-    if (already > 0) {
-      refuse(everything, absl::StrCat("series ", series_uid,
-                                      " is already stored with other instances; delete it "
-                                      "first to replace it"));
-      continue;
-    }
-    const auto other_modality = std::find_if(members.begin(), members.end(), [&](size_t i) {
-      return infos[i]->modality != dataset.modality;
-    });
-    if (other_modality != members.end()) {
-      refuse(everything, absl::StrCat("series ", series_uid, " has modality '",
-                                      infos[*other_modality]->modality, "'; dataset '",
-                                      dataset.name, "' accepts ", dataset.modality));
-      continue;
-    }
-    if (needs_seg && segs_of_series.size() != 1) {
-      refuse(everything,
-             segs_of_series.empty()
-                 ? absl::StrCat("a ", RoleWord(role), " study needs its DICOM SEG: none in ",
-                                "this upload references series ", series_uid)
-                 : absl::StrCat("several DICOM SEGs reference series ", series_uid,
-                                "; upload one"));
-      continue;
-    }
-    if (!needs_seg && !segs_of_series.empty()) {
-      refuse(everything, "an unlabeled study takes no DICOM SEG; upload it as labeled");
-      continue;
-    }
-
-    std::vector<DicomBuffer> buffers;
-    for (size_t i : members) buffers.push_back(input[i]);
-    std::vector<std::string> skipped;
-    absl::StatusOr<std::vector<SeriesVolume>> volumes = ReadSeries(buffers, &skipped, limits);
-    if (!volumes.ok()) {
-      refuse(everything, std::string(volumes.status().message()));
-      continue;
-    }
-    if (!skipped.empty() || volumes->size() != 1) {
-      refuse(everything, skipped.empty()
-                             ? absl::StrCat("series ", series_uid, " is not one volume")
-                             : absl::StrCat("not an image instance: ", skipped.front()));
-      continue;
-    }
-    const SeriesVolume& volume = volumes->front();
-    std::string seg_uid;
-    if (needs_seg) {
-      const size_t s = segs_of_series.front();
-      absl::StatusOr<SegmentationLabels> labels =
-          ReadSegmentation(input[s], volume, dataset.class_names);
-      if (!labels.ok()) {
-        refuse(everything, std::string(labels.status().message()));
-        continue;
-      }
-      seg_uid = infos[s]->sop_instance_uid;
-    }
-
-    StudyRecord study;
-    study.dataset_id = dataset.id;
-    study.role = role;
-    study.study_instance_uid = volume.study_instance_uid;
-    study.series_instance_uid = series_uid;
-    study.modality = volume.modality;
-    study.slices = static_cast<int32_t>(volume.image.geometry.slices);
-    study.rows = static_cast<int32_t>(volume.image.geometry.rows);
-    study.columns = static_cast<int32_t>(volume.image.geometry.cols);
-    study.segmentation_sop_instance_uid = seg_uid;
-    for (size_t i : everything) {
-      absl::StatusOr<std::string> hash = files.Put(input[i].bytes);
-      if (!hash.ok()) return hash.status();
-      study.instances.push_back({infos[i]->sop_instance_uid, *hash,
-                                 static_cast<int64_t>(input[i].bytes.size()),
-                                 infos[i]->is_segmentation});
-    }
-    absl::StatusOr<StudyRecord> inserted = store.InsertStudy(study);
-    if (absl::IsAlreadyExists(inserted.status())) {
-      // A concurrent upload of the same series won the race: ours are duplicates.
-      for (size_t i : everything) {
-        result.files[i].outcome = IngestOutcome::kDuplicate;
-        result.files[i].reason = "already stored in this dataset";
-      }
-      continue;
-    }
-    if (!inserted.ok()) return inserted.status();
-    for (size_t i : everything) {
-      result.files[i].outcome = IngestOutcome::kStored;
-      result.files[i].reason.clear();
-    }
-    result.stored.push_back(*std::move(inserted));
+    absl::StatusOr<std::unique_ptr<StagedFile>> staged = store_->Stage();
+    if (!staged.ok()) return Fail(staged.status());
+    current_ = *std::move(staged);
+    current_client_name_ = std::string(client_name);
+    current_name_ = file_name.empty() ? absl::StrCat("file #", staged_.size() + 1)
+                                      : current_client_name_;
+  } else if (!file_name.empty() && client_name != current_client_name_) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "a chunk of '", std::string(client_name), "' arrived inside '", current_name_,
+        "' (no chunk with last_chunk set ended it)")));
   }
+  if (absl::Status appended = current_->Append(data); !appended.ok()) return Fail(appended);
+  if (!last_chunk) return absl::OkStatus();
+  if (absl::Status finished = current_->Finish(); !finished.ok()) return Fail(finished);
+  staged_.push_back(std::move(current_));
+  names_.push_back(std::move(current_name_));
+  return absl::OkStatus();
+}
 
-  for (size_t s : segs) {
-    if (segs_used.count(s)) continue;
-    IngestFileResult& r = result.files[s];
-    if (existing.contains(infos[s]->sop_instance_uid)) {
-      r.outcome = IngestOutcome::kDuplicate;
-      r.reason = "already stored in this dataset";
-    } else {
-      r.outcome = IngestOutcome::kRefused;
-      r.reason = absl::StrCat("this DICOM SEG references no image series of this upload (",
-                              absl::StrJoin(infos[s]->referenced_series_instance_uids, ", "),
-                              ")");
-    }
+absl::Status FileReceiver::EndOfStream() {
+  if (!error_.ok()) return error_;
+  ended_ = true;
+  if (current_ != nullptr) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "the stream ended inside '", current_name_, "' (no chunk with last_chunk set)")));
   }
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------------------------------
+
+IngestSession::IngestSession(Store* store, FileStore* files, DatasetRecord dataset,
+                             StoredRole role, ChunkLimits limits,
+                             SeriesReaderLimits reader_limits)
+    : store_(store),
+      files_(files),
+      dataset_(std::move(dataset)),
+      role_(role),
+      reader_limits_(reader_limits),
+      receiver_(files, limits) {}
+
+absl::Status IngestSession::AddChunk(std::string_view file_name, std::string_view data,
+                                     bool last_chunk) {
+  if (finished_) return absl::FailedPreconditionError("the upload is finished");
+  RETURN_IF_ERROR(error_);
+  const size_t before = receiver_.files().size();
+  RETURN_IF_ERROR(receiver_.AddChunk(file_name, data, last_chunk));
+  if (receiver_.files().size() == before) return absl::OkStatus();
+  // A file is complete: its header says which instance it is (refusals wait for Finish).
+  absl::StatusOr<InstanceInfo> info =
+      IdentifyInstanceFile(receiver_.files().back()->path(), receiver_.names().back());
+  if (!info.ok() && !absl::IsInvalidArgument(info.status())) {
+    error_ = info.status();  // the disk failed us: the session is spent
+    return error_;
+  }
+  identities_.push_back(std::move(info));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<IngestResult> IngestSession::Finish() {
+  if (finished_) return absl::FailedPreconditionError("the upload is finished");
+  finished_ = true;
+  RETURN_IF_ERROR(error_);
+  RETURN_IF_ERROR(receiver_.EndOfStream());
+  std::vector<std::unique_ptr<StagedFile>>& staged = receiver_.files();
+  if (staged.empty()) return absl::InvalidArgumentError("the upload holds no files");
+  StagedUploadFiles upload(*files_, staged, receiver_.names());
+  absl::StatusOr<IngestResult> result =
+      Ingest(*store_, dataset_, role_, upload, reader_limits_)
+          .Run(receiver_.names(), std::move(identities_));
+  staged.clear();  // removes what was not committed: refused files, duplicates
   return result;
 }
+
+// ------------------------------------------------------------------------------------------
 
 absl::StatusOr<LoadedStudy> LoadStoredStudy(const FileStore& files, const StudyRecord& study,
                                             const std::vector<std::string>& class_names) {

@@ -4,9 +4,11 @@
 #include <chrono>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "core/common/status_macros.h"
 #include "core/train/trainer.h"
 #include "server/convert.h"
@@ -29,9 +31,6 @@ v1::JobEvent StateChange(v1::JobState state, int64_t step, const std::string& me
   return event;
 }
 
-// Outcome of TrainJob besides errors.
-constexpr absl::string_view kInterrupted = "interrupted by server shutdown";
-
 }  // namespace
 
 JobRunner::JobRunner(Store* store, FileStore* files, ServerMetrics* metrics, EventHub* hub,
@@ -52,6 +51,7 @@ absl::Status JobRunner::Start() {
   (void)requeued;
   RefreshJobGauges();
   metrics_->SetTrainingActive(false);
+  absl::MutexLock lock(&workers_mutex_);
   for (const std::string& device : options_.devices) {
     workers_.emplace_back([this, device] { WorkerLoop(device); });
   }
@@ -59,36 +59,37 @@ absl::Status JobRunner::Start() {
 }
 
 void JobRunner::Wake() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++wake_generation_;
-  }
-  wake_.notify_all();
+  absl::MutexLock lock(&mutex_);
+  ++wake_generation_;  // waiting workers' conditions become true on unlock
 }
 
 void JobRunner::CancelRunning(int64_t job_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = running_cancel_.find(job_id);
-  if (it == running_cancel_.end()) return;
-  cancel_by_user_[job_id] = true;
-  it->second->store(true);
+  absl::MutexLock lock(&mutex_);
+  auto it = running_.find(job_id);
+  if (it == running_.end()) return;
+  it->second.by_user = true;
+  it->second.cancel->store(true);
 }
 
 void JobRunner::RequestStop() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-    for (auto& [id, flag] : running_cancel_) flag->store(true);
-  }
-  wake_.notify_all();
+  absl::MutexLock lock(&mutex_);
+  stopping_ = true;
+  for (auto& [id, running] : running_) running.cancel->store(true);
 }
 
 void JobRunner::Shutdown() {
+  absl::MutexLock lock(&workers_mutex_);
   RequestStop();
   for (std::thread& worker : workers_) {
     if (worker.joinable()) worker.join();
   }
   workers_.clear();
+}
+
+bool JobRunner::CancelledByUser(int64_t job_id) {
+  absl::MutexLock lock(&mutex_);
+  auto it = running_.find(job_id);
+  return it != running_.end() && it->second.by_user;
 }
 
 absl::Status JobRunner::AppendEvent(int64_t job_id, int64_t step, v1::JobEvent event) {
@@ -102,8 +103,11 @@ absl::Status JobRunner::AppendEvent(int64_t job_id, int64_t step, v1::JobEvent e
   record.payload = event.SerializeAsString();
   absl::StatusOr<std::vector<JobEventRecord>> stored =
       store_->AppendJobEvents(job_id, {std::move(record)});
-  hub_->Notify();
-  return stored.status();
+  if (!stored.ok()) return stored.status();
+  // Stored first, then pushed: a watcher that misses the push finds it in the store.
+  if (!stored->empty()) event.set_sequence(stored->front().sequence);
+  hub_->Publish(job_id, step, event);
+  return absl::OkStatus();
 }
 
 void JobRunner::RefreshJobGauges() {
@@ -119,7 +123,7 @@ void JobRunner::WorkerLoop(const std::string& device) {
   while (true) {
     int64_t seen;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       if (stopping_) return;
       seen = wake_generation_;
     }
@@ -128,26 +132,27 @@ void JobRunner::WorkerLoop(const std::string& device) {
       RunJob(**next, device);
       continue;
     }
-    std::unique_lock<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
+    const auto woken = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return stopping_ || wake_generation_ != seen;
+    };
     // Bounded wait: a failed claim (disk trouble) is retried rather than stalling forever.
-    wake_.wait_for(lock, std::chrono::seconds(5),
-                   [&] { return stopping_ || wake_generation_ != seen; });
+    mutex_.AwaitWithTimeout(absl::Condition(&woken), absl::Seconds(5));
   }
 }
 
 void JobRunner::RunJob(const JobRecord& job, const std::string& device) {
   std::atomic<bool> cancel{false};
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    running_cancel_[job.id] = &cancel;
-    cancel_by_user_[job.id] = false;
+    absl::MutexLock lock(&mutex_);
+    running_[job.id] = RunningJob{&cancel, /*by_user=*/false};
     if (stopping_) cancel.store(true);
   }
   // A cancel requested while the job was being claimed (or before a crash).
   absl::StatusOr<JobRecord> fresh = store_->GetJob(job.id);
   if (fresh.ok() && fresh->cancel_requested) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    cancel_by_user_[job.id] = true;
+    absl::MutexLock lock(&mutex_);
+    running_[job.id].by_user = true;
     cancel.store(true);
   }
   RefreshJobGauges();
@@ -155,43 +160,43 @@ void JobRunner::RunJob(const JobRecord& job, const std::string& device) {
 
   Log(absl::StrCat("job ", job.id, " claimed on ", device,
                    job.checkpoint_path.empty() ? "" : absl::StrCat(" (checkpoint at step ", job.step, ")")));
-  absl::Status status = TrainJob(job, device, &cancel);
-  Log(absl::StrCat("job ", job.id, " left the worker: ", status.ok() ? "succeeded" : status.ToString()));
-
-  bool by_user;
+  absl::StatusOr<JobEnd> end = TrainJob(job, device, &cancel);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    by_user = cancel_by_user_[job.id];
-    running_cancel_.erase(job.id);
-    cancel_by_user_.erase(job.id);
+    absl::MutexLock lock(&mutex_);
+    running_.erase(job.id);
   }
   metrics_->SetTrainingActive(false);
   absl::StatusOr<JobRecord> after = store_->GetJob(job.id);
   const int64_t step = after.ok() ? after->step : 0;
-  if (status.ok()) {
-    // Succeeded: TrainJob committed the model and the event.
-  } else if (absl::IsCancelled(status) && status.message() == kInterrupted && !by_user) {
+  if (!end.ok()) {
+    Log(absl::StrCat("job ", job.id, " left the worker: ", end.status().ToString()));
+    const std::string error(end.status().message());
+    if (store_->FailJob(job.id, error).ok()) {
+      (void)AppendEvent(job.id, step, StateChange(v1::JOB_STATE_FAILED, step, error));
+    }
+  } else if (*end == JobEnd::kSucceeded) {
+    // TrainJob committed the model and the event.
+    Log(absl::StrCat("job ", job.id, " left the worker: succeeded"));
+  } else if (*end == JobEnd::kInterrupted) {
+    Log(absl::StrCat("job ", job.id, " left the worker: interrupted at step ", step));
     if (store_->RequeueJob(job.id).ok()) {
       (void)AppendEvent(job.id, step,
                         StateChange(v1::JOB_STATE_QUEUED, step,
                                     absl::StrCat("server shutting down: resumes from step ",
                                                  step, " at the next start")));
     }
-  } else if (absl::IsCancelled(status)) {
+  } else {
+    Log(absl::StrCat("job ", job.id, " left the worker: cancelled"));
     if (store_->CancelJob(job.id).ok()) {
       (void)AppendEvent(job.id, step, StateChange(v1::JOB_STATE_CANCELLED, step, "cancelled"));
-    }
-  } else {
-    const std::string error(status.message());
-    if (store_->FailJob(job.id, error).ok()) {
-      (void)AppendEvent(job.id, step, StateChange(v1::JOB_STATE_FAILED, step, error));
     }
   }
   RefreshJobGauges();
 }
 
-absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device,
-                                 std::atomic<bool>* cancel) {
+absl::StatusOr<JobRunner::JobEnd> JobRunner::TrainJob(const JobRecord& job,
+                                                      const std::string& device,
+                                                      std::atomic<bool>* cancel) {
   v1::Hyperparameters h;
   if (!h.ParseFromString(job.hyperparameters)) {
     return absl::DataLossError("stored hyperparameters are corrupt");
@@ -253,7 +258,7 @@ absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device
   RETURN_IF_ERROR(load(labeled, true, &data.labeled));
   RETURN_IF_ERROR(load(unlabeled, false, &data.unlabeled));
   RETURN_IF_ERROR(load(validation, true, &data.validation));
-  if (cancel->load()) return absl::CancelledError(kInterrupted);
+  if (cancel->load()) return CancelledByUser(job.id) ? JobEnd::kCancelled : JobEnd::kInterrupted;
 
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, data));
   const std::string checkpoint_path =
@@ -294,6 +299,7 @@ absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device
     s->set_slices_per_second(m.slices_per_second);
     absl::Status stored = AppendEvent(job.id, m.step, std::move(event));
     if (!stored.ok() && event_error.ok()) event_error = stored;
+    if (options_.after_step_event) options_.after_step_event(job.id, m.step);
   };
   callbacks.on_validation = [&](const ValidationMetrics& v) {
     last_validation = v;
@@ -314,19 +320,12 @@ absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device
     ASSIGN_OR_RETURN(RunOutcome outcome,
                      trainer->Run(callbacks, cancel, next_checkpoint - trainer->step()));
     RETURN_IF_ERROR(event_error);
-    if (outcome == RunOutcome::kCancelled) {
-      bool by_user;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        by_user = cancel_by_user_[job.id];
-      }
-      if (by_user) return absl::CancelledError("cancelled");
-    }
+    if (outcome == RunOutcome::kCancelled && CancelledByUser(job.id)) return JobEnd::kCancelled;
     if (trainer->step() > job.step || job.checkpoint_path.empty()) {
       RETURN_IF_ERROR(trainer->SaveCheckpoint(checkpoint_path));
       RETURN_IF_ERROR(store_->RecordCheckpoint(job.id, trainer->step(), checkpoint_path));
     }
-    if (outcome == RunOutcome::kCancelled) return absl::CancelledError(kInterrupted);
+    if (outcome == RunOutcome::kCancelled) return JobEnd::kInterrupted;
     if (outcome == RunOutcome::kFinished) break;
   }
 
@@ -357,7 +356,7 @@ absl::Status JobRunner::TrainJob(const JobRecord& job, const std::string& device
       job.id, trainer->step(),
       StateChange(v1::JOB_STATE_SUCCEEDED, trainer->step(),
                   absl::StrCat("model ", stored.id, " (version ", stored.version, ")"))));
-  return absl::OkStatus();
+  return JobEnd::kSucceeded;
 }
 
 }  // namespace miseg

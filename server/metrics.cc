@@ -1,15 +1,26 @@
 #include "server/metrics.h"
 
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
 #include <map>
 #include <mutex>
 
+#include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace miseg {
 namespace {
@@ -29,14 +40,121 @@ prometheus::Histogram::BucketBoundaries RpcBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 }
 
+// The fields of /proc/self/stat after the command name (which may hold spaces and
+// parentheses, so the split starts after its last ')'): element 0 is field 3 (state), so
+// field n of proc(5) is element n - 3.
+std::vector<std::string> ReadProcStat() {
+  std::ifstream in("/proc/self/stat");
+  std::string line;
+  std::getline(in, line);
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos) return {};
+  return absl::StrSplit(line.substr(close + 1), ' ', absl::SkipEmpty());
+}
+
+double StatField(const std::vector<std::string>& stat, int field) {
+  double value = 0;
+  const size_t index = static_cast<size_t>(field - 3);
+  if (index < stat.size() && absl::SimpleAtod(stat[index], &value)) return value;
+  return 0;
+}
+
+// Seconds since the epoch at which the system booted ("btime" of /proc/stat).
+double BootTimeSeconds() {
+  std::ifstream in("/proc/stat");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "btime ")) {
+      double value = 0;
+      if (absl::SimpleAtod(absl::StripPrefix(line, "btime "), &value)) return value;
+    }
+  }
+  return 0;
+}
+
+int64_t CountOpenFds() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  int64_t count = 0;
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  closedir(dir);
+  return count - 1;  // the descriptor of the listing itself
+}
+
+prometheus::MetricFamily OneSample(const std::string& name, const std::string& help,
+                                   prometheus::MetricType type, double value) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  prometheus::ClientMetric metric;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+  return family;
+}
+
+// The standard process metrics of Prometheus exporters (the names and meanings of the Go
+// and Python clients' process collectors), read from /proc/self when scraped, so each
+// scrape sees the values of that moment. Linux only, as the server is.
+class ProcessCollector : public prometheus::Collectable {
+ public:
+  ProcessCollector()
+      : ticks_per_second_(static_cast<double>(sysconf(_SC_CLK_TCK))),
+        page_bytes_(static_cast<double>(sysconf(_SC_PAGESIZE))),
+        start_time_seconds_(BootTimeSeconds() +
+                            StatField(ReadProcStat(), /*starttime=*/22) / ticks_per_second_) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    using prometheus::MetricType;
+    const std::vector<std::string> stat = ReadProcStat();
+    const double cpu_seconds =
+        (StatField(stat, /*utime=*/14) + StatField(stat, /*stime=*/15)) / ticks_per_second_;
+    rlimit limit{};
+    const double max_fds = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
+                               ? static_cast<double>(limit.rlim_cur)
+                               : 0;
+    return {
+        OneSample("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                  MetricType::Counter, cpu_seconds),
+        OneSample("process_open_fds", "Number of open file descriptors.", MetricType::Gauge,
+                  static_cast<double>(CountOpenFds())),
+        OneSample("process_max_fds", "Maximum number of open file descriptors.",
+                  MetricType::Gauge, max_fds),
+        OneSample("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                  MetricType::Gauge, StatField(stat, /*vsize=*/23)),
+        OneSample("process_resident_memory_bytes", "Resident memory size in bytes.",
+                  MetricType::Gauge, StatField(stat, /*rss=*/24) * page_bytes_),
+        OneSample("process_start_time_seconds",
+                  "Start time of the process since unix epoch in seconds.", MetricType::Gauge,
+                  start_time_seconds_),
+        OneSample("process_threads", "Number of OS threads in the process.", MetricType::Gauge,
+                  StatField(stat, /*num_threads=*/20)),
+    };
+  }
+
+ private:
+  // Constant after construction.
+  const double ticks_per_second_;
+  const double page_bytes_;
+  const double start_time_seconds_;
+};
+
 }  // namespace
 
 struct ServerMetrics::State {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  std::shared_ptr<ProcessCollector> process = std::make_shared<ProcessCollector>();
   std::unique_ptr<prometheus::Exposer> exposer;
 
   prometheus::Family<prometheus::Counter>* rpcs = nullptr;
   prometheus::Family<prometheus::Histogram>* rpc_latency = nullptr;
+  prometheus::Family<prometheus::Gauge>* active_streams = nullptr;
   prometheus::Counter* upload_bytes = nullptr;
   prometheus::Family<prometheus::Counter>* upload_instances = nullptr;
   prometheus::Family<prometheus::Gauge>* jobs = nullptr;
@@ -74,6 +192,13 @@ ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_uniq
                              .Name("miseg_grpc_request_duration_seconds")
                              .Help("Time to handle an RPC, by method")
                              .Register(r);
+  state_->active_streams = &prometheus::BuildGauge()
+                                .Name("miseg_grpc_active_streams")
+                                .Help("Streaming RPCs open now, by method")
+                                .Register(r);
+  for (const char* method : {"Upload", "WatchJob", "Segment"}) {
+    state_->active_streams->Add({{"method", method}});
+  }
   state_->upload_bytes = &prometheus::BuildCounter()
                               .Name("miseg_upload_received_bytes_total")
                               .Help("Bytes of DICOM files received by Upload")
@@ -199,6 +324,7 @@ absl::StatusOr<int> ServerMetrics::Serve(const std::string& address) {
         absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
   }
   state_->exposer->RegisterCollectable(state_->registry);
+  state_->exposer->RegisterCollectable(state_->process);
   std::vector<int> ports = state_->exposer->GetListeningPorts();
   if (ports.empty()) return absl::UnavailableError("metrics endpoint has no listening port");
   return ports.front();
@@ -208,6 +334,10 @@ void ServerMetrics::ObserveRpc(const std::string& method, const std::string& cod
                                double seconds) {
   state_->rpcs->Add({{"method", method}, {"code", code}}).Increment();
   state_->rpc_latency->Add({{"method", method}}, RpcBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::AddActiveStreams(const std::string& method, int delta) {
+  state_->active_streams->Add({{"method", method}}).Increment(static_cast<double>(delta));
 }
 
 void ServerMetrics::CountUpload(int64_t bytes, int64_t stored, int64_t duplicate,

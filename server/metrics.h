@@ -1,6 +1,14 @@
 // The server's Prometheus metrics (prometheus-cpp), exposed on their own port. Names and
 // units as Prometheus recommends (seconds, bytes, _total for counters); labels only of
 // bounded cardinality (RPC method and code, job state, loss term, class index).
+//
+// Besides miseg's own, /metrics carries the standard process metrics every Prometheus
+// exporter has (process_resident_memory_bytes, process_virtual_memory_bytes,
+// process_cpu_seconds_total, process_open_fds, process_max_fds, process_start_time_seconds,
+// process_threads), read from /proc/self at each scrape.
+//
+// Thread safety: every method may be called from any thread at once (prometheus-cpp's
+// metrics are atomic and its families lock themselves).
 #ifndef MISEG_SERVER_METRICS_H_
 #define MISEG_SERVER_METRICS_H_
 
@@ -24,6 +32,9 @@ class ServerMetrics {
 
   // method: the RPC's short name ("Upload"); code: the gRPC status code name ("OK").
   void ObserveRpc(const std::string& method, const std::string& code, double seconds);
+  // Streaming RPCs open now, by method: +1 when a stream starts, -1 when it ends
+  // (miseg_grpc_active_streams{method}).
+  void AddActiveStreams(const std::string& method, int delta);
   void CountUpload(int64_t bytes, int64_t stored, int64_t duplicate, int64_t refused);
   // Indexed by miseg.v1.JobState numbers 1..5.
   void SetJobsByState(const std::vector<std::pair<int, int64_t>>& counts);

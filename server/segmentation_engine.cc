@@ -1,5 +1,8 @@
 #include "server/segmentation_engine.h"
 
+#include <algorithm>
+#include <future>
+
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/dicom/dicom_util.h"
@@ -18,13 +21,77 @@ double SecondsSince(Clock::time_point start) {
 
 }  // namespace
 
+std::vector<ClassVolumeResult> CountClassVolumes(const LabelVolume& labels,
+                                                 const std::vector<std::string>& class_names) {
+  const VolumeGeometry& g = labels.geometry;
+  const double voxel_ml = g.row_spacing_mm * g.col_spacing_mm * g.slice_spacing_mm / 1000.0;
+  std::vector<int64_t> counts(class_names.size(), 0);
+  for (uint8_t label : labels.voxels) {
+    if (label < counts.size()) ++counts[label];
+  }
+  std::vector<ClassVolumeResult> classes;
+  for (size_t k = 1; k < counts.size(); ++k) {
+    classes.push_back({class_names[k], counts[k], static_cast<double>(counts[k]) * voxel_ml});
+  }
+  return classes;
+}
+
 SegmentationEngine::SegmentationEngine(Store* store, FileStore* files, ServerMetrics* metrics,
                                        SegmentationEngineOptions options)
-    : store_(store), files_(files), metrics_(metrics), options_(std::move(options)) {}
+    : store_(store),
+      files_(files),
+      metrics_(metrics),
+      options_(std::move(options)),
+      pool_(std::max(1, options_.concurrency)) {}
+
+absl::Status SegmentationEngine::Submit(SegmentationJob job,
+                                        std::chrono::system_clock::time_point deadline,
+                                        SegmentationCallback done) {
+  const int capacity = std::max(1, options_.concurrency) + std::max(0, options_.queue);
+  {
+    absl::MutexLock lock(&admission_mutex_);
+    if (admitted_ >= capacity) {
+      metrics_->CountInferenceRejected();
+      return absl::ResourceExhaustedError(absl::StrCat("segmentation queue is full (",
+                                                       options_.concurrency, " running, ",
+                                                       options_.queue, " waiting); retry later"));
+    }
+    ++admitted_;
+    metrics_->SetInferenceQueueDepth(admitted_);
+  }
+  const auto queued_at = Clock::now();
+  pool_.Schedule([this, job = std::move(job), deadline, queued_at, done = std::move(done)] {
+    if (options_.before_each_job) options_.before_each_job();
+    const double queue_seconds = SecondsSince(queued_at);
+    absl::StatusOr<SegmentationResult> result =
+        std::chrono::system_clock::now() >= deadline
+            ? absl::DeadlineExceededError("deadline passed while waiting in the queue")
+            : Run(job, deadline);
+    if (result.ok()) result->queue_seconds = queue_seconds;
+    Release();
+    done(std::move(result));
+  });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SegmentationResult> SegmentationEngine::Segment(
+    SegmentationJob job, std::chrono::system_clock::time_point deadline) {
+  std::promise<absl::StatusOr<SegmentationResult>> promise;
+  std::future<absl::StatusOr<SegmentationResult>> outcome = promise.get_future();
+  RETURN_IF_ERROR(Submit(std::move(job), deadline,
+                         [&promise](auto result) { promise.set_value(std::move(result)); }));
+  return outcome.get();
+}
+
+void SegmentationEngine::Release() {
+  absl::MutexLock lock(&admission_mutex_);
+  --admitted_;
+  metrics_->SetInferenceQueueDepth(admitted_);
+}
 
 absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
     const ModelRecord& model) {
-  std::lock_guard<std::mutex> lock(cache_mutex_);
+  absl::MutexLock lock(&cache_mutex_);
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
     if (it->first == model.id) {
       cache_.splice(cache_.begin(), cache_, it);
@@ -37,8 +104,8 @@ absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
   inference.batch_slices = options_.batch_slices;
   absl::StatusOr<std::unique_ptr<Segmenter>> loaded = Segmenter::Load(model.path, inference);
   if (!loaded.ok()) {
-    return absl::Status(loaded.status().code(), absl::StrCat("model ", model.id, ": ",
-                                                             loaded.status().message()));
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("model ", model.id, ": ", loaded.status().message()));
   }
   metrics_->ObserveModelLoad(SecondsSince(start));
   cache_.emplace_front(model.id, std::shared_ptr<const Segmenter>(std::move(*loaded)));
@@ -46,47 +113,8 @@ absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
   return cache_.front().second;
 }
 
-absl::StatusOr<SegmentationResult> SegmentationEngine::Segment(
-    const SegmentationJob& job, std::chrono::system_clock::time_point deadline) {
-  const auto queued_at = Clock::now();
-  {
-    std::unique_lock<std::mutex> lock(admission_mutex_);
-    if (running_ >= options_.concurrency && waiting_ >= options_.queue) {
-      metrics_->CountInferenceRejected();
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "segmentation queue is full (", options_.concurrency, " running, ", options_.queue,
-          " waiting); retry later"));
-    }
-    ++waiting_;
-    metrics_->SetInferenceQueueDepth(running_ + waiting_);
-    const bool admitted = slot_free_.wait_until(
-        lock, deadline, [&] { return running_ < options_.concurrency; });
-    --waiting_;
-    if (!admitted) {
-      metrics_->SetInferenceQueueDepth(running_ + waiting_);
-      return absl::DeadlineExceededError("deadline passed while waiting in the queue");
-    }
-    ++running_;
-  }
-  // Releases the slot on every return path.
-  struct SlotRelease {
-    SegmentationEngine* engine;
-    ~SlotRelease() {
-      {
-        std::lock_guard<std::mutex> lock(engine->admission_mutex_);
-        --engine->running_;
-        engine->metrics_->SetInferenceQueueDepth(engine->running_ + engine->waiting_);
-      }
-      engine->slot_free_.notify_one();
-    }
-  } release{this};
-  const auto started = Clock::now();
-  auto past_deadline = [&] { return std::chrono::system_clock::now() >= deadline; };
-
-  SegmentationResult result;
-  result.queue_seconds = std::chrono::duration<double>(started - queued_at).count();
-  ASSIGN_OR_RETURN(DatasetRecord dataset, store_->GetDataset(job.dataset));
-  result.dataset = dataset.name;
+absl::StatusOr<ModelRecord> SegmentationEngine::ResolveModel(const SegmentationJob& job,
+                                                             const DatasetRecord& dataset) {
   int64_t model_id = job.model_id;
   if (model_id == 0) {
     if (dataset.active_model_id == 0) {
@@ -95,36 +123,72 @@ absl::StatusOr<SegmentationResult> SegmentationEngine::Segment(
     }
     model_id = dataset.active_model_id;
   }
-  ASSIGN_OR_RETURN(result.model, store_->GetModel(model_id));
-  if (result.model.dataset_id != dataset.id) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", model_id,
-                                                   " belongs to another dataset than '",
-                                                   dataset.name, "'"));
+  ASSIGN_OR_RETURN(ModelRecord model, store_->GetModel(model_id));
+  if (model.dataset_id != dataset.id) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", model_id, " belongs to another dataset than '", dataset.name, "'"));
   }
+  return model;
+}
 
-  auto phase = Clock::now();
-  SeriesVolume series;
+absl::StatusOr<SeriesVolume> SegmentationEngine::LoadSeries(const SegmentationJob& job,
+                                                            const DatasetRecord& dataset) {
   if (!job.stored_series_uid.empty()) {
     ASSIGN_OR_RETURN(StudyRecord study, store_->GetStudy(dataset.id, job.stored_series_uid));
     ASSIGN_OR_RETURN(LoadedStudy loaded, LoadStoredStudy(*files_, study, {}));
-    series = std::move(loaded.series);
-  } else {
-    if (job.files.empty()) return absl::InvalidArgumentError("no DICOM files in the request");
-    ASSIGN_OR_RETURN(std::vector<SeriesVolume> volumes, ReadSeries(job.files));
-    if (volumes.size() != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "send one image series per request; these files hold ", volumes.size()));
-    }
-    series = std::move(volumes.front());
+    return std::move(loaded.series);
   }
+  if (job.files.empty() && job.file_paths.empty()) {
+    return absl::InvalidArgumentError("no DICOM files in the request");
+  }
+  ASSIGN_OR_RETURN(std::vector<SeriesVolume> volumes,
+                   job.file_paths.empty() ? ReadSeries(job.files)
+                                          : ReadSeriesFromFiles(job.file_paths, job.file_names));
+  if (volumes.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("send one image series per request; these files hold ", volumes.size()));
+  }
+  return std::move(volumes.front());
+}
+
+absl::Status SegmentationEngine::EncodeSeg(const SeriesVolume& series, const LabelVolume& labels,
+                                           const DatasetRecord& dataset,
+                                           SegmentationResult& result) {
+  SegmentationWriteOptions write;
+  write.class_names = dataset.class_names;
+  write.algorithm_version = options_.version;
+  write.model_version =
+      absl::StrCat(dataset.name, "/v", result.model.version, "/job-", result.model.job_id);
+  write.series_instance_uid = NewUid();
+  write.sop_instance_uid = NewUid();
+  ASSIGN_OR_RETURN(std::string bytes, WriteSegmentation(series, labels, write));
+  // To disk before it is streamed back: a slow reader holds a file, not memory.
+  ASSIGN_OR_RETURN(result.seg_file, files_->Stage());
+  RETURN_IF_ERROR(result.seg_file->Append(bytes));
+  RETURN_IF_ERROR(result.seg_file->Finish());
+  result.source_series_uid = series.series_instance_uid;
+  result.seg_series_uid = write.series_instance_uid;
+  result.seg_sop_instance_uid = write.sop_instance_uid;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SegmentationResult> SegmentationEngine::Run(
+    const SegmentationJob& job, std::chrono::system_clock::time_point deadline) {
+  auto past_deadline = [&] { return std::chrono::system_clock::now() >= deadline; };
+  SegmentationResult result;
+  ASSIGN_OR_RETURN(DatasetRecord dataset, store_->GetDataset(job.dataset));
+  result.dataset = dataset.name;
+  ASSIGN_OR_RETURN(result.model, ResolveModel(job, dataset));
+
+  auto phase = Clock::now();
+  ASSIGN_OR_RETURN(SeriesVolume series, LoadSeries(job, dataset));
   result.decode_seconds = SecondsSince(phase);
   if (past_deadline()) return absl::DeadlineExceededError("deadline passed while decoding");
 
   ASSIGN_OR_RETURN(std::shared_ptr<const Segmenter> segmenter, LoadModel(result.model));
   if (segmenter->spec().classes != static_cast<int64_t>(dataset.class_names.size())) {
-    return absl::DataLossError(absl::StrCat("model ", model_id, " has ",
-                                            segmenter->spec().classes,
-                                            " classes; its dataset has ",
+    return absl::DataLossError(absl::StrCat("model ", result.model.id, " has ",
+                                            segmenter->spec().classes, " classes; its dataset has ",
                                             dataset.class_names.size()));
   }
   phase = Clock::now();
@@ -134,29 +198,9 @@ absl::StatusOr<SegmentationResult> SegmentationEngine::Segment(
   if (past_deadline()) return absl::DeadlineExceededError("deadline passed during inference");
 
   phase = Clock::now();
-  SegmentationWriteOptions write;
-  write.class_names = dataset.class_names;
-  write.algorithm_version = options_.version;
-  write.model_version = absl::StrCat(dataset.name, "/v", result.model.version, "/job-",
-                                     result.model.job_id);
-  write.series_instance_uid = NewUid();
-  write.sop_instance_uid = NewUid();
-  ASSIGN_OR_RETURN(result.seg_bytes, WriteSegmentation(series, labels, write));
+  RETURN_IF_ERROR(EncodeSeg(series, labels, dataset, result));
   result.encode_seconds = SecondsSince(phase);
-  result.source_series_uid = series.series_instance_uid;
-  result.seg_series_uid = write.series_instance_uid;
-  result.seg_sop_instance_uid = write.sop_instance_uid;
-
-  const VolumeGeometry& g = labels.geometry;
-  const double voxel_ml = g.row_spacing_mm * g.col_spacing_mm * g.slice_spacing_mm / 1000.0;
-  std::vector<int64_t> counts(dataset.class_names.size(), 0);
-  for (uint8_t label : labels.voxels) {
-    if (label < counts.size()) ++counts[label];
-  }
-  for (size_t k = 1; k < counts.size(); ++k) {
-    result.classes.push_back(
-        {dataset.class_names[k], counts[k], static_cast<double>(counts[k]) * voxel_ml});
-  }
+  result.classes = CountClassVolumes(labels, dataset.class_names);
   return result;
 }
 

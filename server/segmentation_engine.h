@@ -1,27 +1,30 @@
 // Serving: segments a series (sent or stored) with a dataset's active model or a given
-// model, and writes the DICOM SEG. Runs beside training. Admission is bounded: at most
-// `concurrency` segmentations run and `queue` wait; beyond that the caller gets
-// ResourceExhausted at once, and a request whose deadline passes while waiting gets
-// DeadlineExceeded. Loaded models stay in a small LRU cache.
+// model, and writes the DICOM SEG to a staged file. Runs beside training, on the engine's
+// own threads (`concurrency` of them), never on a gRPC thread. Admission is bounded: at
+// most `concurrency` segmentations run and `queue` wait; beyond that Submit refuses at once
+// with ResourceExhausted, and a job whose deadline passed while it waited ends with
+// DeadlineExceeded without running. Loaded models stay in a small LRU cache.
+//
+// Thread safety: Submit and Segment may be called from any thread.
 #ifndef MISEG_SERVER_SEGMENTATION_ENGINE_H_
 #define MISEG_SERVER_SEGMENTATION_ENGINE_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/dicom/dicom_series.h"
 #include "core/train/inference.h"
 #include "server/metrics.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
+#include "server/work_pool.h"
 
 namespace miseg {
 
@@ -32,13 +35,19 @@ struct SegmentationEngineOptions {
   int cached_models = 2;
   int64_t batch_slices = 16;
   std::string version;  // miseg version, written as the SEG's algorithm version
+  // Tests only: runs on the engine's thread before each admitted job, so a test can hold
+  // the worker busy for exactly as long as it needs (no timing assumptions).
+  std::function<void()> before_each_job;
 };
 
 struct SegmentationJob {
   std::string dataset;
-  int64_t model_id = 0;             // 0: the dataset's active model
-  std::string stored_series_uid;    // segment a stored study instead of files
-  std::vector<DicomBuffer> files;
+  int64_t model_id = 0;            // 0: the dataset's active model
+  std::string stored_series_uid;   // segment a stored study instead of files
+  std::vector<DicomBuffer> files;  // sent files held in memory (the DICOM node)
+  // Or sent files already on disk (streamed uploads), read one at a time.
+  std::vector<std::string> file_paths;
+  std::vector<std::string> file_names;  // for messages, one per path
 };
 
 struct ClassVolumeResult {
@@ -53,35 +62,56 @@ struct SegmentationResult {
   std::string source_series_uid;
   std::string seg_series_uid;
   std::string seg_sop_instance_uid;
-  std::string seg_bytes;  // Part-10
+  // The Part-10 SEG, finished; removed with the result unless committed to the store.
+  std::unique_ptr<StagedFile> seg_file;
   std::vector<ClassVolumeResult> classes;
   double queue_seconds = 0, decode_seconds = 0, inference_seconds = 0, encode_seconds = 0;
 };
+
+using SegmentationCallback = std::function<void(absl::StatusOr<SegmentationResult>)>;
 
 class SegmentationEngine {
  public:
   SegmentationEngine(Store* store, FileStore* files, ServerMetrics* metrics,
                      SegmentationEngineOptions options);
 
-  absl::StatusOr<SegmentationResult> Segment(
-      const SegmentationJob& job, std::chrono::system_clock::time_point deadline);
+  // Admits the job (or refuses it at once with ResourceExhausted); `done` then runs once,
+  // on an engine thread, with the outcome.
+  absl::Status Submit(SegmentationJob job, std::chrono::system_clock::time_point deadline,
+                      SegmentationCallback done);
+  // The blocking form, for callers on threads of their own (the DICOM node).
+  absl::StatusOr<SegmentationResult> Segment(SegmentationJob job,
+                                             std::chrono::system_clock::time_point deadline);
 
  private:
+  absl::StatusOr<SegmentationResult> Run(const SegmentationJob& job,
+                                         std::chrono::system_clock::time_point deadline);
   absl::StatusOr<std::shared_ptr<const Segmenter>> LoadModel(const ModelRecord& model);
+  absl::StatusOr<ModelRecord> ResolveModel(const SegmentationJob& job,
+                                           const DatasetRecord& dataset);
+  absl::StatusOr<SeriesVolume> LoadSeries(const SegmentationJob& job, const DatasetRecord& dataset);
+  absl::Status EncodeSeg(const SeriesVolume& series, const LabelVolume& labels,
+                         const DatasetRecord& dataset, SegmentationResult& result);
+  void Release();
 
-  Store* store_;
-  FileStore* files_;
-  ServerMetrics* metrics_;
-  SegmentationEngineOptions options_;
+  Store* const store_;
+  FileStore* const files_;
+  ServerMetrics* const metrics_;
+  const SegmentationEngineOptions options_;
 
-  std::mutex admission_mutex_;
-  std::condition_variable slot_free_;
-  int running_ = 0;
-  int waiting_ = 0;
+  absl::Mutex admission_mutex_;
+  int admitted_ ABSL_GUARDED_BY(admission_mutex_) = 0;  // running + waiting
 
-  std::mutex cache_mutex_;
-  std::list<std::pair<int64_t, std::shared_ptr<const Segmenter>>> cache_;  // most recent first
+  absl::Mutex cache_mutex_;
+  std::list<std::pair<int64_t, std::shared_ptr<const Segmenter>>> cache_
+      ABSL_GUARDED_BY(cache_mutex_);  // most recent first
+
+  WorkPool pool_;  // last: its threads stop before the members above go
 };
+
+// Per-class voxel counts and volumes of a label volume (class 0, background, left out).
+std::vector<ClassVolumeResult> CountClassVolumes(const LabelVolume& labels,
+                                                 const std::vector<std::string>& class_names);
 
 }  // namespace miseg
 

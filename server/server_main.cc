@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <ctime>
@@ -25,7 +26,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -42,6 +45,8 @@
 #include "server/segmentation_engine.h"
 #include "server/services.h"
 #include "server/tls.h"
+#include "server/work_pool.h"
+#include "server/rpc_edge.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 
@@ -72,6 +77,14 @@ ABSL_FLAG(std::string, dicom_node_config, "",
           "JSON configuration of the DICOM node (storage SCP, routes, destinations); "
           "empty: no DICOM node");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "How long running calls may finish at shutdown");
+ABSL_FLAG(int, max_streams, 64,
+          "Upload and Segment streams served at once; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, stream_idle_timeout_seconds, 30,
+          "A stream whose client moves less than --stream_min_progress_kib in this many "
+          "seconds (while the server waits on it) is closed with DEADLINE_EXCEEDED");
+ABSL_FLAG(int64_t, stream_min_progress_kib, 64,
+          "Least data a client must send or take per idle window to keep its stream");
+ABSL_FLAG(int, ingest_threads, 2, "Threads that check and commit finished uploads");
 
 namespace miseg {
 namespace {
@@ -212,8 +225,16 @@ int Run() {
     }
   }
 
-  std::atomic<bool> stopping{false};
+  WorkPool ingest_pool(absl::GetFlag(FLAGS_ingest_threads));
+  StreamSlots stream_slots(std::max(1, absl::GetFlag(FLAGS_max_streams)));
+  IdleWatchdog watchdog(
+      std::chrono::milliseconds(static_cast<int64_t>(
+          1000 * std::max(0.05, absl::GetFlag(FLAGS_stream_idle_timeout_seconds)))),
+      std::max<int64_t>(1, absl::GetFlag(FLAGS_stream_min_progress_kib) << 10));
   ServiceDeps deps;
+  deps.ingest_pool = &ingest_pool;
+  deps.stream_slots = &stream_slots;
+  deps.watchdog = &watchdog;
   deps.store = store->get();
   deps.files = &*files;
   deps.runner = &runner;
@@ -221,7 +242,6 @@ int Run() {
   deps.metrics = &metrics;
   deps.auth = &auth;
   deps.hub = &hub;
-  deps.stopping = &stopping;
   deps.node_store = node ? node->node_store() : nullptr;
   deps.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
 
@@ -257,8 +277,7 @@ int Run() {
     int received = 0;
     sigwait(&signals, &received);
     Log(absl::StrCat("signal ", received, ": shutting down"));
-    stopping.store(true);
-    hub.Notify();
+    hub.Close();  // watchers end now and reconnect to the next server
     runner.RequestStop();  // the running job checkpoints while calls drain
     if (node) node->Stop();
     server->GetHealthCheckService()->SetServingStatus(false);
@@ -285,6 +304,40 @@ int HashToken() {
   return 0;
 }
 
+// The flags of this file (the lead's and every later one) are miseg-server's own; Abseil's
+// (--flagfile, --fromenv, ...) are listed by --helpfull only.
+bool IsOwnFlagFile(absl::string_view file) { return absl::EndsWith(file, "server_main.cc"); }
+
+// Abseil 20220623 exits 1 after --help; ours prints the same list and exits 0, as --help
+// does in every other command.
+bool AsksForHelp(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-help" || arg == "--helpshort" || arg == "-helpshort") {
+      return true;
+    }
+  }
+  return false;
+}
+
+void PrintHelp() {
+  std::vector<const absl::CommandLineFlag*> own;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (IsOwnFlagFile(flag->Filename())) own.push_back(flag);
+  }
+  std::sort(own.begin(), own.end(), [](const absl::CommandLineFlag* a,
+                                       const absl::CommandLineFlag* b) {
+    return a->Name() < b->Name();
+  });
+  std::cout << absl::ProgramUsageMessage() << "\n\nFlags (--helpfull adds Abseil's own):\n";
+  for (const absl::CommandLineFlag* flag : own) {
+    const std::string value = flag->DefaultValue();
+    std::cout << "  --" << flag->Name() << " (default: "
+              << (flag->IsOfType<std::string>() ? absl::StrCat("\"", value, "\"") : value)
+              << ")\n      " << flag->Help() << "\n";
+  }
+}
+
 }  // namespace
 }  // namespace miseg
 
@@ -293,6 +346,15 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "miseg-server [flags]: trains and serves semi-supervised segmentation models.\n"
       "  miseg-server hash-token < token   prints the SHA-256 line for a token file");
+  absl::FlagsUsageConfig usage;
+  usage.contains_helpshort_flags = miseg::IsOwnFlagFile;
+  usage.contains_help_flags = miseg::IsOwnFlagFile;
+  usage.version_string = [] { return absl::StrCat("miseg-server ", miseg::kVersion, "\n"); };
+  absl::SetFlagsUsageConfig(usage);
+  if (miseg::AsksForHelp(argc, argv)) {
+    miseg::PrintHelp();
+    return 0;
+  }
   absl::ParseCommandLine(argc, argv);
   return miseg::Run();
 }

@@ -1,10 +1,12 @@
-// The gRPC services of miseg.v1 over the domain: authentication and authorisation, request
-// validation, and the translation of absl::Status into grpc::Status (only here, at the
-// edge). Every RPC is counted and timed in the metrics by method and code.
+// The gRPC services of miseg.v1 over the domain, on gRPC's callback API: authentication and
+// authorisation, request validation, and the translation of absl::Status into grpc::Status
+// (only at this edge, in rpc_edge.h). Every RPC is counted and timed in the metrics by
+// method and code. No handler blocks a gRPC thread on long work: uploads are checked and
+// committed on the ingest pool, segmentations run on the engine's threads, and watchers
+// are pushed events by the event hub.
 #ifndef MISEG_SERVER_SERVICES_H_
 #define MISEG_SERVER_SERVICES_H_
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -18,6 +20,8 @@
 #include "server/event_hub.h"
 #include "server/job_runner.h"
 #include "server/metrics.h"
+#include "server/rpc_edge.h"
+#include "server/work_pool.h"
 #include "server/segmentation_engine.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
@@ -33,13 +37,15 @@ struct ServiceDeps {
   const Authenticator* auth = nullptr;
   EventHub* hub = nullptr;
   NodeStore* node_store = nullptr;  // null when the DICOM node is not configured
-  const std::atomic<bool>* stopping = nullptr;  // set at SIGTERM: streams end
+  WorkPool* ingest_pool = nullptr;      // checks and commits finished uploads
+  StreamSlots* stream_slots = nullptr;  // limits concurrent Upload and Segment streams
+  IdleWatchdog* watchdog = nullptr;     // cuts streams whose client stalls
   int64_t max_request_bytes = int64_t{2} << 30;  // one Upload or Segment stream
   int64_t max_files = 100000;
   SeriesReaderLimits reader_limits;
 };
 
-// All the services of miseg.v1; register each with the builder.
+// All the services of miseg.v1 (callback services); register each with the builder.
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps);
 
 }  // namespace miseg

@@ -4,12 +4,15 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <vector>
 
 #include <dcmtk/dcmdata/dcdatset.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcistrmf.h>
 #include <dcmtk/ofstd/ofstd.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmb.h>
@@ -129,45 +132,10 @@ OFCondition ReadDeflated(const std::string& bytes, int64_t max_inflated_bytes,
   return read;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(const std::string& bytes,
-                                                          absl::string_view name,
-                                                          int64_t max_inflated_bytes) {
-  if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(name, ": empty file"));
-  const bool part10 = bytes.size() >= 132 && bytes.compare(128, 4, "DICM") == 0;
-  auto file = std::make_unique<DcmFileFormat>();
-  OFCondition read = EC_Normal;
-  bool deflated = false;
-  if (part10) {
-    // Peek at the transfer syntax: the meta header is small and always explicit LE.
-    DcmMetaInfo meta;
-    DcmInputBufferStream stream;
-    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
-    stream.setEos();
-    meta.transferInit();
-    OFString syntax;
-    if (meta.read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength).good() &&
-        meta.findAndGetOFString(DCM_TransferSyntaxUID, syntax).good()) {
-      deflated = DcmXfer(syntax.c_str()).getStreamCompression() == ESC_zlib;
-    }
-    meta.transferEnd();
-  }
-  if (deflated) {
-    bool too_large = false;
-    read = ReadDeflated(bytes, max_inflated_bytes, file.get(), &too_large);
-    if (too_large) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          name, ": deflated dataset inflates beyond the limit of ", max_inflated_bytes, " bytes"));
-    }
-  } else {
-    DcmInputBufferStream stream;
-    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
-    stream.setEos();
-    file->transferInit();
-    read = file->read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
-    file->transferEnd();
-  }
+// What ParseDicom and ParseDicomFile make of a read: the file, or InvalidArgument naming it.
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> CheckRead(std::unique_ptr<DcmFileFormat> file,
+                                                         const OFCondition& read, bool part10,
+                                                         absl::string_view name) {
   if (read.bad()) {
     // What was read before the failure may name the instance; a UID is no patient data.
     std::string who(name);
@@ -196,6 +164,98 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(const std::string& byt
     return absl::InvalidArgumentError(absl::StrCat(name, ": not DICOM (no data elements)"));
   }
   return file;
+}
+
+// True when the meta header at the start of stream names a deflated transfer syntax.
+bool MetaSaysDeflated(DcmInputStream& stream) {
+  DcmMetaInfo meta;
+  meta.transferInit();
+  OFString syntax;
+  const bool deflated = meta.read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength).good() &&
+                        meta.findAndGetOFString(DCM_TransferSyntaxUID, syntax).good() &&
+                        DcmXfer(syntax.c_str()).getStreamCompression() == ESC_zlib;
+  meta.transferEnd();
+  return deflated;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(const std::string& bytes,
+                                                          absl::string_view name,
+                                                          int64_t max_inflated_bytes) {
+  if (bytes.empty()) return absl::InvalidArgumentError(absl::StrCat(name, ": empty file"));
+  const bool part10 = bytes.size() >= 132 && bytes.compare(128, 4, "DICM") == 0;
+  auto file = std::make_unique<DcmFileFormat>();
+  OFCondition read = EC_Normal;
+  bool deflated = false;
+  if (part10) {
+    // Peek at the transfer syntax: the meta header is small and always explicit LE.
+    DcmInputBufferStream stream;
+    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
+    stream.setEos();
+    deflated = MetaSaysDeflated(stream);
+  }
+  if (deflated) {
+    bool too_large = false;
+    read = ReadDeflated(bytes, max_inflated_bytes, file.get(), &too_large);
+    if (too_large) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": deflated dataset inflates beyond the limit of ", max_inflated_bytes, " bytes"));
+    }
+  } else {
+    DcmInputBufferStream stream;
+    stream.setBuffer(bytes.data(), static_cast<offile_off_t>(bytes.size()));
+    stream.setEos();
+    file->transferInit();
+    read = file->read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+    file->transferEnd();
+  }
+  return CheckRead(std::move(file), read, part10, name);
+}
+
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicomFile(const std::string& path,
+                                                              absl::string_view name,
+                                                              int64_t max_inflated_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::UnavailableError(absl::StrCat("cannot open ", path, " (", name, ")"));
+  }
+  char head[132];
+  in.read(head, sizeof(head));
+  const std::streamsize got = in.gcount();
+  if (got == 0) return absl::InvalidArgumentError(absl::StrCat(name, ": empty file"));
+  const bool part10 = got == 132 && std::memcmp(head + 128, "DICM", 4) == 0;
+  bool deflated = false;
+  if (part10) {
+    DcmInputFileStream stream(path.c_str());
+    deflated = stream.good() && MetaSaysDeflated(stream);
+  }
+  // Read whole and parsed as ParseDicom would: a deflated file (inflated under a cap, in
+  // memory: DCMTK cannot seek in a deflated stream anyway), and a file that does not parse.
+  // DCMTK words some failures of a file stream differently ("premature end of stream" where
+  // a buffer gives "invalid stream"), and bad input must get one message however it came.
+  auto parse_whole = [&]() -> absl::StatusOr<std::unique_ptr<DcmFileFormat>> {
+    in.clear();
+    in.seekg(0);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) return absl::UnavailableError(absl::StrCat("cannot read ", path));
+    return ParseDicom(bytes, name, max_inflated_bytes);
+  };
+  if (deflated) return parse_whole();
+  DcmInputFileStream stream(path.c_str());
+  if (!stream.good()) {
+    return absl::UnavailableError(absl::StrCat("cannot open ", path, " (", name, "): ",
+                                               stream.status().text()));
+  }
+  auto file = std::make_unique<DcmFileFormat>();
+  // Values longer than DCM_MaxReadLength are skipped now and read from the file when used.
+  file->transferInit();
+  const OFCondition read = file->read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+  file->transferEnd();
+  absl::StatusOr<std::unique_ptr<DcmFileFormat>> parsed =
+      CheckRead(std::move(file), read, part10, name);
+  if (!parsed.ok()) return parse_whole();
+  return parsed;
 }
 
 absl::StatusOr<std::string> SerializeDicom(DcmFileFormat& file, E_TransferSyntax syntax) {

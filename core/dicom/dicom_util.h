@@ -41,6 +41,15 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(
     const std::string& bytes, absl::string_view name,
     int64_t max_inflated_bytes = int64_t{1} << 30);
 
+// ParseDicom for a file on disk, with the same messages, without reading it whole: values
+// longer than DCM_MaxReadLength (4 KiB: pixel data, large private elements) are read from
+// the file only when used, so the file must stay where it is while the result lives. A
+// deflated file is read whole and inflated as ParseDicom does. Unavailable when the file
+// cannot be opened or read (a failure of the machine, not of the input).
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicomFile(
+    const std::string& path, absl::string_view name,
+    int64_t max_inflated_bytes = int64_t{1} << 30);
+
 // Serialises to a Part-10 buffer in the given transfer syntax (explicit VR little endian by
 // default).
 absl::StatusOr<std::string> SerializeDicom(DcmFileFormat& file,

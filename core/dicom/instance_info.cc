@@ -22,10 +22,9 @@ void AddUnique(std::vector<std::string>* values, const std::string& value) {
   }
 }
 
-}  // namespace
-
-absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file) {
-  absl::StatusOr<std::unique_ptr<DcmFileFormat>> parsed = ParseDicom(file.bytes, file.name);
+// The identity of a parsed file (or the parse's error), named `name` in messages.
+absl::StatusOr<InstanceInfo> Identify(
+    absl::StatusOr<std::unique_ptr<DcmFileFormat>> parsed, const std::string& name) {
   if (!parsed.ok()) return parsed.status();
   DcmDataset* ds = (*parsed)->getDataset();
   InstanceInfo info;
@@ -37,7 +36,7 @@ absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file) {
   if (info.sop_instance_uid.empty() || info.series_instance_uid.empty() ||
       info.study_instance_uid.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        file.name, ": lacks SOPInstanceUID, SeriesInstanceUID or StudyInstanceUID"));
+        name, ": lacks SOPInstanceUID, SeriesInstanceUID or StudyInstanceUID"));
   }
   info.is_segmentation = info.sop_class_uid == kSegmentationStorageUid;
   if (info.is_segmentation) {
@@ -50,6 +49,17 @@ absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file) {
     }
   }
   return info;
+}
+
+}  // namespace
+
+absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file) {
+  return Identify(ParseDicom(file.bytes, file.name), file.name);
+}
+
+absl::StatusOr<InstanceInfo> IdentifyInstanceFile(const std::string& path,
+                                                  const std::string& name) {
+  return Identify(ParseDicomFile(path, name), name);
 }
 
 }  // namespace miseg

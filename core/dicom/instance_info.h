@@ -30,6 +30,11 @@ struct InstanceInfo {
 // SeriesInstanceUID or StudyInstanceUID.
 absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file);
 
+// The same for a file on disk, named `name` in messages; its pixel data is not read (see
+// ParseDicomFile), so this costs a header parse. Unavailable when the file cannot be read.
+absl::StatusOr<InstanceInfo> IdentifyInstanceFile(const std::string& path,
+                                                  const std::string& name);
+
 }  // namespace miseg
 
 #endif  // MISEG_CORE_DICOM_INSTANCE_INFO_H_

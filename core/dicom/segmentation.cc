@@ -463,7 +463,11 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
                                                     const SeriesVolume& source,
                                                     const std::vector<std::string>& class_names) {
   const VolumeGeometry& g = source.image.geometry;
-  if (!source.image.consistent() || source.slices.size() != static_cast<size_t>(g.slices)) {
+  // Only the source's geometry and slices are read, never its voxels: a series checked
+  // without them (CheckSeriesFiles, an upload before it is committed) will do.
+  const bool voxels_fit = source.image.voxels.empty() || source.image.consistent();
+  if (g.slices <= 0 || g.rows <= 0 || g.cols <= 0 || !voxels_fit ||
+      source.slices.size() != static_cast<size_t>(g.slices)) {
     return absl::InvalidArgumentError("ReadSegmentation: the source volume is inconsistent");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,

@@ -47,7 +47,8 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
 // property type (SNOMED CT codes of the cardiac classes); fractional values >= 0.5 count as
 // inside; where segments overlap the higher segment number wins. Unmatched segments are
 // InvalidArgument; a SEG referencing instances absent from source is InvalidArgument naming
-// the missing UID.
+// the missing UID. Only source's geometry, slices and UIDs are read: a series checked
+// without its voxels (CheckSeriesFiles) will do; voxels, when present, must fit the geometry.
 absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg,
                                                     const SeriesVolume& source,
                                                     const std::vector<std::string>& class_names);

@@ -3,7 +3,8 @@
 // every frame in patient space, check the frames form one regular stack, then decode the
 // pixel data (whatever transfer syntax carried it) into real-world values. Geometry and
 // sizes are checked before anything large is allocated or decoded, so a hostile header
-// costs a parse and nothing more.
+// costs a parse and nothing more. The same path reads files on disk one at a time: parsed
+// without their pixel data for the checks, parsed again to decode (InstanceSource).
 #include "core/dicom/series_reader.h"
 
 #include <algorithm>
@@ -94,6 +95,9 @@ struct FrameInfo {
 // One image instance, parsed and checked, pixels not yet decoded.
 struct Instance {
   std::string name;  // the buffer's name, for messages
+  size_t index = 0;  // in its InstanceSource
+  // The parsed file; null between the checks and the decoding for an instance on disk
+  // (Release, Reload), so that a series of any size holds one parsed file at a time.
   std::unique_ptr<DcmFileFormat> file;
   DcmDataset* dataset = nullptr;
   std::string sop_instance_uid;
@@ -485,18 +489,59 @@ absl::Status ShortPixelData(const Instance& instance, uint64_t available, uint64
                                         needed));
 }
 
+// Where the instances' bytes are: buffers in memory, or files on disk. A file on disk is
+// parsed without its long values (ParseDicomFile: its pixel data stays on disk), and parsed
+// again when its pixels are decoded.
+class InstanceSource {
+ public:
+  explicit InstanceSource(const std::vector<DicomBuffer>& buffers) : buffers_(&buffers) {}
+  InstanceSource(const std::vector<std::string>& paths, const std::vector<std::string>& names)
+      : paths_(&paths), names_(&names) {}
+
+  size_t size() const { return on_disk() ? paths_->size() : buffers_->size(); }
+  const std::string& name(size_t i) const {
+    return on_disk() ? (*names_)[i] : (*buffers_)[i].name;
+  }
+  bool on_disk() const { return buffers_ == nullptr; }
+  absl::StatusOr<std::unique_ptr<DcmFileFormat>> Parse(size_t i,
+                                                       const SeriesReaderLimits& limits) const {
+    if (on_disk()) return ParseDicomFile((*paths_)[i], (*names_)[i], limits.max_inflated_bytes);
+    return ParseDicom((*buffers_)[i].bytes, (*buffers_)[i].name, limits.max_inflated_bytes);
+  }
+
+ private:
+  const std::vector<DicomBuffer>* buffers_ = nullptr;
+  const std::vector<std::string>* paths_ = nullptr;
+  const std::vector<std::string>* names_ = nullptr;
+};
+
+// Drops the parsed file of an instance; what its checks found stays.
+void Release(Instance* instance) {
+  instance->file.reset();
+  instance->dataset = nullptr;
+}
+
+// Parses a released instance again (a no-op for one that was not released).
+absl::Status Reload(const InstanceSource& source, const SeriesReaderLimits& limits,
+                    Instance* instance) {
+  if (instance->file != nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(instance->file, source.Parse(instance->index, limits));
+  instance->dataset = instance->file->getDataset();
+  return absl::OkStatus();
+}
+
 // What became of one buffer: an image instance, or a reason it was skipped.
 struct ParseOutcome {
   std::unique_ptr<Instance> instance;  // null when skipped
   std::string skip_reason;
 };
 
-absl::StatusOr<ParseOutcome> ParseInstance(const DicomBuffer& buffer,
+absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t index,
                                            const SeriesReaderLimits& limits) {
-  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,
-                   ParseDicom(buffer.bytes, buffer.name, limits.max_inflated_bytes));
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file, source.Parse(index, limits));
   auto instance = std::make_unique<Instance>();
-  instance->name = buffer.name;
+  instance->name = source.name(index);
+  instance->index = index;
   instance->dataset = file->getDataset();
   instance->file = std::move(file);
   DcmDataset& ds = *instance->dataset;
@@ -625,19 +670,26 @@ void ConvertFrame(const uint8_t* src, const PixelFormat& format, SampleOrder ord
   }
 }
 
-// Decodes one instance's pixel data and writes frame f into slice slice_of_frame[f].
-absl::Status DecodeInstance(Instance& instance, const std::vector<int64_t>& slice_of_frame,
-                            ImageVolume* volume) {
-  DcmDataset& ds = *instance.dataset;
+// One instance's pixel data decoded to native samples (owned by the instance's dataset).
+struct NativePixels {
+  const uint8_t* data = nullptr;
   SampleOrder order = SampleOrder::kLittle;
+  uint64_t frame_bytes = 0;
+};
+
+// Decodes one instance's pixel data, whatever transfer syntax carried it, and checks it
+// holds every frame.
+absl::StatusOr<NativePixels> DecodePixels(Instance& instance) {
+  DcmDataset& ds = *instance.dataset;
+  NativePixels pixels;
   if (ds.getOriginalXfer() == EXS_BigEndianExplicit && instance.format.bytes_per_sample() > 1) {
     DcmElement* element = nullptr;
     const bool as_words = ds.findAndGetElement(DCM_PixelData, element).good() &&
                           element != nullptr && element->getVR() == EVR_OW;
     if (!as_words) {
-      order = SampleOrder::kBig;
+      pixels.order = SampleOrder::kBig;
     } else if (instance.format.bytes_per_sample() == 4) {
-      order = SampleOrder::kHalvesSwapped;
+      pixels.order = SampleOrder::kHalvesSwapped;
     }
   }
   OFCondition decoded = EC_Normal;
@@ -664,21 +716,27 @@ absl::Status DecodeInstance(Instance& instance, const std::vector<int64_t>& slic
   Uint8* data = nullptr;
   const OFCondition got = element->getUint8Array(data);
   const uint64_t available = element->getLength();
-  const uint64_t frame_bytes = static_cast<uint64_t>(instance.rows) *
-                               static_cast<uint64_t>(instance.cols) *
-                               static_cast<uint64_t>(instance.format.bytes_per_sample());
-  const uint64_t needed = frame_bytes * static_cast<uint64_t>(instance.frames);
+  pixels.frame_bytes = static_cast<uint64_t>(instance.rows) *
+                       static_cast<uint64_t>(instance.cols) *
+                       static_cast<uint64_t>(instance.format.bytes_per_sample());
+  const uint64_t needed = pixels.frame_bytes * static_cast<uint64_t>(instance.frames);
   if (got.bad() || (data == nullptr && needed > 0) || available < needed) {
     return ShortPixelData(instance, available, needed);
   }
+  pixels.data = data;
+  return pixels;
+}
+
+// Writes frame f of a decoded instance into slice slice_of_frame[f] of volume.
+void ConvertInstance(const Instance& instance, const NativePixels& pixels,
+                     const std::vector<int64_t>& slice_of_frame, ImageVolume* volume) {
   const int64_t slice_size = volume->geometry.slice_size();
   for (int64_t f = 0; f < instance.frames; ++f) {
     const FrameInfo& frame = instance.frame_info[static_cast<size_t>(f)];
-    ConvertFrame(data + static_cast<size_t>(f) * frame_bytes, instance.format, order, frame.slope,
-                 frame.intercept, slice_size,
+    ConvertFrame(pixels.data + static_cast<size_t>(f) * pixels.frame_bytes, instance.format,
+                 pixels.order, frame.slope, frame.intercept, slice_size,
                  volume->voxels.data() + slice_of_frame[static_cast<size_t>(f)] * slice_size);
   }
-  return absl::OkStatus();
 }
 
 // One frame of one instance, as a candidate slice of the volume.
@@ -707,11 +765,11 @@ absl::StatusOr<std::pair<Vec3, Vec3>> Directions(const std::array<double, 6>& o,
   return std::make_pair(row, col);
 }
 
-// Assembles one series (instances sharing study and series UIDs) into a volume.
-absl::StatusOr<SeriesVolume> AssembleSeries(std::vector<Instance*> instances,
-                                            const SeriesReaderLimits& limits) {
+// Checks that the instances of one series have one image size, one frame of reference and
+// distinct SOP Instance UIDs, and stay within the limits together; returns their frames.
+absl::StatusOr<int64_t> CheckInstances(const std::vector<Instance*>& instances,
+                                       const SeriesReaderLimits& limits) {
   const Instance& first = *instances.front();
-  // Same size everywhere, and no instance twice.
   std::map<std::string, const Instance*> by_uid;
   int64_t total_frames = 0;
   for (const Instance* instance : instances) {
@@ -742,179 +800,308 @@ absl::StatusOr<SeriesVolume> AssembleSeries(std::vector<Instance*> instances,
         "series ", first.series_uid, ": ", first.rows, "x", first.cols, "x", total_frames,
         " voxels exceed the limit of ", limits.max_voxels));
   }
+  return total_frames;
+}
 
+// The slices of one series in volume order, and the geometry they span.
+struct Placement {
+  VolumeGeometry geometry;
   std::vector<SliceRef> slices;
-  slices.reserve(static_cast<size_t>(total_frames));
+};
+
+const FrameInfo& FrameOf(const SliceRef& slice) {
+  return slice.instance->frame_info[static_cast<size_t>(slice.frame)];
+}
+
+// Without positions there is no order to trust, except within one instance: a single
+// image, or one multi-frame instance with no geometry at all (an XA cine, a secondary
+// capture), whose frames are stacked in stored order. Both get the identity geometry with
+// PixelSpacing if present and a slice spacing of 1 mm.
+absl::Status PlaceUnplaced(const std::vector<Instance*>& instances, bool none_positioned,
+                           Placement* placement) {
+  const int64_t total_frames = placement->geometry.slices;
+  const bool single_unplaced = instances.size() == 1 && (total_frames == 1 || none_positioned);
+  if (!single_unplaced) {
+    for (const SliceRef& slice : placement->slices) {
+      if (!FrameOf(slice).has_geometry()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Describe(*slice.instance, slice.frame),
+            ": missing ImagePositionPatient or ImageOrientationPatient in a series of ",
+            total_frames, " slices; cannot place the slice"));
+      }
+    }
+  }
+  const FrameInfo& first_frame = instances.front()->frame_info.front();
+  if (first_frame.pixel_spacing) {
+    placement->geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
+    placement->geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
+  }
+  return absl::OkStatus();
+}
+
+// Every frame must share the first frame's orientation and pixel spacing.
+absl::Status CheckSameOrientation(const std::vector<SliceRef>& slices, const Instance& first) {
+  const FrameInfo& first_frame = first.frame_info.front();
+  for (const SliceRef& slice : slices) {
+    const FrameInfo& frame = FrameOf(slice);
+    for (int a = 0; a < 6; ++a) {
+      if (std::abs((*frame.orientation)[a] - (*first_frame.orientation)[a]) >
+          kOrientationTolerance) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            Describe(*slice.instance, slice.frame), ": ImageOrientationPatient differs from ",
+            Describe(first), "'s"));
+      }
+    }
+    const bool same_spacing =
+        frame.pixel_spacing.has_value() == first_frame.pixel_spacing.has_value() &&
+        (!frame.pixel_spacing ||
+         (std::abs((*frame.pixel_spacing)[0] - (*first_frame.pixel_spacing)[0]) <=
+              kPixelSpacingTolerance * (*first_frame.pixel_spacing)[0] &&
+          std::abs((*frame.pixel_spacing)[1] - (*first_frame.pixel_spacing)[1]) <=
+              kPixelSpacingTolerance * (*first_frame.pixel_spacing)[1]));
+    if (!same_spacing) {
+      return absl::InvalidArgumentError(absl::StrCat(Describe(*slice.instance, slice.frame),
+                                                     ": PixelSpacing differs from ",
+                                                     Describe(first), "'s"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The slices (sorted along the normal, more than one) must be evenly spaced: returns the
+// series' spacing, or names the gap or the irregular step.
+absl::StatusOr<double> CheckSteps(const std::vector<SliceRef>& slices, const Instance& first) {
+  std::vector<double> steps;
+  for (size_t k = 1; k < slices.size(); ++k) {
+    const double step = slices[k].distance - slices[k - 1].distance;
+    if (step < kDuplicateTolerance_mm) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Describe(*slices[k].instance, slices[k].frame), ": duplicate position: same "
+          "ImagePositionPatient along the normal as ",
+          Describe(*slices[k - 1].instance, slices[k - 1].frame)));
+    }
+    steps.push_back(step);
+  }
+  // The median step is the series' spacing: a missing slice shows as a step of twice it.
+  std::vector<double> sorted_steps = steps;
+  std::nth_element(sorted_steps.begin(), sorted_steps.begin() + sorted_steps.size() / 2,
+                   sorted_steps.end());
+  const double expected = sorted_steps[sorted_steps.size() / 2];
+  for (size_t k = 0; k < steps.size(); ++k) {
+    if (std::abs(steps[k] - expected) <= kSliceSpacingTolerance * expected) continue;
+    const std::string between = absl::StrCat(
+        Describe(*slices[k].instance, slices[k].frame), " and ",
+        Describe(*slices[k + 1].instance, slices[k + 1].frame));
+    // A step of (nearly) a whole multiple of the spacing is slices left out.
+    const double multiple = std::round(steps[k] / expected);
+    if (multiple >= 2.0 &&
+        std::abs(steps[k] - multiple * expected) <= kSliceSpacingTolerance * expected) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "gap in series ", first.series_uid, ": missing slice between ", between, " (",
+          steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "irregular slice spacing in series ", first.series_uid, " between ", between, " (",
+        steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
+  }
+  return (slices.back().distance - slices.front().distance) / static_cast<double>(steps.size());
+}
+
+// Every slice must sit on the normal through the first: a tilted gantry or a sheared stack
+// does not fit origin + k * spacing * normal.
+absl::Status CheckDrift(const std::vector<SliceRef>& slices, const VolumeGeometry& geometry) {
+  const double drift_tolerance =
+      kInPlaneDriftTolerance * std::min(geometry.row_spacing_mm, geometry.col_spacing_mm);
+  const Vec3& origin = geometry.origin_mm;
+  const Vec3& normal = geometry.slice_direction;
+  for (const SliceRef& slice : slices) {
+    const Vec3& p = *FrameOf(slice).position;
+    const double along = slice.distance - slices.front().distance;
+    Vec3 off;
+    for (int a = 0; a < 3; ++a) off[a] = p[a] - origin[a] - along * normal[a];
+    if (Norm(off) > drift_tolerance) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Describe(*slice.instance, slice.frame), ": ImagePositionPatient is ", Norm(off),
+          " mm off the normal through the first slice (gantry tilt or sheared stack)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Orders the slices (every one placed) along the normal of the first's orientation and
+// checks they form one regular stack.
+absl::Status PlaceAlongNormal(const Instance& first, Placement* placement) {
+  const FrameInfo& first_frame = first.frame_info.front();
+  std::vector<SliceRef>& slices = placement->slices;
+  VolumeGeometry& geometry = placement->geometry;
+  ASSIGN_OR_RETURN(auto directions, Directions(*first_frame.orientation, first, 0));
+  const auto& [row_dir, col_dir] = directions;
+  RETURN_IF_ERROR(CheckSameOrientation(slices, first));
+  const Vec3 normal = Cross(row_dir, col_dir);
+  for (SliceRef& slice : slices) slice.distance = Dot(*FrameOf(slice).position, normal);
+  // Stable: ties keep input order, so the duplicate reported is deterministic.
+  std::stable_sort(slices.begin(), slices.end(), [](const SliceRef& a, const SliceRef& b) {
+    return a.distance < b.distance;
+  });
+  if (first_frame.pixel_spacing) {
+    geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
+    geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
+  }
+  geometry.row_direction = row_dir;
+  geometry.col_direction = col_dir;
+  geometry.slice_direction = normal;
+  geometry.origin_mm = *FrameOf(slices.front()).position;
+  if (slices.size() == 1) {
+    geometry.slice_spacing_mm = first_frame.spacing_between_slices.value_or(1.0);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(geometry.slice_spacing_mm, CheckSteps(slices, first));
+  return CheckDrift(slices, geometry);
+}
+
+// Places every frame of one series: its slices in volume order and the geometry. Reads
+// only what the instances' checks found, never their datasets.
+absl::StatusOr<Placement> PlaceSlices(const std::vector<Instance*>& instances,
+                                      int64_t total_frames) {
+  const Instance& first = *instances.front();
+  Placement placement;
+  placement.slices.reserve(static_cast<size_t>(total_frames));
   bool all_placed = true, none_positioned = true;
   for (Instance* instance : instances) {
     for (int64_t f = 0; f < instance->frames; ++f) {
       const FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
       all_placed = all_placed && frame.has_geometry();
       none_positioned = none_positioned && !frame.position.has_value();
-      slices.push_back({instance, f});
+      placement.slices.push_back({instance, f});
     }
   }
-
-  VolumeGeometry geometry;
-  geometry.rows = first.rows;
-  geometry.cols = first.cols;
-  geometry.slices = total_frames;
-  const FrameInfo& first_frame = first.frame_info.front();
+  placement.geometry.rows = first.rows;
+  placement.geometry.cols = first.cols;
+  placement.geometry.slices = total_frames;
   if (!all_placed) {
-    // Without positions there is no order to trust, except within one instance: a single
-    // image, or one multi-frame instance with no geometry at all (an XA cine, a secondary
-    // capture), whose frames are stacked in stored order. Both get the identity geometry
-    // with PixelSpacing if present and a slice spacing of 1 mm.
-    const bool single_unplaced = instances.size() == 1 && (total_frames == 1 || none_positioned);
-    if (!single_unplaced) {
-      for (const SliceRef& slice : slices) {
-        if (!slice.instance->frame_info[static_cast<size_t>(slice.frame)].has_geometry()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              Describe(*slice.instance, slice.frame),
-              ": missing ImagePositionPatient or ImageOrientationPatient in a series of ",
-              total_frames, " slices; cannot place the slice"));
-        }
-      }
-    }
-    if (first_frame.pixel_spacing) {
-      geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
-      geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
-    }
+    RETURN_IF_ERROR(PlaceUnplaced(instances, none_positioned, &placement));
   } else {
-    ASSIGN_OR_RETURN(auto directions, Directions(*first_frame.orientation, first, 0));
-    const auto& [row_dir, col_dir] = directions;
-    for (const SliceRef& slice : slices) {
-      const FrameInfo& frame = slice.instance->frame_info[static_cast<size_t>(slice.frame)];
-      for (int a = 0; a < 6; ++a) {
-        if (std::abs((*frame.orientation)[a] - (*first_frame.orientation)[a]) >
-            kOrientationTolerance) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              Describe(*slice.instance, slice.frame), ": ImageOrientationPatient differs from ",
-              Describe(first), "'s"));
-        }
-      }
-      const bool same_spacing =
-          frame.pixel_spacing.has_value() == first_frame.pixel_spacing.has_value() &&
-          (!frame.pixel_spacing ||
-           (std::abs((*frame.pixel_spacing)[0] - (*first_frame.pixel_spacing)[0]) <=
-                kPixelSpacingTolerance * (*first_frame.pixel_spacing)[0] &&
-            std::abs((*frame.pixel_spacing)[1] - (*first_frame.pixel_spacing)[1]) <=
-                kPixelSpacingTolerance * (*first_frame.pixel_spacing)[1]));
-      if (!same_spacing) {
-        return absl::InvalidArgumentError(absl::StrCat(Describe(*slice.instance, slice.frame),
-                                                       ": PixelSpacing differs from ",
-                                                       Describe(first), "'s"));
-      }
-    }
-    const Vec3 normal = Cross(row_dir, col_dir);
-    for (SliceRef& slice : slices) {
-      slice.distance =
-          Dot(*slice.instance->frame_info[static_cast<size_t>(slice.frame)].position, normal);
-    }
-    // Stable: ties keep input order, so the duplicate reported is deterministic.
-    std::stable_sort(slices.begin(), slices.end(), [](const SliceRef& a, const SliceRef& b) {
-      return a.distance < b.distance;
-    });
-    if (first_frame.pixel_spacing) {
-      geometry.row_spacing_mm = (*first_frame.pixel_spacing)[0];
-      geometry.col_spacing_mm = (*first_frame.pixel_spacing)[1];
-    }
-    geometry.row_direction = row_dir;
-    geometry.col_direction = col_dir;
-    geometry.slice_direction = normal;
-    const Vec3 origin = *slices.front().instance->frame_info[static_cast<size_t>(
-                             slices.front().frame)].position;
-    geometry.origin_mm = origin;
-
-    if (slices.size() == 1) {
-      geometry.slice_spacing_mm = first_frame.spacing_between_slices.value_or(1.0);
-    } else {
-      std::vector<double> steps;
-      for (size_t k = 1; k < slices.size(); ++k) {
-        const double step = slices[k].distance - slices[k - 1].distance;
-        if (step < kDuplicateTolerance_mm) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              Describe(*slices[k].instance, slices[k].frame), ": duplicate position: same "
-              "ImagePositionPatient along the normal as ",
-              Describe(*slices[k - 1].instance, slices[k - 1].frame)));
-        }
-        steps.push_back(step);
-      }
-      // The median step is the series' spacing: a missing slice shows as a step of twice it.
-      std::vector<double> sorted_steps = steps;
-      std::nth_element(sorted_steps.begin(), sorted_steps.begin() + sorted_steps.size() / 2,
-                       sorted_steps.end());
-      const double expected = sorted_steps[sorted_steps.size() / 2];
-      for (size_t k = 0; k < steps.size(); ++k) {
-        if (std::abs(steps[k] - expected) <= kSliceSpacingTolerance * expected) continue;
-        const std::string between = absl::StrCat(
-            Describe(*slices[k].instance, slices[k].frame), " and ",
-            Describe(*slices[k + 1].instance, slices[k + 1].frame));
-        // A step of (nearly) a whole multiple of the spacing is slices left out.
-        const double multiple = std::round(steps[k] / expected);
-        if (multiple >= 2.0 &&
-            std::abs(steps[k] - multiple * expected) <= kSliceSpacingTolerance * expected) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "gap in series ", first.series_uid, ": missing slice between ", between, " (",
-              steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
-        }
-        return absl::InvalidArgumentError(absl::StrCat(
-            "irregular slice spacing in series ", first.series_uid, " between ", between, " (",
-            steps[k], " mm apart where the series' spacing is ", expected, " mm)"));
-      }
-      geometry.slice_spacing_mm =
-          (slices.back().distance - slices.front().distance) / static_cast<double>(steps.size());
-      // Every slice must sit on the normal through the first: a tilted gantry or a sheared
-      // stack does not fit origin + k * spacing * normal.
-      const double drift_tolerance =
-          kInPlaneDriftTolerance * std::min(geometry.row_spacing_mm, geometry.col_spacing_mm);
-      for (const SliceRef& slice : slices) {
-        const Vec3& p = *slice.instance->frame_info[static_cast<size_t>(slice.frame)].position;
-        const double along = slice.distance - slices.front().distance;
-        Vec3 off;
-        for (int a = 0; a < 3; ++a) off[a] = p[a] - origin[a] - along * normal[a];
-        if (Norm(off) > drift_tolerance) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              Describe(*slice.instance, slice.frame), ": ImagePositionPatient is ", Norm(off),
-              " mm off the normal through the first slice (gantry tilt or sheared stack)"));
-        }
-      }
-    }
+    RETURN_IF_ERROR(PlaceAlongNormal(first, &placement));
   }
+  return placement;
+}
 
-  // Checked above: rows, columns and slices are within the limits, so this is bounded.
-  SeriesVolume series;
-  series.image = ImageVolume(geometry);
+// What reading a series does with the pixel data: real-world values in the volume, or only
+// the proof that every instance decodes (the volume then has its geometry and no voxels).
+enum class PixelMode { kVolume, kCheckOnly };
+
+// Decodes every instance of a placed series, one at a time (a released instance is parsed
+// again, then released), into series->image (allocated here for kVolume), and takes the
+// reference header from the first slice's instance.
+absl::Status DecodeSeries(const std::vector<Instance*>& instances, const Placement& placement,
+                          const InstanceSource& source, PixelMode mode,
+                          const SeriesReaderLimits& limits, SeriesVolume* series) {
+  // Checked before: rows, columns and slices are within the limits, so this is bounded.
+  if (mode == PixelMode::kVolume) {
+    series->image = ImageVolume(placement.geometry);
+  } else {
+    series->image.geometry = placement.geometry;
+  }
+  const std::vector<SliceRef>& slices = placement.slices;
   std::map<Instance*, std::vector<int64_t>> slice_of_frame;
-  series.slices.reserve(slices.size());
+  series->slices.reserve(slices.size());
   for (size_t k = 0; k < slices.size(); ++k) {
     Instance* instance = slices[k].instance;
     auto& mapping = slice_of_frame[instance];
     if (mapping.empty()) mapping.assign(static_cast<size_t>(instance->frames), -1);
     mapping[static_cast<size_t>(slices[k].frame)] = static_cast<int64_t>(k);
-    series.slices.push_back({instance->sop_instance_uid, instance->sop_class_uid,
-                             static_cast<int32_t>(slices[k].frame + 1)});
+    series->slices.push_back({instance->sop_instance_uid, instance->sop_class_uid,
+                              static_cast<int32_t>(slices[k].frame + 1)});
   }
+  const Instance* reference = slices.front().instance;
+  absl::StatusOr<std::string> header;
   for (Instance* instance : instances) {
-    RETURN_IF_ERROR(DecodeInstance(*instance, slice_of_frame[instance], &series.image));
-    // The decoded pixels are in the volume now; keep memory to one copy.
+    RETURN_IF_ERROR(Reload(source, limits, instance));
+    ASSIGN_OR_RETURN(NativePixels pixels, DecodePixels(*instance));
+    if (mode == PixelMode::kVolume) {
+      ConvertInstance(*instance, pixels, slice_of_frame[instance], &series->image);
+    }
+    // The decoded pixels are in the volume now (or were only checked); keep memory to one
+    // copy.
     delete instance->dataset->remove(DCM_PixelData);
+    if (instance == reference) header = SerializeDicom(*instance->file);
+    if (source.on_disk()) Release(instance);
   }
+  if (!header.ok()) {
+    // What DCMTK read but cannot write back is malformed input, not our failure.
+    return Invalid(*reference, absl::StrCat("cannot re-encode the header: ",
+                                            header.status().message()));
+  }
+  series->reference_header = *std::move(header);
+  return absl::OkStatus();
+}
 
-  const Instance& reference = *slices.front().instance;
+// Assembles one series (instances sharing study and series UIDs) into a volume.
+absl::StatusOr<SeriesVolume> AssembleSeries(const std::vector<Instance*>& instances,
+                                            const InstanceSource& source, PixelMode mode,
+                                            const SeriesReaderLimits& limits) {
+  ASSIGN_OR_RETURN(const int64_t total_frames, CheckInstances(instances, limits));
+  ASSIGN_OR_RETURN(const Placement placement, PlaceSlices(instances, total_frames));
+  SeriesVolume series;
+  RETURN_IF_ERROR(DecodeSeries(instances, placement, source, mode, limits, &series));
+  const Instance& reference = *placement.slices.front().instance;
   series.study_instance_uid = reference.study_uid;
   series.series_instance_uid = reference.series_uid;
   series.frame_of_reference_uid = reference.frame_of_reference_uid;
   series.modality = reference.modality;
   series.series_description = reference.series_description;
-  absl::StatusOr<std::string> header = SerializeDicom(*reference.file);
-  if (!header.ok()) {
-    // What DCMTK read but cannot write back is malformed input, not our failure.
-    return Invalid(reference, absl::StrCat("cannot re-encode the header: ",
-                                           header.status().message()));
-  }
-  series.reference_header = *std::move(header);
   return series;
+}
+
+// ReadSeries over any source: every instance parsed and checked first (an instance on disk
+// is then released), then each series placed and decoded.
+absl::StatusOr<std::vector<SeriesVolume>> ReadFromSource(const InstanceSource& source,
+                                                         PixelMode mode,
+                                                         std::vector<std::string>* skipped,
+                                                         const SeriesReaderLimits& limits) {
+  RegisterDicomCodecs();
+  std::vector<std::unique_ptr<Instance>> instances;
+  std::vector<std::string> skip_reasons;
+  for (size_t i = 0; i < source.size(); ++i) {
+    ASSIGN_OR_RETURN(ParseOutcome outcome, ParseInstance(source, i, limits));
+    if (outcome.instance == nullptr) {
+      skip_reasons.push_back(absl::StrCat(source.name(i), ": ", outcome.skip_reason));
+      continue;
+    }
+    if (source.on_disk()) Release(outcome.instance.get());
+    instances.push_back(std::move(outcome.instance));
+  }
+  if (skipped != nullptr) *skipped = skip_reasons;
+  if (instances.empty()) {
+    std::string message = absl::StrCat("no image instance among ", source.size(), " files");
+    if (!skip_reasons.empty()) absl::StrAppend(&message, " (skipped: ", skip_reasons.front(),
+                                               skip_reasons.size() > 1 ? ", ..." : "", ")");
+    return absl::InvalidArgumentError(message);
+  }
+
+  // Group by study and series, series in order of first appearance.
+  std::vector<std::vector<Instance*>> groups;
+  std::map<std::pair<std::string, std::string>, size_t> group_of;
+  for (const auto& instance : instances) {
+    auto key = std::make_pair(instance->study_uid, instance->series_uid);
+    auto [it, inserted] = group_of.emplace(key, groups.size());
+    if (inserted) groups.emplace_back();
+    groups[it->second].push_back(instance.get());
+  }
+  std::vector<SeriesVolume> volumes;
+  volumes.reserve(groups.size());
+  for (const auto& group : groups) {
+    ASSIGN_OR_RETURN(SeriesVolume volume, AssembleSeries(group, source, mode, limits));
+    volumes.push_back(std::move(volume));
+  }
+  return volumes;
+}
+
+absl::Status CheckPathsAndNames(const std::vector<std::string>& paths,
+                                const std::vector<std::string>& names) {
+  if (paths.size() == names.size()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(paths.size(), " paths but ", names.size(),
+                                                 " names"));
 }
 
 }  // namespace
@@ -941,41 +1128,21 @@ void RegisterDicomCodecs() {
 absl::StatusOr<std::vector<SeriesVolume>> ReadSeries(const std::vector<DicomBuffer>& files,
                                                     std::vector<std::string>* skipped,
                                                     const SeriesReaderLimits& limits) {
-  RegisterDicomCodecs();
-  std::vector<std::unique_ptr<Instance>> instances;
-  std::vector<std::string> skip_reasons;
-  for (size_t i = 0; i < files.size(); ++i) {
-    ASSIGN_OR_RETURN(ParseOutcome outcome, ParseInstance(files[i], limits));
-    if (outcome.instance == nullptr) {
-      skip_reasons.push_back(absl::StrCat(files[i].name, ": ", outcome.skip_reason));
-    } else {
-      instances.push_back(std::move(outcome.instance));
-    }
-  }
-  if (skipped != nullptr) *skipped = skip_reasons;
-  if (instances.empty()) {
-    std::string message = absl::StrCat("no image instance among ", files.size(), " files");
-    if (!skip_reasons.empty()) absl::StrAppend(&message, " (skipped: ", skip_reasons.front(),
-                                               skip_reasons.size() > 1 ? ", ..." : "", ")");
-    return absl::InvalidArgumentError(message);
-  }
+  return ReadFromSource(InstanceSource(files), PixelMode::kVolume, skipped, limits);
+}
 
-  // Group by study and series, series in order of first appearance.
-  std::vector<std::vector<Instance*>> groups;
-  std::map<std::pair<std::string, std::string>, size_t> group_of;
-  for (const auto& instance : instances) {
-    auto key = std::make_pair(instance->study_uid, instance->series_uid);
-    auto [it, inserted] = group_of.emplace(key, groups.size());
-    if (inserted) groups.emplace_back();
-    groups[it->second].push_back(instance.get());
-  }
-  std::vector<SeriesVolume> volumes;
-  volumes.reserve(groups.size());
-  for (auto& group : groups) {
-    ASSIGN_OR_RETURN(SeriesVolume volume, AssembleSeries(group, limits));
-    volumes.push_back(std::move(volume));
-  }
-  return volumes;
+absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesFromFiles(
+    const std::vector<std::string>& paths, const std::vector<std::string>& names,
+    const SeriesReaderLimits& limits) {
+  RETURN_IF_ERROR(CheckPathsAndNames(paths, names));
+  return ReadFromSource(InstanceSource(paths, names), PixelMode::kVolume, nullptr, limits);
+}
+
+absl::StatusOr<std::vector<SeriesVolume>> CheckSeriesFiles(
+    const std::vector<std::string>& paths, const std::vector<std::string>& names,
+    std::vector<std::string>* skipped, const SeriesReaderLimits& limits) {
+  RETURN_IF_ERROR(CheckPathsAndNames(paths, names));
+  return ReadFromSource(InstanceSource(paths, names), PixelMode::kCheckOnly, skipped, limits);
 }
 
 absl::StatusOr<std::vector<DicomBuffer>> LoadDicomFolder(const std::string& folder) {

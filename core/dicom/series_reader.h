@@ -50,6 +50,25 @@ absl::StatusOr<std::vector<SeriesVolume>> ReadSeries(const std::vector<DicomBuff
                                                     std::vector<std::string>* skipped = nullptr,
                                                     const SeriesReaderLimits& limits = {});
 
+// ReadSeries for files on disk, named by names[i] in messages (paths and names of the same
+// length), with the same results and messages, holding one file's bytes at a time besides
+// the volumes: each file is parsed without its pixel data to check it, then parsed again
+// when its pixels are decoded into the volume (see ParseDicomFile). Unavailable when a file
+// cannot be read. The files must not change during the call.
+absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesFromFiles(
+    const std::vector<std::string>& paths, const std::vector<std::string>& names,
+    const SeriesReaderLimits& limits = {});
+
+// ReadSeriesFromFiles without the voxels: every check ReadSeries makes, each file's pixel
+// data decoded on its own to prove it decodes and then freed, and the same results
+// (geometry, slices, UIDs, reference_header) except that image.voxels is empty
+// (image.consistent() is false). Memory: one file's pixel data at a time, decoded (all
+// frames of a multi-frame file), plus a few hundred bytes per frame of the series. For
+// checking an upload before it is committed; ReadSegmentation accepts the result.
+absl::StatusOr<std::vector<SeriesVolume>> CheckSeriesFiles(
+    const std::vector<std::string>& paths, const std::vector<std::string>& names,
+    std::vector<std::string>* skipped = nullptr, const SeriesReaderLimits& limits = {});
+
 // Loads every regular file below folder (recursively, symbolic links to files included),
 // sorted by path so the same folder always gives the same order, as buffers named by path
 // for ReadSeries. NotFound if the folder does not exist.

@@ -6,7 +6,6 @@
 #include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/optim/adam.h>
@@ -217,11 +216,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
 
   status = GuardTorch("building the model", absl::StatusCode::kInternal, [&] {
     if (config.threads > 0) at::set_num_threads(config.threads);
-    // Weight initialisation draws from the global generator: seed it for reproducible runs.
-    at::manual_seed(config.seed);
+    // Every random draw of a trainer comes from generators it owns, all seeded from
+    // config.seed; LibTorch's global generator would be shared with every other trainer
+    // of the process. The construction's own draws from it are overwritten at once.
     state->rng.seed(config.seed);
     state->noise_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed ^ 0x9E3779B97F4A7C15ULL);
+    at::Generator init_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed);
     state->model = UNet(UNetOptionsFor(config.model));
+    state->model->InitializeParameters(init_generator);
     state->model->to(state->device);
     state->optimizer = std::make_unique<torch::optim::Adam>(
         state->model->parameters(),

@@ -291,7 +291,7 @@ void DicomNode::ProcessSeries(const InboxSeries& series) {
     }
     std::string hash;
     if (result.ok()) {
-      absl::StatusOr<std::string> put = deps_.files->Put(result->seg_bytes);
+      absl::StatusOr<std::string> put = deps_.files->Commit(*result->seg_file);
       if (!put.ok()) {
         retry_later = true;
         break;

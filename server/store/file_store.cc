@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <string_view>
 #include <system_error>
 
 #include "absl/strings/escaping.h"
@@ -84,21 +85,65 @@ absl::Status CheckHash(absl::string_view hash) {
       "not an object hash (64 lowercase hex characters): \"", hash.substr(0, 80), "\""));
 }
 
+// Incremental SHA-256 (OpenSSL's EVP API).
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+    // These fail only on allocation failure; there is no sane result to return then.
+    if (ctx_ == nullptr || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) std::abort();
+  }
+  void Update(std::string_view bytes) {
+    if (EVP_DigestUpdate(ctx_.get(), bytes.data(), bytes.size()) != 1) std::abort();
+  }
+  // Lowercase hex of the digest; the object is spent afterwards.
+  std::string Final() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_DigestFinal_ex(ctx_.get(), digest, &length) != 1) std::abort();
+    return absl::BytesToHexString(
+        absl::string_view(reinterpret_cast<const char*>(digest), length));
+  }
+
+ private:
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
+};
+
+// Writes all of data to fd; false with errno set on failure.
+bool WriteAll(int fd, std::string_view data) {
+  const char* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Removes everything in dir (created if missing): what a crashed upload left staged.
+absl::Status EmptyDirectory(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return FsError(ec, "cannot create directory", dir.string());
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code remove_ec;
+    fs::remove_all(it->path(), remove_ec);
+    if (remove_ec) return FsError(remove_ec, "cannot remove staged file", it->path().string());
+  }
+  if (ec) return FsError(ec, "cannot list", dir.string());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string Sha256Hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                               &EVP_MD_CTX_free);
-  // These fail only on allocation failure; there is no sane result to return then.
-  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) {
-    std::abort();
-  }
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), length));
+  Sha256 sha;
+  sha.Update(bytes);
+  return sha.Final();
 }
 
 absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
@@ -119,17 +164,7 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& byt
     return status;
   };
 
-  const char* data = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, data, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail("cannot write");
-    }
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
+  if (!WriteAll(fd, bytes)) return fail("cannot write");
   if (::fsync(fd) != 0) return fail("cannot fsync");
   if (file.Close() != 0) return fail("cannot close");
   if (::rename(temp.c_str(), path.c_str()) != 0) return fail("cannot rename into");
@@ -174,7 +209,83 @@ absl::StatusOr<FileStore> FileStore::Open(const std::string& root) {
     }
   }
   if (ec) return FsError(ec, "cannot list", objects.string());
-  return FileStore(root);
+  FileStore store(root);
+  RETURN_IF_ERROR(EmptyDirectory(store.StagingDir()));
+  return store;
+}
+
+std::string FileStore::StagingDir() const { return (fs::path(root_) / "staging").string(); }
+
+struct StagedFile::HashContext {
+  Sha256 sha;
+};
+
+StagedFile::StagedFile(std::string path, int fd)
+    : path_(std::move(path)), fd_(fd), context_(std::make_unique<HashContext>()) {}
+
+StagedFile::~StagedFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(path_.c_str());
+}
+
+absl::Status StagedFile::Append(std::string_view bytes) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("staged file ", path_, " is finished"));
+  }
+  if (!WriteAll(fd_, bytes)) return ErrnoError(errno, "cannot write", path_);
+  context_->sha.Update(bytes);
+  size_ += static_cast<int64_t>(bytes.size());
+  return absl::OkStatus();
+}
+
+absl::Status StagedFile::Finish() {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("staged file ", path_, " is finished"));
+  }
+  const int fd = fd_;
+  fd_ = -1;
+  if (::fsync(fd) != 0) {
+    absl::Status status = ErrnoError(errno, "cannot fsync", path_);
+    ::close(fd);
+    return status;
+  }
+  if (::close(fd) != 0) return ErrnoError(errno, "cannot close", path_);
+  hash_ = context_->sha.Final();
+  context_.reset();  // an upload keeps many finished files: only their names and hashes
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<StagedFile>> FileStore::Stage() {
+  const std::string path = (fs::path(StagingDir()) / absl::StrCat(RandomHex(), ".part")).string();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, "cannot create", path);
+  return std::unique_ptr<StagedFile>(new StagedFile(path, fd));
+}
+
+absl::StatusOr<std::string> FileStore::Commit(StagedFile& file) {
+  if (!file.finished() || file.committed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("staged file ", file.path_, " is not finished or already committed"));
+  }
+  const std::string target = PathOf(file.hash_);
+  const fs::path shard = fs::path(target).parent_path();
+  std::error_code ec;
+  fs::create_directories(shard, ec);
+  if (ec) return FsError(ec, "cannot create directory", shard.string());
+  struct stat st;
+  // Same name means same bytes (as in Put); a truncated object is replaced.
+  if (::stat(target.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == file.size_) {
+    if (::unlink(file.path_.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoError(errno, "cannot remove", file.path_);
+    }
+  } else if (::rename(file.path_.c_str(), target.c_str()) != 0) {
+    return ErrnoError(errno, "cannot rename into", target);
+  }
+  file.path_ = target;
+  file.committed_ = true;
+  // The rename itself is durable only once the directory entry is on disk.
+  RETURN_IF_ERROR(FsyncDirectory(shard.string()));
+  return file.hash_;
 }
 
 std::string FileStore::PathOf(const std::string& hash) const {

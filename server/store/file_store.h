@@ -2,11 +2,16 @@
 // derived from the SHA-256 of its bytes (objects/ab/abcdef...), never from a string a client
 // sent. Writes go to a temporary name in the same directory, are fsynced, then renamed, so
 // a reader never sees a partial file and a crash leaves at most an unreferenced temporary.
+// Files received in pieces (uploads) are staged under staging/ while they arrive, hashed as
+// they are written, and renamed into objects/ when committed. Open removes what a crash
+// left in staging/.
 #ifndef MISEG_SERVER_STORE_FILE_STORE_H_
 #define MISEG_SERVER_STORE_FILE_STORE_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,10 +28,55 @@ std::string Sha256Hex(const std::string& bytes);
 absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes);
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
+// A file being received: appended bytes go to a temporary file under the store's staging
+// directory while their SHA-256 is computed. Destroying it without FileStore::Commit removes
+// the file. Memory: a hash context and a descriptor, whatever the file's size. Not thread
+// safe; one thread at a time may use it (any thread).
+class StagedFile {
+ public:
+  ~StagedFile();
+  StagedFile(const StagedFile&) = delete;
+  StagedFile& operator=(const StagedFile&) = delete;
+
+  // Writes bytes at the end of the file. FailedPrecondition after Finish; the disk's errors
+  // otherwise (ResourceExhausted when it is full).
+  absl::Status Append(std::string_view bytes);
+  // Flush + fsync + close; hash() is valid afterwards. FailedPrecondition when called twice.
+  absl::Status Finish();
+  // Where the bytes are (readable after Finish); after Commit, the object's path.
+  const std::string& path() const { return path_; }
+  // Lowercase hex SHA-256 of the bytes; empty before Finish.
+  const std::string& hash() const { return hash_; }
+  int64_t size() const { return size_; }
+  bool finished() const { return fd_ < 0 && !hash_.empty(); }
+
+ private:
+  friend class FileStore;
+  struct HashContext;  // OpenSSL's, kept out of this header
+  StagedFile(std::string path, int fd);
+
+  std::string path_;
+  int fd_ = -1;
+  std::unique_ptr<HashContext> context_;
+  std::string hash_;
+  int64_t size_ = 0;
+  bool committed_ = false;  // path_ is the object's now: never remove it
+};
+
 class FileStore {
  public:
-  // root is created if missing; leftover temporaries of a crashed write are removed.
+  // root is created if missing; leftover temporaries of a crashed write, and everything in
+  // staging/, are removed. Open each root once per process: a second Open would remove the
+  // files the first is staging.
   static absl::StatusOr<FileStore> Open(const std::string& root);
+
+  // A new empty file under staging/. Thread safe.
+  absl::StatusOr<std::unique_ptr<StagedFile>> Stage();
+  // Moves a finished staged file to objects/<hash> (rename, then fsync of the directory; if
+  // the object is present already, the temporary is dropped instead). Returns the hash.
+  // FailedPrecondition for a file not finished or already committed. Thread safe for
+  // distinct files.
+  absl::StatusOr<std::string> Commit(StagedFile& file);
 
   // Stores bytes under their hash and returns the hash; storing the same bytes twice is a
   // no-op. The object is durable when this returns.
@@ -44,6 +94,7 @@ class FileStore {
  private:
   explicit FileStore(std::string root) : root_(std::move(root)) {}
   std::string PathOf(const std::string& hash) const;
+  std::string StagingDir() const;
   std::string root_;
 };
 

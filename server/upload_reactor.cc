@@ -1,0 +1,139 @@
+// Upload: each chunk goes to a staged file as it arrives (the ingest session), and the
+// finished upload is checked and committed on the ingest pool, all or nothing.
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "server/convert.h"
+#include "server/edge_reactor.h"
+#include "server/ingest.h"
+#include "server/stream_reactors.h"
+
+namespace miseg {
+namespace {
+
+class UploadReactor final : public EdgeReactor<grpc::ServerReadReactor<v1::UploadRequest>> {
+ public:
+  UploadReactor(const ServiceDeps& deps, grpc::CallbackServerContext* context,
+                v1::UploadResponse* response)
+      : EdgeReactor(deps, context, {"Upload", Permission::kUpload, /*needs_slot=*/true}),
+        response_(response) {
+    if (!start_status().ok()) {
+      End(start_status());
+      return;
+    }
+    ReadNext();
+  }
+
+  void OnReadDone(bool ok) override {
+    WaitingOnClient(false);
+    if (ended()) return;
+    if (!ok) {
+      EndOfStream();
+      return;
+    }
+    absl::Status taken = session_ ? TakeChunk() : TakeHeader();
+    if (!taken.ok()) {
+      End(taken);  // the session's staged files go with the reactor
+      return;
+    }
+    ReadNext();
+  }
+
+ private:
+  void ReadNext() {
+    WaitingOnClient(true);
+    StartRead(&request_);
+  }
+
+  absl::Status TakeHeader() {
+    if (!request_.has_header()) {
+      return absl::InvalidArgumentError("the first message must carry the upload header");
+    }
+    const v1::UploadHeader& header = request_.header();
+    if (header.role() != v1::STUDY_ROLE_LABELED && header.role() != v1::STUDY_ROLE_UNLABELED &&
+        header.role() != v1::STUDY_ROLE_VALIDATION) {
+      return absl::InvalidArgumentError("role must be LABELED, UNLABELED or VALIDATION");
+    }
+    if (header.dataset().empty()) return absl::InvalidArgumentError("dataset is required");
+    ASSIGN_OR_RETURN(DatasetRecord dataset, deps_.store->GetDataset(header.dataset()));
+    dataset_name_ = dataset.name;
+    session_ = std::make_unique<IngestSession>(
+        deps_.store, deps_.files, std::move(dataset), static_cast<StoredRole>(header.role()),
+        ChunkLimits{deps_.max_request_bytes, deps_.max_files}, deps_.reader_limits);
+    return absl::OkStatus();
+  }
+
+  absl::Status TakeChunk() {
+    if (!request_.has_chunk()) {
+      return absl::InvalidArgumentError("only the first message may carry the header");
+    }
+    const v1::FileChunk& chunk = request_.chunk();
+    Progress(static_cast<int64_t>(chunk.data().size()));
+    return session_->AddChunk(chunk.file_name(), chunk.data(), chunk.last_chunk());
+  }
+
+  void EndOfStream() {
+    if (context_->IsCancelled()) {
+      End(absl::CancelledError("the client cancelled the stream; nothing was stored"));
+      return;
+    }
+    if (!session_) {
+      End(absl::InvalidArgumentError("the first message must carry the upload header"));
+      return;
+    }
+    Hold();  // checking and committing take time: off the gRPC thread
+    deps_.ingest_pool->Schedule([this] {
+      End(Commit());
+      Unhold();
+    });
+  }
+
+  absl::Status Commit() {
+    ASSIGN_OR_RETURN(IngestResult result, session_->Finish());
+    if (result.files.empty()) return absl::InvalidArgumentError("the upload holds no files");
+    for (const StudyRecord& study : result.stored) {
+      *response_->add_stored() = ToProto(study, dataset_name_);
+    }
+    for (const IngestFileResult& file : result.files) AddResult(file);
+    response_->set_bytes_received(session_->bytes_received());
+    deps_.metrics->CountUpload(session_->bytes_received(), response_->stored_instances(),
+                               response_->duplicate_instances(), response_->refused_instances());
+    return absl::OkStatus();
+  }
+
+  void AddResult(const IngestFileResult& file) {
+    v1::InstanceResult* r = response_->add_results();
+    r->set_file_name(file.file_name);
+    r->set_sop_instance_uid(file.sop_instance_uid);
+    r->set_series_instance_uid(file.series_instance_uid);
+    r->set_outcome(static_cast<v1::InstanceOutcome>(file.outcome));
+    r->set_reason(file.reason);
+    switch (file.outcome) {
+      case IngestOutcome::kStored:
+        response_->set_stored_instances(response_->stored_instances() + 1);
+        break;
+      case IngestOutcome::kDuplicate:
+        response_->set_duplicate_instances(response_->duplicate_instances() + 1);
+        break;
+      case IngestOutcome::kRefused:
+        response_->set_refused_instances(response_->refused_instances() + 1);
+        break;
+    }
+  }
+
+  v1::UploadResponse* const response_;
+  v1::UploadRequest request_;  // the one message in flight
+  std::string dataset_name_;
+  std::unique_ptr<IngestSession> session_;
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<v1::UploadRequest>* StartUpload(const ServiceDeps& deps,
+                                                        grpc::CallbackServerContext* context,
+                                                        v1::UploadResponse* response) {
+  return new UploadReactor(deps, context, response);
+}
+
+}  // namespace miseg
