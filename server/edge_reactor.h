@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "server/rpc_edge.h"
+#include "miseg/v1/miseg.pb.h"
 #include "server/services.h"
 
 namespace miseg {
@@ -102,6 +103,62 @@ class EdgeReactor : public GrpcReactor, public IdleCuttable {
   std::atomic<int> holds_{1};  // gRPC's, released in OnDone
   absl::Mutex end_mutex_;
   bool ended_ ABSL_GUARDED_BY(end_mutex_) = false;
+};
+
+// The reading side shared by Upload and Segment: a header message, then file chunks, one
+// read in flight at a time (so gRPC's flow control holds the client back while a chunk is
+// written to disk), then the end of the stream.
+template <typename GrpcReactor, typename Request>
+class ChunkedInputReactor : public EdgeReactor<GrpcReactor> {
+ public:
+  using Base = EdgeReactor<GrpcReactor>;
+  using Base::Base;
+
+  void OnReadDone(bool ok) override {
+    this->WaitingOnClient(false);
+    if (this->ended()) return;
+    if (!ok) {
+      EndOfStream();
+      return;
+    }
+    absl::Status taken = header_seen_ ? TakeChunkMessage() : TakeHeader(request_);
+    header_seen_ = true;
+    if (!taken.ok()) {
+      this->End(taken);  // staged files go with the reactor
+      return;
+    }
+    ReadNext();
+  }
+
+ protected:
+  // Call last in the derived constructor: reads may complete on another thread at once.
+  void Begin() {
+    if (!this->start_status().ok()) {
+      this->End(this->start_status());
+      return;
+    }
+    ReadNext();
+  }
+  virtual absl::Status TakeHeader(const Request& first) = 0;
+  virtual absl::Status TakeChunk(const v1::FileChunk& chunk) = 0;
+  // The client half-closed the stream (or cancelled it).
+  virtual void EndOfStream() = 0;
+
+ private:
+  void ReadNext() {
+    this->WaitingOnClient(true);
+    this->StartRead(&request_);
+  }
+  absl::Status TakeChunkMessage() {
+    if (!request_.has_chunk()) {
+      return absl::InvalidArgumentError("only the first message may carry the header");
+    }
+    this->Progress(static_cast<int64_t>(request_.chunk().data().size()));
+    return TakeChunk(request_.chunk());
+  }
+
+  Request request_;  // the one message in flight
+  bool header_seen_ = false;
 };
 
 }  // namespace miseg

@@ -7,9 +7,11 @@
 #include <optional>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
+#include "core/train/blas.h"
 #include "core/train/trainer.h"
 #include "server/convert.h"
 #include "server/ingest.h"
@@ -17,11 +19,6 @@
 
 namespace miseg {
 namespace {
-
-bool IsTerminal(StoredJobState state) {
-  return state == StoredJobState::kSucceeded || state == StoredJobState::kFailed ||
-         state == StoredJobState::kCancelled;
-}
 
 v1::JobEvent StateChange(v1::JobState state, int64_t step, const std::string& message) {
   v1::JobEvent event;
@@ -46,6 +43,16 @@ absl::Status JobRunner::Start() {
   if (ec) {
     return absl::InternalError(
         absl::StrCat("cannot create ", options_.work_dir, ": ", ec.message()));
+  }
+  const int cpu_workers = static_cast<int>(
+      std::count_if(options_.devices.begin(), options_.devices.end(),
+                    [](const std::string& d) { return absl::StartsWith(d, "cpu"); }));
+  if (cpu_workers > 1) {
+    if (const BlasInfo blas = DescribeBlas(); !blas.thread_safe) {
+      Log(absl::StrCat("warning: ", cpu_workers, " CPU training workers share a BLAS that is "
+                       "not thread safe (", blas.config, "): jobs running at once may change "
+                       "each other's results; see core/train/blas.h"));
+    }
   }
   ASSIGN_OR_RETURN(int requeued, store_->RequeueRunningJobs());
   (void)requeued;

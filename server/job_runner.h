@@ -7,7 +7,9 @@
 //
 // Jobs on different workers are independent: every random draw of a job comes from
 // generators its trainer owns, seeded from the job's seed, so two jobs run at once give
-// the same results as each run alone (with the same training_threads).
+// the same results as each run alone (with the same training_threads), provided the BLAS
+// may be called from two threads at once (core/train/blas.h: Debian's serial OpenBLAS may
+// not; Start logs a warning when several CPU workers would share it).
 #ifndef MISEG_SERVER_JOB_RUNNER_H_
 #define MISEG_SERVER_JOB_RUNNER_H_
 
@@ -58,15 +60,15 @@ class JobRunner {
   JobRunner& operator=(const JobRunner&) = delete;
 
   // Requeues jobs a crash left running and starts the workers.
-  absl::Status Start();
+  absl::Status Start() ABSL_LOCKS_EXCLUDED(workers_mutex_);
   // A job was queued.
-  void Wake();
+  void Wake() ABSL_LOCKS_EXCLUDED(mutex_);
   // Cancel a running job within a step (the store already has cancel_requested).
-  void CancelRunning(int64_t job_id);
+  void CancelRunning(int64_t job_id) ABSL_LOCKS_EXCLUDED(mutex_);
   // SIGTERM: running jobs stop within a step, checkpoint and go back to the queue; the
   // workers exit. RequestStop returns at once; Shutdown blocks until the workers have exited.
-  void RequestStop();
-  void Shutdown();
+  void RequestStop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void Shutdown() ABSL_LOCKS_EXCLUDED(workers_mutex_, mutex_);
 
   // Appends one event to a job's history and wakes watchers.
   absl::Status AppendEvent(int64_t job_id, int64_t step, v1::JobEvent event);

@@ -43,31 +43,13 @@ void FillSummary(const SegmentationResult& result, v1::SegmentSummary* s) {
 }
 
 class SegmentReactor final
-    : public EdgeReactor<grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse>> {
+    : public ChunkedInputReactor<grpc::ServerBidiReactor<v1::SegmentRequest, v1::SegmentResponse>,
+                                 v1::SegmentRequest> {
  public:
   SegmentReactor(const ServiceDeps& deps, grpc::CallbackServerContext* context)
-      : EdgeReactor(deps, context, {"Segment", Permission::kSegment, /*needs_slot=*/true}),
+      : ChunkedInputReactor(deps, context, {"Segment", Permission::kSegment, /*needs_slot=*/true}),
         receiver_(deps.files, ChunkLimits{deps.max_request_bytes, deps.max_files}) {
-    if (!start_status().ok()) {
-      End(start_status());
-      return;
-    }
-    ReadNext();
-  }
-
-  void OnReadDone(bool ok) override {
-    WaitingOnClient(false);
-    if (ended()) return;
-    if (!ok) {
-      Submit();
-      return;
-    }
-    absl::Status taken = header_seen_ ? TakeChunk() : TakeHeader();
-    if (!taken.ok()) {
-      End(taken);
-      return;
-    }
-    ReadNext();
+    Begin();
   }
 
   void OnWriteDone(bool ok) override {
@@ -82,38 +64,30 @@ class SegmentReactor final
   }
 
  private:
-  void ReadNext() {
-    WaitingOnClient(true);
-    StartRead(&request_);
-  }
-
-  absl::Status TakeHeader() {
-    if (!request_.has_header()) {
+  absl::Status TakeHeader(const v1::SegmentRequest& first) override {
+    if (!first.has_header()) {
       return absl::InvalidArgumentError("the first message must carry the segment header");
     }
-    const v1::SegmentHeader& header = request_.header();
+    const v1::SegmentHeader& header = first.header();
     job_.dataset = header.dataset();
     job_.model_id = header.model_id();
     job_.stored_series_uid = header.stored_series_instance_uid();
     if (job_.dataset.empty()) return absl::InvalidArgumentError("dataset is required");
-    header_seen_ = true;
+    header_ok_ = true;
     return absl::OkStatus();
   }
 
-  absl::Status TakeChunk() {
-    if (!request_.has_chunk()) {
-      return absl::InvalidArgumentError("only the first message may carry the header");
-    }
-    const v1::FileChunk& chunk = request_.chunk();
-    Progress(static_cast<int64_t>(chunk.data().size()));
+  absl::Status TakeChunk(const v1::FileChunk& chunk) override {
     return receiver_.AddChunk(chunk.file_name(), chunk.data(), chunk.last_chunk());
   }
+
+  void EndOfStream() override { Submit(); }
 
   absl::Status PrepareJob() {
     if (context_->IsCancelled()) {
       return absl::CancelledError("the client cancelled the stream; nothing was stored");
     }
-    if (!header_seen_) {
+    if (!header_ok_) {
       return absl::InvalidArgumentError("the first message must carry the segment header");
     }
     RETURN_IF_ERROR(receiver_.EndOfStream());
@@ -181,13 +155,12 @@ class SegmentReactor final
     StartWrite(&response_);
   }
 
-  v1::SegmentRequest request_;  // the one message in flight
   FileReceiver receiver_;
   SegmentationJob job_;
   SegmentationResult result_;
   std::ifstream seg_;
   v1::SegmentResponse response_;  // the one message being written
-  bool header_seen_ = false;
+  bool header_ok_ = false;
   bool summary_sent_ = false;
 };
 

@@ -85,6 +85,8 @@ ABSL_FLAG(double, stream_idle_timeout_seconds, 30,
 ABSL_FLAG(int64_t, stream_min_progress_kib, 64,
           "Least data a client must send or take per idle window to keep its stream");
 ABSL_FLAG(int, ingest_threads, 2, "Threads that check and commit finished uploads");
+ABSL_FLAG(int, stream_window_kib, 1024,
+          "HTTP/2 receive window of each stream: the most a client's unread data may take");
 
 namespace miseg {
 namespace {
@@ -252,6 +254,12 @@ int Run() {
   builder.AddListeningPort(listen, *credentials, &grpc_port);
   // Uploads stream in chunks; a single message only needs room for one chunk.
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // Bounded receive windows: with gRPC's bandwidth-delay probing, each stream's window grew
+  // on loopback until 8 uploads of 256 MiB held about 500 MiB in transport buffers (measured
+  // with bench/load.sh). A stream's bytes now wait in the client, not in this process.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             absl::GetFlag(FLAGS_stream_window_kib) << 10);
   std::vector<std::unique_ptr<grpc::Service>> services = MakeServices(deps);
   for (auto& service : services) builder.RegisterService(service.get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -12,45 +12,22 @@
 namespace miseg {
 namespace {
 
-class UploadReactor final : public EdgeReactor<grpc::ServerReadReactor<v1::UploadRequest>> {
+class UploadReactor final
+    : public ChunkedInputReactor<grpc::ServerReadReactor<v1::UploadRequest>, v1::UploadRequest> {
  public:
   UploadReactor(const ServiceDeps& deps, grpc::CallbackServerContext* context,
                 v1::UploadResponse* response)
-      : EdgeReactor(deps, context, {"Upload", Permission::kUpload, /*needs_slot=*/true}),
+      : ChunkedInputReactor(deps, context, {"Upload", Permission::kUpload, /*needs_slot=*/true}),
         response_(response) {
-    if (!start_status().ok()) {
-      End(start_status());
-      return;
-    }
-    ReadNext();
-  }
-
-  void OnReadDone(bool ok) override {
-    WaitingOnClient(false);
-    if (ended()) return;
-    if (!ok) {
-      EndOfStream();
-      return;
-    }
-    absl::Status taken = session_ ? TakeChunk() : TakeHeader();
-    if (!taken.ok()) {
-      End(taken);  // the session's staged files go with the reactor
-      return;
-    }
-    ReadNext();
+    Begin();
   }
 
  private:
-  void ReadNext() {
-    WaitingOnClient(true);
-    StartRead(&request_);
-  }
-
-  absl::Status TakeHeader() {
-    if (!request_.has_header()) {
+  absl::Status TakeHeader(const v1::UploadRequest& first) override {
+    if (!first.has_header()) {
       return absl::InvalidArgumentError("the first message must carry the upload header");
     }
-    const v1::UploadHeader& header = request_.header();
+    const v1::UploadHeader& header = first.header();
     if (header.role() != v1::STUDY_ROLE_LABELED && header.role() != v1::STUDY_ROLE_UNLABELED &&
         header.role() != v1::STUDY_ROLE_VALIDATION) {
       return absl::InvalidArgumentError("role must be LABELED, UNLABELED or VALIDATION");
@@ -64,16 +41,11 @@ class UploadReactor final : public EdgeReactor<grpc::ServerReadReactor<v1::Uploa
     return absl::OkStatus();
   }
 
-  absl::Status TakeChunk() {
-    if (!request_.has_chunk()) {
-      return absl::InvalidArgumentError("only the first message may carry the header");
-    }
-    const v1::FileChunk& chunk = request_.chunk();
-    Progress(static_cast<int64_t>(chunk.data().size()));
+  absl::Status TakeChunk(const v1::FileChunk& chunk) override {
     return session_->AddChunk(chunk.file_name(), chunk.data(), chunk.last_chunk());
   }
 
-  void EndOfStream() {
+  void EndOfStream() override {
     if (context_->IsCancelled()) {
       End(absl::CancelledError("the client cancelled the stream; nothing was stored"));
       return;
@@ -123,7 +95,6 @@ class UploadReactor final : public EdgeReactor<grpc::ServerReadReactor<v1::Uploa
   }
 
   v1::UploadResponse* const response_;
-  v1::UploadRequest request_;  // the one message in flight
   std::string dataset_name_;
   std::unique_ptr<IngestSession> session_;
 };

@@ -5,7 +5,12 @@
 // that determines the next step, so a resumed run continues exactly as if never stopped.
 //
 // Torch-free header. Thread safety: one thread drives a Trainer; `cancel` may be set from
-// any thread and is honoured between steps.
+// any thread and is honoured between steps. Trainers on different threads are independent:
+// every random draw (initial weights, sampling, augmentation, perturbations, noise) comes
+// from generators the trainer owns, seeded from config.seed and saved in checkpoints, never
+// from LibTorch's global generator. (config.threads still sets LibTorch's intra-op thread
+// count, which is per calling thread under OpenMP but process-wide for other backends; and
+// the BLAS underneath must itself be thread safe, see core/train/blas.h.)
 #ifndef MISEG_CORE_TRAIN_TRAINER_H_
 #define MISEG_CORE_TRAIN_TRAINER_H_
 
