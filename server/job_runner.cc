@@ -48,7 +48,7 @@ absl::Status JobRunner::Start() {
       std::count_if(options_.devices.begin(), options_.devices.end(),
                     [](const std::string& d) { return absl::StartsWith(d, "cpu"); }));
   if (cpu_workers > 1) {
-    if (const BlasInfo blas = DescribeBlas(); !blas.thread_safe) {
+    if (const BlasInfo blas = DescribeBlas(); !BlasSafeForThreads(blas)) {
       Log(absl::StrCat("warning: ", cpu_workers, " CPU training workers share a BLAS that is "
                        "not thread safe (", blas.config, "): jobs running at once may change "
                        "each other's results; see core/train/blas.h"));

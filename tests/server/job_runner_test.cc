@@ -389,7 +389,7 @@ TEST_F(JobRunnerTest, StopCheckpointsAndRequeuesAndTheNextStartResumesExactly) {
 // Skipped where the BLAS is not thread safe: there two jobs at once corrupt each other's
 // arithmetic (5 runs in 30 differed with Debian's serial OpenBLAS; core/train/blas.h).
 TEST_F(JobRunnerTest, TwoJobsOnTwoWorkersAtOnceEqualTheSameJobsOneAfterTheOther) {
-  if (const BlasInfo blas = DescribeBlas(); !blas.thread_safe) {
+  if (const BlasInfo blas = DescribeBlas(); !BlasSafeForThreads(blas)) {
     GTEST_SKIP() << "the BLAS is not thread safe (" << blas.config
                  << "): jobs running at once corrupt each other's results whatever their "
                     "random generators; see core/train/blas.h";

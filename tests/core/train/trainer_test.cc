@@ -169,7 +169,7 @@ absl::StatusOr<std::vector<StepMetrics>> TrainAndRecord(const TrainerConfig& con
 // arithmetic is the same alone and together. Skipped where the BLAS is not thread safe,
 // since there the two corrupt each other's arithmetic (core/train/blas.h).
 TEST(Trainer, TrainersOnTwoThreadsEqualTheSameTrainersOneAfterTheOther) {
-  if (const BlasInfo blas = DescribeBlas(); !blas.thread_safe) {
+  if (const BlasInfo blas = DescribeBlas(); !BlasSafeForThreads(blas)) {
     GTEST_SKIP() << "the BLAS is not thread safe (" << blas.config
                  << "): trainers running at once corrupt each other's results whatever their "
                     "random generators; see core/train/blas.h";
