@@ -1,13 +1,12 @@
 #include "client/client.h"
 
-#include <condition_variable>
 #include <cstdlib>
-#include <mutex>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 
 namespace miseg::client {
@@ -161,19 +160,15 @@ absl::Status Client::Health() {
   state_->Prepare(&context, std::chrono::seconds(10));
   grpc::Slice empty("");
   grpc::ByteBuffer request(&empty, 1), response;
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
+  // Written by the callback before Notify, read after WaitForNotification (which orders it).
   grpc::Status status;
+  absl::Notification done;
   generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
                     &response, [&](grpc::Status s) {
-                      std::lock_guard<std::mutex> lock(mutex);
                       status = std::move(s);
-                      done = true;
-                      done_cv.notify_all();
+                      done.Notify();
                     });
-  std::unique_lock<std::mutex> lock(mutex);
-  done_cv.wait(lock, [&] { return done; });
+  done.WaitForNotification();
   if (!status.ok()) return FromGrpc(status);
   std::vector<grpc::Slice> slices;
   std::string bytes;

@@ -10,7 +10,8 @@ packages=(
   # training core
   libtorch-dev libabsl-dev libgloo-dev
   # libopenblas0-serial, not the pthread variant: with the pthread one, civetweb
-  # (under prometheus-cpp's Exposer) cannot start its threads (measured here).
+  # (under prometheus-cpp's Exposer) cannot start its threads (measured here). The serial
+  # build is not thread safe; core/train/blas.cc serialises LibTorch's calls into it.
   libopenblas0-serial
   # server, client, DICOM
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libdcmtk-dev dcmtk
@@ -18,6 +19,8 @@ packages=(
   # tests
   libgtest-dev libgmock-dev clang libclang-rt-14-dev dicom3tools orthanc orthanc-dicomweb
   prometheus python3-pydicom python3-grpcio
+  # the CLI on a real terminal (tests/client/cli_screen_e2e_test.py)
+  tmux
 )
 
 missing=()

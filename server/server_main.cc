@@ -2,7 +2,7 @@
 // --data_dir, gRPC on loopback, metrics on loopback. Listening elsewhere needs TLS and a
 // token file, or --allow_insecure_remote. SIGTERM/SIGINT: stop accepting calls, let
 // running ones finish (up to --shutdown_grace_seconds), checkpoint the running job and put
-// it back in the queue, exit 0.
+// it back in the queue, exit 0. One server per --data_dir: a second exits 2 (DirLock).
 #include <signal.h>
 #include <unistd.h>
 
@@ -47,6 +47,7 @@
 #include "server/tls.h"
 #include "server/work_pool.h"
 #include "server/rpc_edge.h"
+#include "server/store/dir_lock.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 
@@ -157,6 +158,13 @@ int Run() {
   if (ec) {
     Log(absl::StrCat("cannot create ", data_dir, ": ", ec.message()));
     return 1;
+  }
+  // Held until exit, and taken before anything in the directory is read: a second server
+  // would requeue the job this one runs and remove the files its uploads are staging.
+  absl::StatusOr<DirLock> dir_lock = DirLock::Acquire(data_dir, DirLock::Mode::kExclusive);
+  if (!dir_lock.ok()) {
+    Log(std::string(dir_lock.status().message()));
+    return absl::IsFailedPrecondition(dir_lock.status()) ? 2 : 1;
   }
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(data_dir + "/miseg.db");
   if (!store.ok()) {

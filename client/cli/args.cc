@@ -8,7 +8,7 @@ namespace miseg::cli {
 
 const std::set<std::string>& GlobalFlags() {
   static const std::set<std::string> flags = {
-      "address", "token", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "json", "quiet", "help"};
+      "address", "token", "tls-ca", "tls-cert", "tls-key", "tls-server-name", "json", "output", "quiet", "help"};
   return flags;
 }
 
@@ -17,6 +17,18 @@ absl::StatusOr<Args> Args::Parse(int argc, char** argv, const std::set<std::stri
   bool only_positional = false;
   for (int i = 1; i < argc; ++i) {
     std::string word = argv[i];
+    // -o FORMAT, the one short flag: the same as --output FORMAT.
+    if (!only_positional && (word == "-o" || (absl::StartsWith(word, "-o") && word.size() > 2 &&
+                                              word[2] != '-'))) {
+      if (word.size() > 2) {
+        args.flags_["output"] = word.substr(2);
+      } else if (i + 1 < argc) {
+        args.flags_["output"] = argv[++i];
+      } else {
+        return absl::InvalidArgumentError("-o needs a value: json, wide or text");
+      }
+      continue;
+    }
     if (only_positional || !absl::StartsWith(word, "--") || word == "-") {
       args.positional_.push_back(word);
       continue;

@@ -1,12 +1,16 @@
 #include "client/cli/commands.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "client/cli/local_files.h"
 #include "client/cli/output.h"
+#include "client/cli/terminal.h"
 #include "client/client.h"
 #include "client/render/overlay.h"
 #include "client/render/plot.h"
@@ -45,6 +50,8 @@ struct Context {
   const Args& args;
   bool json = false;
   bool quiet = false;
+  bool wide = false;         // --wide or -o wide: listings with full UIDs, nothing cut
+  bool stdout_colour = false;
   std::unique_ptr<Client> client;
 };
 
@@ -53,6 +60,24 @@ void Print(const Context& c, const std::string& line) {
   fprintf(stdout, "%s\n", line.c_str());
   // Line by line even into a pipe or file: someone may be following the output.
   fflush(stdout);
+}
+
+// The width of the terminal on stdout, read at each use so that output follows a resize;
+// 0 when stdout is not a terminal.
+int StdoutColumns() { return TerminalColumns(STDOUT_FILENO); }
+
+void PrintLines(const Context& c, const std::vector<std::string>& lines) {
+  for (const std::string& line : lines) Print(c, line);
+}
+
+// A listing as the user asked for it: UIDs shortened unless wide, and on a terminal the
+// last column cut to the terminal's width.
+void PrintTable(const Context& c, const Table& table) {
+  TableOptions options;
+  options.wide = c.wide;
+  options.colour = c.stdout_colour;
+  options.max_width = StdoutColumns();
+  PrintLines(c, table.Render(options));
 }
 
 absl::StatusOr<v1::StudyRole> ParseRole(const std::string& role) {
@@ -82,14 +107,29 @@ std::string StateName(v1::JobState state) {
   }
 }
 
-std::string TimeOf(int64_t unix_ms) {
-  if (unix_ms <= 0) return "-";
-  const time_t seconds = static_cast<time_t>(unix_ms / 1000);
-  std::tm utc;
-  gmtime_r(&seconds, &utc);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%SZ", &utc);
-  return text;
+Colour StateColour(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_RUNNING: return Colour::kCyan;
+    case v1::JOB_STATE_SUCCEEDED: return Colour::kGreen;
+    case v1::JOB_STATE_FAILED: return Colour::kRed;
+    case v1::JOB_STATE_CANCELLED: return Colour::kYellow;
+    default: return Colour::kNone;
+  }
+}
+
+// The one form of a job's state for people, in every command: "job 7 queued",
+// "job 7 running: resumed from step 5 on cpu", "job 7 cancelled before it started",
+// "job 7 succeeded: model 3 (version 1)". A detail that only repeats the state is left out;
+// one that starts with it replaces it.
+std::string JobStateLine(int64_t job_id, v1::JobState state, const std::string& detail,
+                         bool colour) {
+  const std::string name = StateName(state);
+  const std::string painted = Paint(name, StateColour(state), colour);
+  if (detail.empty() || detail == name) return absl::StrCat("job ", job_id, " ", painted);
+  if (absl::StartsWith(detail, name + " ")) {
+    return absl::StrCat("job ", job_id, " ", painted, detail.substr(name.size()));
+  }
+  return absl::StrCat("job ", job_id, " ", painted, ": ", detail);
 }
 
 absl::StatusOr<int64_t> IdArgument(const Args& args, size_t index, const std::string& usage) {
@@ -145,7 +185,7 @@ void PrintDataset(const Context& c, const v1::Dataset& d) {
   Print(c, absl::StrFormat("stored      %d instances, %s", d.instances(),
                            HumanBytes(static_cast<double>(d.stored_bytes()))));
   Print(c, absl::StrCat("active      ", d.active_model_id() ? absl::StrCat("model ", d.active_model_id()) : "no model yet"));
-  Print(c, absl::StrCat("created     ", TimeOf(d.created_unix_ms())));
+  Print(c, absl::StrCat("created     ", HumanAge(d.created_unix_ms())));
 }
 
 absl::Status Datasets(Context& c) {
@@ -161,17 +201,18 @@ absl::Status Datasets(Context& c) {
     return absl::OkStatus();
   }
   if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({}));
+    RETURN_IF_ERROR(c.args.Allow({"wide"}));
     ASSIGN_OR_RETURN(std::vector<v1::Dataset> list, c.client->ListDatasets());
     if (c.json) return Print(c, JsonArray("datasets", list)), absl::OkStatus();
-    Print(c, absl::StrFormat("%-20s %-4s %8s %10s %11s %10s %10s %7s", "NAME", "MOD", "LABELED",
-                             "UNLABELED", "VALIDATION", "INSTANCES", "SIZE", "ACTIVE"));
+    Table table({{"NAME"}, {"MOD"}, {"LABELED", true}, {"UNLABELED", true}, {"VALID", true},
+                 {"INSTANCES", true}, {"SIZE", true}, {"MODEL", true}});
     for (const v1::Dataset& d : list) {
-      Print(c, absl::StrFormat("%-20s %-4s %8d %10d %11d %10d %10s %7s", d.name(), d.modality(),
-                               d.labeled_studies(), d.unlabeled_studies(), d.validation_studies(),
-                               d.instances(), HumanBytes(static_cast<double>(d.stored_bytes())),
-                               d.active_model_id() ? absl::StrCat(d.active_model_id()) : "-"));
+      table.AddRow({{d.name()}, {d.modality()}, {absl::StrCat(d.labeled_studies())},
+                    {absl::StrCat(d.unlabeled_studies())}, {absl::StrCat(d.validation_studies())},
+                    {absl::StrCat(d.instances())}, {HumanBytes(static_cast<double>(d.stored_bytes()))},
+                    {d.active_model_id() ? absl::StrCat(d.active_model_id()) : "-"}});
     }
+    PrintTable(c, table);
     return absl::OkStatus();
   }
   if (verb == "show") {
@@ -188,7 +229,7 @@ absl::Status Datasets(Context& c) {
 // upload, studies
 
 absl::Status Upload(Context& c, bool* refused_any) {
-  RETURN_IF_ERROR(c.args.Allow({"role"}));
+  RETURN_IF_ERROR(c.args.Allow({"role", "wide"}));
   if (c.args.positional().size() < 3 || !c.args.Has("role")) {
     return UsageError("miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation");
   }
@@ -203,19 +244,41 @@ absl::Status Upload(Context& c, bool* refused_any) {
   std::vector<std::pair<std::string, std::vector<DicomBuffer>>> batches;
   for (LocalStudy& s : local.studies) batches.emplace_back(s.series_instance_uid, std::move(s.files));
   if (!local.others.empty()) batches.emplace_back("", std::move(local.others));
+  // The series of this upload, shortened so that they stay unique among themselves.
+  std::map<std::string, std::string> short_uid;
+  {
+    std::vector<std::string> uids;
+    for (const auto& batch : batches) {
+      if (!batch.first.empty()) uids.push_back(batch.first);
+    }
+    const std::vector<std::string> shorts = c.wide ? uids : ShortenUnique(uids);
+    for (size_t i = 0; i < uids.size(); ++i) short_uid[uids[i]] = shorts[i];
+  }
+  auto uid_for_people = [&](const std::string& uid) {
+    auto it = short_uid.find(uid);
+    return it == short_uid.end() || c.wide ? uid : it->second;
+  };
 
   ProgressBar bar("upload", !c.json && !c.quiet);
+  auto show_progress = [&](int64_t sent) {
+    const double elapsed = bar.ElapsedSeconds();
+    const double rate = elapsed > 0.5 ? static_cast<double>(sent) / elapsed : 0;
+    bar.Update(sent, local.bytes,
+               absl::StrCat(HumanBytes(static_cast<double>(sent)), " / ",
+                            HumanBytes(static_cast<double>(local.bytes))),
+               {{rate > 0 ? absl::StrCat(HumanBytes(rate), "/s") : "", /*keep=*/1},
+                {rate > 0 && sent < local.bytes
+                     ? absl::StrCat("ETA ", HumanDuration((local.bytes - sent) / rate))
+                     : "",
+                 /*keep=*/2}});
+  };
   int64_t sent_before = 0;
   int64_t stored = 0, duplicate = 0, refused = 0;
   std::vector<v1::UploadResponse> responses;
   for (auto& [series, batch] : batches) {
     int64_t batch_bytes = 0;
     for (const DicomBuffer& f : batch) batch_bytes += static_cast<int64_t>(f.bytes.size());
-    auto progress = [&](int64_t done, int64_t) {
-      bar.Update(sent_before + done, local.bytes,
-                 absl::StrCat(HumanBytes(static_cast<double>(sent_before + done)), " / ",
-                              HumanBytes(static_cast<double>(local.bytes))));
-    };
+    auto progress = [&](int64_t done, int64_t) { show_progress(sent_before + done); };
     ASSIGN_OR_RETURN(v1::UploadResponse response, c.client->Upload(dataset, role, batch, progress));
     sent_before += batch_bytes;
     stored += response.stored_instances();
@@ -224,13 +287,14 @@ absl::Status Upload(Context& c, bool* refused_any) {
     if (!c.json) {
       bar.Clear();
       for (const v1::Study& s : response.stored()) {
-        Print(c, absl::StrFormat("stored     %s  %s, %d slices%s", s.series_instance_uid(),
+        Print(c, absl::StrFormat("stored     %s  %s, %d slices%s", uid_for_people(s.series_instance_uid()),
                                  RoleName(s.role()), s.slices(),
                                  s.segmentation_sop_instance_uid().empty() ? "" : " + SEG"));
       }
       if (response.stored_size() == 0 && response.duplicate_instances() > 0 &&
           response.refused_instances() == 0) {
-        Print(c, absl::StrCat("duplicate  ", series.empty() ? "files" : series, "  already stored"));
+        Print(c, absl::StrCat("duplicate  ", series.empty() ? "files" : uid_for_people(series),
+                              "  already stored"));
       }
       std::map<std::string, int> reasons;  // one line per distinct reason
       for (const v1::InstanceResult& r : response.results()) {
@@ -245,6 +309,8 @@ absl::Status Upload(Context& c, bool* refused_any) {
     }
     responses.push_back(std::move(response));
   }
+  // The bar as it ended stays above the summary.
+  show_progress(sent_before);
   bar.Finish();
   *refused_any = refused > 0;
   if (c.json) {
@@ -259,7 +325,7 @@ absl::Status Upload(Context& c, bool* refused_any) {
 absl::Status Studies(Context& c) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
   if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({"role"}));
+    RETURN_IF_ERROR(c.args.Allow({"role", "wide"}));
     ASSIGN_OR_RETURN(std::string dataset, WordArgument(c.args, 2, "miseg studies list DATASET [--role R]"));
     v1::StudyRole role = v1::STUDY_ROLE_UNSPECIFIED;
     if (c.args.Has("role")) {
@@ -267,12 +333,14 @@ absl::Status Studies(Context& c) {
     }
     ASSIGN_OR_RETURN(std::vector<v1::Study> list, c.client->ListStudies(dataset, role));
     if (c.json) return Print(c, JsonArray("studies", list)), absl::OkStatus();
-    Print(c, absl::StrFormat("%-66s %-10s %-3s %6s %9s %4s", "SERIES", "ROLE", "MOD", "SLICES", "MATRIX", "SEG"));
+    Table table({{"SERIES", false, /*uid=*/true}, {"ROLE"}, {"MOD"}, {"SLICES", true},
+                 {"MATRIX", true}, {"SEG"}});
     for (const v1::Study& s : list) {
-      Print(c, absl::StrFormat("%-66s %-10s %-3s %6d %4dx%-4d %4s", s.series_instance_uid(),
-                               RoleName(s.role()), s.modality(), s.slices(), s.rows(), s.columns(),
-                               s.segmentation_sop_instance_uid().empty() ? "-" : "yes"));
+      table.AddRow({{s.series_instance_uid()}, {RoleName(s.role())}, {s.modality()},
+                    {absl::StrCat(s.slices())}, {absl::StrCat(s.rows(), "x", s.columns())},
+                    {s.segmentation_sop_instance_uid().empty() ? "-" : "yes"}});
     }
+    PrintTable(c, table);
     return absl::OkStatus();
   }
   if (verb == "delete") {
@@ -377,7 +445,8 @@ void PrintJob(const Context& c, const v1::Job& j) {
   if (c.json) return Print(c, ToJson(j));
   const v1::Hyperparameters& h = j.hyperparameters();
   Print(c, absl::StrCat("job         ", j.id(), " on dataset ", j.dataset()));
-  Print(c, absl::StrCat("state       ", StateName(j.state()), j.error().empty() ? "" : ": " + j.error()));
+  Print(c, absl::StrCat("state       ", Paint(StateName(j.state()), StateColour(j.state()), c.stdout_colour),
+                        j.error().empty() ? "" : ": " + j.error()));
   Print(c, absl::StrFormat("progress    step %d of %d%s", j.step(), j.total_steps(),
                            j.resumes() ? absl::StrCat(" (resumed ", j.resumes(), "x)") : ""));
   Print(c, absl::StrFormat("studies     %d labeled, %d unlabeled, %d validation",
@@ -390,11 +459,40 @@ void PrintJob(const Context& c, const v1::Job& j) {
                            h.labeled_batch(), h.unlabeled_batch(), h.seed()));
   Print(c, absl::StrCat("device      ", j.device().empty() ? "-" : j.device()));
   Print(c, absl::StrCat("model       ", j.model_id() ? absl::StrCat(j.model_id()) : "-"));
-  Print(c, absl::StrCat("created     ", TimeOf(j.created_unix_ms()), "   finished ", TimeOf(j.finished_unix_ms())));
+  Print(c, absl::StrCat("created     ", HumanAge(j.created_unix_ms())));
+  Print(c, absl::StrCat("finished    ", HumanAge(j.finished_unix_ms())));
+}
+
+// Prints a line made of fields for people; on a terminal wrapped to its width between
+// fields (continuation lines indented), so that nothing wraps by itself under the bar.
+void PrintFields(const Context& c, const std::vector<std::string>& fields,
+                 absl::string_view separator = "  ") {
+  const int columns = StdoutColumns();
+  if (columns <= 0) return Print(c, absl::StrJoin(fields, separator));
+  PrintLines(c, WrapFields(fields, columns, /*indent=*/4, separator));
+}
+
+void PrintJobState(const Context& c, int64_t job_id, v1::JobState state, const std::string& detail) {
+  const int columns = StdoutColumns();
+  if (columns <= 0) return Print(c, JobStateLine(job_id, state, detail, c.stdout_colour));
+  // Wrapped between words as plain text, then the state word coloured where it stands.
+  const std::vector<std::string> words =
+      absl::StrSplit(JobStateLine(job_id, state, detail, false), ' ', absl::SkipEmpty());
+  std::vector<std::string> lines = WrapFields(words, columns, /*indent=*/4, " ");
+  const std::string name = StateName(state);
+  const std::string head = absl::StrCat("job ", job_id, " ", name);
+  if (c.stdout_colour && absl::StartsWith(lines[0], head)) {
+    lines[0] = absl::StrCat("job ", job_id, " ", Paint(name, StateColour(state), true),
+                            lines[0].substr(head.size()));
+  }
+  PrintLines(c, lines);
 }
 
 // Follows a job on the terminal (or as JSON lines). Returns the job's final state.
-absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_step) {
+// already_shown: a state the caller has just printed, not repeated when the stream opens
+// with it.
+absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_step,
+                                      std::optional<v1::JobState> already_shown = std::nullopt) {
   ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(job_id));
   std::vector<std::string> class_names;
   if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(job.dataset()); d.ok()) {
@@ -403,7 +501,6 @@ absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_s
   ProgressBar bar(absl::StrCat("job ", job_id), !c.json && !c.quiet);
   const bool terminal = bar.enabled();
   v1::JobState final_state = job.state();
-  int64_t total = job.total_steps();
   // Rate over the steps seen live, not the replayed history.
   auto rate_start = std::chrono::steady_clock::now();
   int64_t rate_start_step = -1;
@@ -422,7 +519,6 @@ absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_s
       Print(c, ToJson(e));
     } else if (e.has_step()) {
       const v1::StepEvent& s = e.step();
-      total = s.total_steps();
       const auto now = std::chrono::steady_clock::now();
       // Events stamped more than 2 s ago are history being replayed.
       const bool live = std::abs(static_cast<double>(e.unix_ms()) -
@@ -435,36 +531,57 @@ absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_s
       const double elapsed = std::chrono::duration<double>(now - rate_start).count();
       const double rate = rate_start_step >= 0 && elapsed > 0.5 ? (s.step() - rate_start_step) / elapsed
                                                                : s.steps_per_second();
-      const std::string losses = absl::StrFormat(
-          "loss %.4f  sup %.4f  cons %.4f  mi %.4f", s.loss(), s.supervised(), s.consistency(),
-          s.mutual_information());
       if (terminal) {
-        bar.Update(s.step(), s.total_steps(),
-                   absl::StrFormat("step %d/%d  %.2f steps/s  ETA %s  %s", s.step(), s.total_steps(), rate,
-                                   HumanDuration(rate > 0 ? (s.total_steps() - s.step()) / rate : -1), losses));
+        // What gives way on a narrow terminal: the loss terms (the MI term first), then the
+        // rate, then the ETA.
+        bar.Update(s.step(), s.total_steps(), absl::StrFormat("step %d/%d", s.step(), s.total_steps()),
+                   {{absl::StrFormat("%.2f steps/s", rate), /*keep=*/5},
+                    {s.step() < s.total_steps()
+                         ? absl::StrCat("ETA ", HumanDuration(rate > 0 ? (s.total_steps() - s.step()) / rate : -1))
+                         : "",
+                     /*keep=*/6},
+                    {absl::StrFormat("loss %.4f", s.loss()), /*keep=*/4},
+                    {absl::StrFormat("sup %.4f", s.supervised()), /*keep=*/3},
+                    {absl::StrFormat("cons %.4f", s.consistency()), /*keep=*/2},
+                    {absl::StrFormat("mi %.4f", s.mutual_information()), /*keep=*/1}});
       } else if (!c.quiet && (s.step() - last_logged_step >= std::max<int64_t>(1, s.total_steps() / 20) ||
                               s.step() == s.total_steps())) {
         last_logged_step = s.step();
-        Print(c, absl::StrFormat("step %d/%d  %.2f steps/s  %s", s.step(), s.total_steps(), rate, losses));
+        Print(c, absl::StrFormat("step %d/%d  %.2f steps/s  loss %.4f  sup %.4f  cons %.4f  mi %.4f",
+                                 s.step(), s.total_steps(), rate, s.loss(), s.supervised(),
+                                 s.consistency(), s.mutual_information()));
       }
     } else if (e.has_validation()) {
       bar.Clear();
-      Print(c, absl::StrFormat("step %d  validation Dice  %s  (mean %.3f)", e.validation().step(),
-                               DiceText(e.validation().dice_per_class(), class_names),
-                               e.validation().mean_dice()));
+      std::vector<std::string> fields = {absl::StrCat("step ", e.validation().step()), "validation Dice"};
+      const auto& dice = e.validation().dice_per_class();
+      for (int i = 0; i < dice.size(); ++i) {
+        fields.push_back(absl::StrFormat("%s %.3f",
+                                         static_cast<size_t>(i + 1) < class_names.size()
+                                             ? class_names[i + 1]
+                                             : absl::StrCat("class ", i + 1),
+                                         dice[i]));
+      }
+      fields.push_back(absl::StrFormat("(mean %.3f)", e.validation().mean_dice()));
+      PrintFields(c, fields);
     } else if (e.has_state()) {
-      bar.Clear();
-      final_state = e.state().state();
-      Print(c, absl::StrCat("job ", job_id, ": ", StateName(e.state().state()),
-                            e.state().message().empty() ? "" : " (" + e.state().message() + ")"));
-      if (e.state().message().find("resumed from step") != std::string::npos) {
+      const v1::JobState state = e.state().state();
+      const std::string& detail = e.state().message();
+      const bool repeat = already_shown == state && (detail.empty() || detail == StateName(state));
+      already_shown.reset();
+      if (repeat) return;
+      // The bar stays above the final state, as it ended; otherwise it is redrawn below.
+      const bool ended = state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+                         state == v1::JOB_STATE_CANCELLED;
+      if (ended) bar.Finish(); else bar.Clear();
+      PrintJobState(c, job_id, state, detail);
+      if (detail.find("resumed from step") != std::string::npos) {
         rate_start_step = -1;  // the rate restarts with the resumed run
       }
     }
   });
   bar.Finish();
   RETURN_IF_ERROR(watched);
-  (void)total;
   return final_state;
 }
 
@@ -527,25 +644,26 @@ absl::Status Train(Context& c, bool* job_failed) {
     if (c.json) {
       Print(c, ToJson(job));
     } else {
-      Print(c, absl::StrFormat("started job %d on %s (%d steps)", job.id(), dataset, job.total_steps()));
+      PrintJobState(c, job.id(), job.state(), absl::StrCat(job.total_steps(), " steps on ", dataset));
     }
     if (c.args.Has("watch")) {
-      ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, job.id(), 0));
+      ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, job.id(), 0, job.state()));
       *job_failed = state != v1::JOB_STATE_SUCCEEDED;
     }
     return absl::OkStatus();
   }
   if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({}));
+    RETURN_IF_ERROR(c.args.Allow({"wide"}));
     const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
     ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c.client->ListJobs(dataset));
     if (c.json) return Print(c, JsonArray("jobs", jobs)), absl::OkStatus();
-    Print(c, absl::StrFormat("%5s %-20s %-10s %13s %6s %-21s", "ID", "DATASET", "STATE", "STEP", "MODEL", "CREATED"));
+    Table table({{"ID", true}, {"DATASET"}, {"STATE"}, {"STEP", true}, {"MODEL", true}, {"CREATED"}});
     for (const v1::Job& j : jobs) {
-      Print(c, absl::StrFormat("%5d %-20s %-10s %6d/%-6d %6s %-21s", j.id(), j.dataset(), StateName(j.state()),
-                               j.step(), j.total_steps(), j.model_id() ? absl::StrCat(j.model_id()) : "-",
-                               TimeOf(j.created_unix_ms())));
+      table.AddRow({{absl::StrCat(j.id())}, {j.dataset()}, {StateName(j.state()), StateColour(j.state())},
+                    {absl::StrCat(j.step(), "/", j.total_steps())},
+                    {j.model_id() ? absl::StrCat(j.model_id()) : "-"}, {HumanAge(j.created_unix_ms())}});
     }
+    PrintTable(c, table);
     return absl::OkStatus();
   }
   if (verb == "show") {
@@ -563,10 +681,12 @@ absl::Status Train(Context& c, bool* job_failed) {
     RETURN_IF_ERROR(c.args.Allow({}));
     ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train cancel JOB"));
     ASSIGN_OR_RETURN(v1::Job job, c.client->CancelJob(id));
-    Print(c, c.json ? ToJson(job)
-                    : absl::StrCat("job ", id, job.state() == v1::JOB_STATE_CANCELLED
-                                                   ? " cancelled"
-                                                   : " will stop after its current step"));
+    if (c.json) return Print(c, ToJson(job)), absl::OkStatus();
+    if (job.state() == v1::JOB_STATE_CANCELLED) {
+      PrintJobState(c, id, job.state(), "");
+    } else {
+      Print(c, absl::StrCat("job ", id, " cancelling: stops after its current step"));
+    }
     return absl::OkStatus();
   }
   if (verb == "watch") {
@@ -583,22 +703,32 @@ absl::Status Train(Context& c, bool* job_failed) {
 // ------------------------------------------------------------------------------------------
 // models
 
-void PrintModelLine(const Context& c, const v1::Model& m) {
-  Print(c, absl::StrFormat("%5d %-20s %4d %5d %7d %6.3f  %-6s %s", m.id(), m.dataset(), m.version(), m.job_id(),
-                           m.steps(), m.validation_mean_dice(), m.active() ? "active" : "",
-                           DiceText(m.validation_dice_per_class(),
-                                    std::vector<std::string>(m.class_names().begin(), m.class_names().end()))));
-}
-
 absl::Status Models(Context& c) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
   if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({}));
+    RETURN_IF_ERROR(c.args.Allow({"wide"}));
     const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
     ASSIGN_OR_RETURN(std::vector<v1::Model> models, c.client->ListModels(dataset));
     if (c.json) return Print(c, JsonArray("models", models)), absl::OkStatus();
-    Print(c, absl::StrFormat("%5s %-20s %4s %5s %7s %6s  %-6s %s", "ID", "DATASET", "VER", "JOB", "STEPS", "DICE", "", "PER CLASS"));
-    for (const v1::Model& m : models) PrintModelLine(c, m);
+    // The Dice of each class only with --wide: three classes alone take 60 columns.
+    std::vector<TableColumn> columns = {{"ID", true},     {"DATASET"},        {"VER", true},
+                                        {"JOB", true},    {"STEPS", true},    {"DICE", true},
+                                        {"ACTIVE"},       {"CREATED"}};
+    if (c.wide) columns.push_back({"DICE PER CLASS"});
+    Table table(columns);
+    for (const v1::Model& m : models) {
+      std::vector<TableCell> row = {{absl::StrCat(m.id())}, {m.dataset()}, {absl::StrCat(m.version())},
+                                    {absl::StrCat(m.job_id())}, {absl::StrCat(m.steps())},
+                                    {absl::StrFormat("%.3f", m.validation_mean_dice())},
+                                    {m.active() ? "yes" : "-", m.active() ? Colour::kGreen : Colour::kNone},
+                                    {HumanAge(m.created_unix_ms())}};
+      if (c.wide) {
+        row.push_back({DiceText(m.validation_dice_per_class(),
+                                std::vector<std::string>(m.class_names().begin(), m.class_names().end()))});
+      }
+      table.AddRow(std::move(row));
+    }
+    PrintTable(c, table);
     return absl::OkStatus();
   }
   if (verb == "show" || verb == "promote") {
@@ -620,7 +750,7 @@ absl::Status Models(Context& c) {
                              model->validation_mean_dice()));
     Print(c, absl::StrCat("active      ", model->active() ? "yes" : "no"));
     Print(c, absl::StrCat("size        ", HumanBytes(static_cast<double>(model->size_bytes()))));
-    Print(c, absl::StrCat("created     ", TimeOf(model->created_unix_ms())));
+    Print(c, absl::StrCat("created     ", HumanAge(model->created_unix_ms())));
     return absl::OkStatus();
   }
   return UsageError("miseg models list|show|promote");
@@ -641,7 +771,7 @@ std::string DeliveryStateName(v1::DeliveryState state) {
 absl::Status Deliveries(Context& c) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
   if (verb != "list") return UsageError("miseg deliveries list [--state pending|delivered|failed]");
-  RETURN_IF_ERROR(c.args.Allow({"state"}));
+  RETURN_IF_ERROR(c.args.Allow({"state", "wide"}));
   v1::DeliveryState state = v1::DELIVERY_STATE_UNSPECIFIED;
   if (c.args.Has("state")) {
     const std::string name = c.args.Get("state");
@@ -652,18 +782,21 @@ absl::Status Deliveries(Context& c) {
   }
   ASSIGN_OR_RETURN(std::vector<v1::Delivery> list, c.client->ListDeliveries(state));
   if (c.json) return Print(c, JsonArray("deliveries", list)), absl::OkStatus();
-  Print(c, absl::StrFormat("%5s %-12s %-10s %8s %9s  %-21s %s", "ID", "DESTINATION", "STATE", "ATTEMPTS",
-                           "LATENCY", "RECEIVED", "SOURCE SERIES / LAST ERROR"));
+  Table table({{"ID", true}, {"DESTINATION"}, {"STATE"}, {"ATTEMPTS", true}, {"LATENCY", true},
+               {"RECEIVED"}, {"SOURCE SERIES", false, /*uid=*/true}, {"LAST ERROR"}});
   for (const v1::Delivery& d : list) {
     const std::string latency =
         d.delivered_unix_ms() > 0
             ? absl::StrFormat("%.1f s", (d.delivered_unix_ms() - d.received_unix_ms()) / 1000.0)
             : "-";
-    Print(c, absl::StrFormat("%5d %-12s %-10s %8d %9s  %-21s %s%s", d.id(), d.destination(),
-                             DeliveryStateName(d.state()), d.attempts(), latency,
-                             TimeOf(d.received_unix_ms()), d.source_series_instance_uid(),
-                             d.last_error().empty() ? "" : "  (" + d.last_error() + ")"));
+    const Colour colour = d.state() == v1::DELIVERY_STATE_DELIVERED ? Colour::kGreen
+                          : d.state() == v1::DELIVERY_STATE_FAILED  ? Colour::kRed
+                                                                    : Colour::kNone;
+    table.AddRow({{absl::StrCat(d.id())}, {d.destination()}, {DeliveryStateName(d.state()), colour},
+                  {absl::StrCat(d.attempts())}, {latency}, {HumanAge(d.received_unix_ms())},
+                  {d.source_series_instance_uid()}, {d.last_error().empty() ? "-" : d.last_error()}});
   }
+  PrintTable(c, table);
   return absl::OkStatus();
 }
 
@@ -704,7 +837,10 @@ absl::Status Segment(Context& c) {
   ProgressBar bar("segment", !c.json && !c.quiet);
   ASSIGN_OR_RETURN(client::SegmentResult result,
                    c.client->Segment(header, images, [&](int64_t done, int64_t total) {
-                     bar.Update(done, total, done < total ? "sending" : "segmenting");
+                     bar.Update(done, total, done < total ? "sending" : "segmenting",
+                                {{absl::StrCat(HumanBytes(static_cast<double>(done)), " / ",
+                                               HumanBytes(static_cast<double>(total))),
+                                  /*keep=*/1}});
                    }));
   bar.Finish();
   const std::string out = c.args.Get("out");
@@ -760,7 +896,7 @@ absl::Status Phantom(Context& c) {
     const std::string folder = absl::StrFormat("%s/subject-%03d", out, index);
     RETURN_IF_ERROR(WriteStudyToFolder(study, folder));
     folders.push_back(folder);
-    bar.Update(i + 1, *count);
+    bar.Update(i + 1, *count, absl::StrCat(i + 1, "/", *count));
   }
   bar.Finish();
   if (c.json) {
@@ -785,14 +921,17 @@ std::string Usage() {
       "  miseg datasets list | datasets show NAME\n"
       "  miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation\n"
       "  miseg studies list DATASET [--role R] | studies delete DATASET SERIES_UID\n"
-      "  miseg train start DATASET [--config FILE.json] [--watch] [hyperparameter flags]\n"
-      "  miseg train list [DATASET] | train show JOB [--plot FILE.png] | train cancel JOB\n"
+      "  miseg train start DATASET [--config FILE.json] [--watch] [hyperparameters]\n"
+      "  miseg train list [DATASET] | train show JOB [--plot FILE.png]\n"
+      "  miseg train cancel JOB\n"
       "  miseg train watch JOB [--from-step N]\n"
       "  miseg models list [DATASET] | models show MODEL | models promote MODEL\n"
       "  miseg segment DATASET (FILE_OR_FOLDER... | --stored SERIES_UID) --out SEG.dcm\n"
       "        [--model MODEL] [--overlay FILE.png]\n"
-      "  miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I] [--small]\n"
-      "  miseg deliveries list [--state pending|delivered|failed]   (the DICOM node's outbox)\n"
+      "  miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I]\n"
+      "        [--small]\n"
+      "  miseg deliveries list [--state pending|delivered|failed]\n"
+      "        (the DICOM node's outbox)\n"
       "\n"
       "Hyperparameter flags (unset: the method's defaults):\n";
   for (const HyperparameterFlag& f : HyperparameterFlags()) {
@@ -809,9 +948,16 @@ std::string Usage() {
       "  --tls-cert FILE       MISEG_TLS_CERT  client certificate (mutual TLS)\n"
       "  --tls-key FILE        MISEG_TLS_KEY\n"
       "  --tls-server-name N   MISEG_TLS_SERVER_NAME\n"
-      "Output: --json (one JSON document, or JSON lines for watch), --quiet.\n"
-      "Exit codes: 0 ok, 1 server or connection error (or the watched job did not succeed),\n"
-      "  2 usage error, 3 input refused by the server, 4 authentication or permission refused.\n";
+      "Output:\n"
+      "  --json, -o json   one JSON document (JSON lines for watch), complete\n"
+      "  --wide, -o wide   listings and upload with whole UIDs (otherwise shortened in\n"
+      "                    the middle, 1.2.826\u202658209) and every column\n"
+      "  --quiet           nothing but errors\n"
+      "  Progress bars only on a terminal; colour only there, with TERM not dumb and\n"
+      "  NO_COLOR unset.\n"
+      "Exit codes: 0 ok, 1 server or connection error (or the watched job did not\n"
+      "  succeed), 2 usage error, 3 input refused by the server, 4 authentication or\n"
+      "  permission refused.\n";
   return help;
 }
 
@@ -819,6 +965,17 @@ int RunCommand(const Args& args) {
   Context c{args};
   c.json = args.Has("json");
   c.quiet = args.Has("quiet");
+  if (args.Has("output")) {
+    const std::string output = args.Get("output");
+    if (output == "json") c.json = true;
+    else if (output == "wide") c.wide = true;
+    else if (output != "text") {
+      fprintf(stderr, "miseg: -o is json, wide or text, not '%s' (see miseg help)\n", output.c_str());
+      return kExitUsage;
+    }
+  }
+  c.wide = c.wide || args.Has("wide");
+  c.stdout_colour = ColourWanted(STDOUT_FILENO);
   const std::string& command = args.positional()[0];
   bool refused_input = false, job_failed = false;
 

@@ -16,10 +16,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <condition_variable>
 #include <cstring>
 #include <map>
-#include <mutex>
+#include <mutex>  // std::call_once
 #include <random>
 #include <thread>
 #include <utility>
@@ -40,10 +39,13 @@
 
 #include <curl/curl.h>
 
+#include "absl/base/const_init.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "core/dicom/dicom_util.h"
 #include "core/dicom/series_reader.h"
 
@@ -93,10 +95,8 @@ std::string PeerAddress(int fd) {
 // dcmnet takes an already accepted connection only through the process-wide
 // dcmExternalSocketHandle, which ASC_initializeNetwork and ASC_receiveAssociation read: every
 // use of it (by every StorageScp of the process) holds this lock, and leaves it invalid.
-std::mutex& AdoptedSocketMutex() {
-  static std::mutex mutex;
-  return mutex;
-}
+// It also guards each StorageScp's dcmnet acceptor network (Impl::network).
+ABSL_CONST_INIT absl::Mutex adopted_socket_mutex(absl::kConstInit);
 constexpr DcmNativeSocketType kNoSocket = static_cast<DcmNativeSocketType>(-1);
 
 // The largest A-ASSOCIATE-RQ waited for in full before dcmnet reads it (128 presentation
@@ -171,9 +171,15 @@ struct ScpShared {
 
 }  // namespace
 
+// Thread safety: the listening thread and the connection threads share threads, finished,
+// connections and active, guarded by mutex. network is guarded by adopted_socket_mutex (every
+// StorageScp's connection threads hand it to dcmnet). The options and callbacks (ScpShared),
+// config, listen_fd, the wake pipe, started and listener are written only by Start (before
+// the listening thread starts) and Stop (after the threads that read them are joined): constant
+// for the listening and connection threads. bound_port is atomic.
 struct StorageScp::Impl : ScpShared {
   DcmSharedSCPConfig config;
-  T_ASC_Network* network = nullptr;  // used only with adopted sockets, under the lock
+  T_ASC_Network* network ABSL_GUARDED_BY(adopted_socket_mutex) = nullptr;
   int listen_fd = -1;
   // Written once by Stop and never read: readable from then on, it wakes every poll.
   int wake_read = -1, wake_write = -1;
@@ -182,16 +188,18 @@ struct StorageScp::Impl : ScpShared {
   std::thread listener;
 
   std::atomic<uint64_t> next_association_id{1};
-  std::mutex mutex;                         // guards threads, finished, connections, active
-  std::map<uint64_t, std::thread> threads;  // one per accepted connection
-  std::vector<uint64_t> finished;           // threads that are done, to be joined
-  int connections = 0;                      // connection threads alive
-  int active = 0;                           // associations past negotiation
+  absl::Mutex mutex;
+  // One per accepted connection.
+  std::map<uint64_t, std::thread> threads ABSL_GUARDED_BY(mutex);
+  std::vector<uint64_t> finished ABSL_GUARDED_BY(mutex);  // threads done, to be joined
+  int connections ABSL_GUARDED_BY(mutex) = 0;  // connection threads alive
+  int active ABSL_GUARDED_BY(mutex) = 0;       // associations past negotiation
 
-  void ListenLoop();
-  void RunConnection(uint64_t id, int fd, std::string peer_ip);
+  void ListenLoop() ABSL_LOCKS_EXCLUDED(mutex);
+  void RunConnection(uint64_t id, int fd, std::string peer_ip)
+      ABSL_LOCKS_EXCLUDED(mutex, adopted_socket_mutex);
   bool WaitForAssociateRequest(int fd) const;
-  void ReapFinished();
+  void ReapFinished() ABSL_LOCKS_EXCLUDED(mutex);
   void CloseDescriptors();
 };
 
@@ -321,7 +329,7 @@ class AssociationWorker : public DcmThreadSCP {
 void StorageScp::Impl::ReapFinished() {
   std::vector<std::thread> done;
   {
-    std::lock_guard<std::mutex> lock(mutex);
+    absl::MutexLock lock(&mutex);
     for (uint64_t id : finished) {
       auto it = threads.find(id);
       if (it == threads.end()) continue;
@@ -351,7 +359,7 @@ void StorageScp::Impl::ListenLoop() {
     const int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
     std::string peer_ip = PeerAddress(fd);
-    std::lock_guard<std::mutex> lock(mutex);
+    absl::MutexLock lock(&mutex);
     if (connections >= max_connections || peer_ip.empty()) {
       close(fd);
       continue;
@@ -405,7 +413,7 @@ bool StorageScp::Impl::WaitForAssociateRequest(int fd) const {
 
 void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
   auto done = [this, id] {
-    std::lock_guard<std::mutex> lock(mutex);
+    absl::MutexLock lock(&mutex);
     --connections;
     finished.push_back(id);
   };
@@ -419,7 +427,7 @@ void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
   T_ASC_Association* assoc = nullptr;
   OFCondition cond;
   {
-    std::lock_guard<std::mutex> lock(AdoptedSocketMutex());
+    absl::MutexLock lock(&adopted_socket_mutex);
     dcmExternalSocketHandle.set(fd);
     cond = ASC_receiveAssociation(network, &assoc, kMaxReceivePdu, nullptr, nullptr, OFFalse,
                                   DUL_NOBLOCK, static_cast<int>(options.acse_timeout.count()));
@@ -441,7 +449,7 @@ void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
 
   bool admitted = false;
   {
-    std::lock_guard<std::mutex> lock(mutex);
+    absl::MutexLock lock(&mutex);
     if (active < options.max_associations) {
       ++active;
       admitted = true;
@@ -467,7 +475,7 @@ void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
     acknowledged = worker.acknowledged();
   }  // the worker's destructor drops the association and closes the connection
   {
-    std::lock_guard<std::mutex> lock(mutex);
+    absl::MutexLock lock(&mutex);
     --active;  // the slot is free before on_association_end runs
   }
   if (acknowledged && callbacks.on_association_end) {
@@ -574,20 +582,23 @@ absl::Status StorageScp::Start() {
   // dcmnet's acceptor network, without a listening socket of its own: with an external
   // socket set, ASC_initializeNetwork opens none.
   {
-    std::lock_guard<std::mutex> lock(AdoptedSocketMutex());
+    absl::MutexLock lock(&adopted_socket_mutex);
     dcmExternalSocketHandle.set(fd);
     cond = ASC_initializeNetwork(NET_ACCEPTOR, 0, static_cast<int>(o.acse_timeout.count()),
                                  &s.network);
     dcmExternalSocketHandle.set(kNoSocket);
+    if (cond.bad()) s.network = nullptr;
   }
   if (cond.bad()) {
-    s.network = nullptr;
     s.CloseDescriptors();
     return FromCondition(cond, "StorageScp: ASC_initializeNetwork", absl::StatusCode::kInternal);
   }
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    ASC_dropNetwork(&s.network);
+    {
+      absl::MutexLock lock(&adopted_socket_mutex);
+      ASC_dropNetwork(&s.network);
+    }
     s.CloseDescriptors();
     return absl::InternalError(absl::StrCat("StorageScp: pipe: ", strerror(errno)));
   }
@@ -611,16 +622,20 @@ void StorageScp::Stop() {
   // Connections still negotiating see the wake-up and close; associations run to their end.
   std::map<uint64_t, std::thread> running;
   {
-    std::lock_guard<std::mutex> lock(s.mutex);
+    absl::MutexLock lock(&s.mutex);
     running.swap(s.threads);
   }
   for (auto& [id, thread] : running) thread.join();
   {
-    std::lock_guard<std::mutex> lock(s.mutex);
+    absl::MutexLock lock(&s.mutex);
     s.finished.clear();
   }
-  ASC_dropNetwork(&s.network);
-  s.network = nullptr;
+  {
+    // No connection thread of ours is left; another StorageScp's may hold the lock briefly.
+    absl::MutexLock lock(&adopted_socket_mutex);
+    ASC_dropNetwork(&s.network);
+    s.network = nullptr;
+  }
   s.CloseDescriptors();
   s.bound_port = 0;
   s.started = false;

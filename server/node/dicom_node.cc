@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "core/common/status_macros.h"
 #include "core/dicom/instance_info.h"
 #include "google/protobuf/util/json_util.h"
@@ -152,11 +153,11 @@ int DicomNode::port() const { return scp_ ? scp_->port() : 0; }
 void DicomNode::Stop() {
   if (scp_) scp_->Stop();
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     stopping_ = true;
   }
-  routing_wake_.notify_all();
-  delivery_wake_.notify_all();
+  routing_wake_.SignalAll();
+  delivery_wake_.SignalAll();
   if (routing_thread_.joinable()) routing_thread_.join();
   if (delivery_thread_.joinable()) delivery_thread_.join();
 }
@@ -203,17 +204,17 @@ absl::Status DicomNode::OnInstance(const ReceivedInstance& received) {
 
 void DicomNode::OnAssociationEnd(uint64_t association_id) {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     ended_associations_.insert(association_id);
   }
-  routing_wake_.notify_all();
+  routing_wake_.SignalAll();
 }
 
 void DicomNode::RoutingLoop() {
   const int64_t quiet_ms = static_cast<int64_t>(config_.quiet_period_seconds() * 1000);
   while (true) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       if (stopping_) return;
     }
     absl::StatusOr<std::vector<InboxSeries>> pending = node_store_->PendingSeries();
@@ -224,7 +225,7 @@ void DicomNode::RoutingLoop() {
         bool ended = true;
         int64_t retry_at = 0;
         {
-          std::lock_guard<std::mutex> lock(mutex_);
+          absl::MutexLock lock(&mutex_);
           for (const InboxInstance& i : series.instances) {
             ended = ended && ended_associations_.count(i.association_id) > 0;
           }
@@ -240,10 +241,11 @@ void DicomNode::RoutingLoop() {
         }
       }
     }
-    std::unique_lock<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     if (stopping_) return;
     // Until the next series could be complete, or a new instance or association end.
-    routing_wake_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(50, next_check - NowUnixMs())));
+    routing_wake_.WaitWithTimeout(
+        &mutex_, absl::Milliseconds(std::max<int64_t>(50, next_check - NowUnixMs())));
   }
 }
 
@@ -322,25 +324,25 @@ void DicomNode::ProcessSeries(const InboxSeries& series) {
     }
   }
   if (retry_later) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     retry_after_[series.series_instance_uid] = NowUnixMs() + 5000;
     return;
   }
   absl::StatusOr<std::vector<DeliveryRecord>> stored = node_store_->CompleteSeries(series, deliveries);
   if (!stored.ok()) {
     Log(absl::StrCat("series ", series.series_instance_uid, ": ", stored.status().ToString()));
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     retry_after_[series.series_instance_uid] = NowUnixMs() + 5000;
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     retry_after_.erase(series.series_instance_uid);
   }
   deps_.metrics->CountDicomSeries(deliveries.empty() || deliveries.front().state == DeliveryStateCode::kPending
                                       ? "processed" : "failed");
   RefreshDeliveryGauges();
-  delivery_wake_.notify_all();
+  delivery_wake_.SignalAll();
 }
 
 absl::Status DicomNode::Deliver(const DeliveryRecord& delivery) {
@@ -370,14 +372,14 @@ absl::Status DicomNode::Deliver(const DeliveryRecord& delivery) {
 void DicomNode::DeliveryLoop() {
   while (true) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       if (stopping_) return;
     }
     absl::StatusOr<std::vector<DeliveryRecord>> due = node_store_->DueDeliveries(NowUnixMs(), 16);
     if (due.ok()) {
       for (const DeliveryRecord& d : *due) {
         {
-          std::lock_guard<std::mutex> lock(mutex_);
+          absl::MutexLock lock(&mutex_);
           if (stopping_) return;
         }
         absl::Status sent = Deliver(d);
@@ -405,9 +407,9 @@ void DicomNode::DeliveryLoop() {
     int64_t wait_ms = 60000;
     if (next.ok() && next->has_value()) wait_ms = std::clamp<int64_t>(**next - NowUnixMs(), 0, 60000);
     if (due.ok() && due->size() == 16) wait_ms = 0;  // more are due
-    std::unique_lock<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     if (stopping_) return;
-    if (wait_ms > 0) delivery_wake_.wait_for(lock, std::chrono::milliseconds(wait_ms));
+    if (wait_ms > 0) delivery_wake_.WaitWithTimeout(&mutex_, absl::Milliseconds(wait_ms));
   }
 }
 

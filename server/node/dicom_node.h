@@ -8,15 +8,15 @@
 #define MISEG_SERVER_NODE_DICOM_NODE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "server/node/node_config.pb.h"
 #include "server/node/node_store.h"
 #include "server/metrics.h"
@@ -40,6 +40,12 @@ struct DicomNodeDeps {
   ServerMetrics* metrics = nullptr;
 };
 
+// Thread safety: OnInstance and OnAssociationEnd run on the SCP's association threads,
+// RoutingLoop (with ProcessSeries) and DeliveryLoop on a worker thread each; mutex_ guards the
+// state they share (stopping_, ended_associations_, retry_after_). config_, node_store_ and
+// deps_ are constant after construction (the pointers; what they point to locks for itself).
+// Start, Stop, port and the destructor are for the owner's thread only: scp_ and the two
+// worker threads are written by Start and Stop alone, never concurrently with each other.
 class DicomNode {
  public:
   // Opens data_dir/node.db.
@@ -60,10 +66,10 @@ class DicomNode {
   DicomNode(server::DicomNodeConfig config, std::unique_ptr<NodeStore> node_store,
             DicomNodeDeps deps);
   absl::Status OnInstance(const ReceivedInstance& instance);
-  void OnAssociationEnd(uint64_t association_id);
-  void RoutingLoop();
-  void DeliveryLoop();
-  void ProcessSeries(const InboxSeries& series);
+  void OnAssociationEnd(uint64_t association_id) ABSL_LOCKS_EXCLUDED(mutex_);
+  void RoutingLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void DeliveryLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void ProcessSeries(const InboxSeries& series) ABSL_LOCKS_EXCLUDED(mutex_);
   absl::Status Deliver(const DeliveryRecord& delivery);
   void RefreshDeliveryGauges();
 
@@ -72,12 +78,14 @@ class DicomNode {
   DicomNodeDeps deps_;
   std::unique_ptr<StorageScp> scp_;
 
-  std::mutex mutex_;
-  std::condition_variable routing_wake_, delivery_wake_;
-  bool stopping_ = false;
-  std::set<uint64_t> ended_associations_;
+  absl::Mutex mutex_;
+  // Signalled (without a predicate: the loops rescan the store) when a series may have
+  // become complete or a delivery due, and on Stop.
+  absl::CondVar routing_wake_, delivery_wake_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::set<uint64_t> ended_associations_ ABSL_GUARDED_BY(mutex_);
   // Series whose processing hit a transient error (queue full): not before this time.
-  std::map<std::string, int64_t> retry_after_;
+  std::map<std::string, int64_t> retry_after_ ABSL_GUARDED_BY(mutex_);
   std::thread routing_thread_, delivery_thread_;
 };
 

@@ -92,7 +92,7 @@ absl::StatusOr<std::unique_ptr<NodeStore>> NodeStore::Open(const std::string& pa
 NodeStore::~NodeStore() { sqlite3_close_v2(db_); }
 
 absl::Status NodeStore::AddReceived(const InboxInstance& i) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
         "INSERT INTO inbox (sop_instance_uid, series_instance_uid, calling_ae_title, "
@@ -115,7 +115,7 @@ absl::Status NodeStore::AddReceived(const InboxInstance& i) {
 }
 
 absl::StatusOr<std::vector<InboxSeries>> NodeStore::PendingSeries() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
       "SELECT sop_instance_uid, series_instance_uid, calling_ae_title, called_ae_title, "
       "peer_host, association_id, object_hash, received_unix_ms FROM inbox ORDER BY id"));
@@ -147,7 +147,7 @@ absl::StatusOr<std::vector<InboxSeries>> NodeStore::PendingSeries() {
 
 absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::CompleteSeries(
     const InboxSeries& series, const std::vector<DeliveryRecord>& deliveries) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::vector<DeliveryRecord> stored;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt remove, Stmt::Prepare(db_,
@@ -187,7 +187,7 @@ absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::CompleteSeries(
 
 absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::DueDeliveries(int64_t now_unix_ms,
                                                                      int limit) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(
       "SELECT ", kDeliveryColumns, " FROM deliveries WHERE state = 1 AND "
       "next_attempt_unix_ms <= ?1 ORDER BY next_attempt_unix_ms, id LIMIT ?2").c_str()));
@@ -196,7 +196,7 @@ absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::DueDeliveries(int64_t now
 }
 
 absl::StatusOr<std::optional<int64_t>> NodeStore::NextAttemptTime() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
       "SELECT MIN(next_attempt_unix_ms) FROM deliveries WHERE state = 1"));
   ASSIGN_OR_RETURN(bool row, s.Step());
@@ -205,7 +205,7 @@ absl::StatusOr<std::optional<int64_t>> NodeStore::NextAttemptTime() {
 }
 
 absl::Status NodeStore::MarkDelivered(int64_t id, int64_t now_unix_ms) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
         "UPDATE deliveries SET state = 2, attempts = attempts + 1, delivered_unix_ms = ?2, "
@@ -217,7 +217,7 @@ absl::Status NodeStore::MarkDelivered(int64_t id, int64_t now_unix_ms) {
 
 absl::Status NodeStore::MarkAttemptFailed(int64_t id, const std::string& error,
                                           int64_t next_attempt_unix_ms) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
         "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2, "
@@ -229,7 +229,7 @@ absl::Status NodeStore::MarkAttemptFailed(int64_t id, const std::string& error,
 
 absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::ListDeliveries(
     std::optional<DeliveryStateCode> state) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(
       "SELECT ", kDeliveryColumns, " FROM deliveries WHERE ?1 = 0 OR state = ?1 "
       "ORDER BY id DESC").c_str()));
@@ -238,7 +238,7 @@ absl::StatusOr<std::vector<DeliveryRecord>> NodeStore::ListDeliveries(
 }
 
 absl::StatusOr<std::vector<std::pair<DeliveryStateCode, int64_t>>> NodeStore::CountDeliveries() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::vector<std::pair<DeliveryStateCode, int64_t>> counts = {
       {DeliveryStateCode::kPending, 0}, {DeliveryStateCode::kDelivered, 0},
       {DeliveryStateCode::kFailed, 0}};
@@ -254,7 +254,7 @@ absl::StatusOr<std::vector<std::pair<DeliveryStateCode, int64_t>>> NodeStore::Co
 }
 
 absl::StatusOr<std::vector<std::string>> NodeStore::ReferencedObjects() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
       "SELECT object_hash FROM inbox UNION SELECT segmentation_hash FROM deliveries "
       "WHERE segmentation_hash != ''"));

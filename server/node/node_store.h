@@ -7,12 +7,13 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 struct sqlite3;
 
@@ -58,6 +59,10 @@ struct DeliveryRecord {
   int64_t delivered_unix_ms = 0;
 };
 
+// Thread safety: every method takes mutex_ for its whole run (a transaction included), so
+// calls from any threads (association threads adding received instances, the routing and
+// delivery workers, the RPCs) are serialized on the one SQLite connection. mutex_ guards that
+// connection (what db_ points to); db_ itself is constant after construction.
 class NodeStore {
  public:
   static absl::StatusOr<std::unique_ptr<NodeStore>> Open(const std::string& path);
@@ -90,8 +95,11 @@ class NodeStore {
 
  private:
   explicit NodeStore(sqlite3* db) : db_(db) {}
-  sqlite3* db_;
-  std::mutex mutex_;
+
+  absl::Mutex mutex_;
+  // Constant after construction. Clang's analysis sees dereferences only, not a sqlite3_*
+  // call that is handed db_: taking mutex_ before any use of db_ is the rule it cannot check.
+  sqlite3* const db_ ABSL_PT_GUARDED_BY(mutex_);
 };
 
 }  // namespace miseg

@@ -409,7 +409,7 @@ Store::~Store() {
 // --- Datasets. ---
 
 absl::StatusOr<DatasetRecord> Store::CreateDataset(const DatasetRecord& dataset) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   DatasetRecord created;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt exists, Stmt::Prepare(db_, "SELECT 1 FROM datasets WHERE name = ?1"));
@@ -435,7 +435,7 @@ absl::StatusOr<DatasetRecord> Store::CreateDataset(const DatasetRecord& dataset)
 }
 
 absl::StatusOr<DatasetRecord> Store::GetDataset(const std::string& name) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(kDatasetSelect,
                                                            "WHERE d.name = ?1").c_str()));
   s.BindText(1, name);
@@ -445,12 +445,12 @@ absl::StatusOr<DatasetRecord> Store::GetDataset(const std::string& name) {
 }
 
 absl::StatusOr<DatasetRecord> Store::GetDatasetById(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return LoadDatasetById(db_, id);
 }
 
 absl::StatusOr<std::vector<DatasetRecord>> Store::ListDatasets() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s,
                    Stmt::Prepare(db_, absl::StrCat(kDatasetSelect, "ORDER BY d.id").c_str()));
   return sqlite::ReadRows(s, [](const Stmt& row) { return ReadDataset(row); });
@@ -460,7 +460,7 @@ absl::StatusOr<std::vector<DatasetRecord>> Store::ListDatasets() {
 
 absl::StatusOr<std::vector<std::string>> Store::ExistingInstances(
     int64_t dataset_id, const std::vector<std::string>& sop_instance_uids) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                          "SELECT 1 FROM instances WHERE dataset_id = ?1 AND "
                                          "sop_instance_uid = ?2"));
@@ -481,7 +481,7 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
   if (role < 1 || role > 3) {
     return absl::InvalidArgumentError(absl::StrCat("invalid study role ", role));
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   StudyRecord inserted;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckDatasetExists(db_, study.dataset_id));
@@ -558,13 +558,13 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
 
 absl::StatusOr<StudyRecord> Store::GetStudy(int64_t dataset_id,
                                             const std::string& series_uid) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return LoadStudy(db_, dataset_id, series_uid);
 }
 
 absl::StatusOr<std::vector<StudyRecord>> Store::ListStudies(int64_t dataset_id,
                                                             std::optional<StoredRole> role) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   const int64_t role_filter = role.has_value() ? static_cast<int64_t>(*role) : 0;
   std::vector<StudyRecord> out;
   std::map<int64_t, size_t> index_of;
@@ -602,7 +602,7 @@ absl::StatusOr<std::vector<StudyRecord>> Store::ListStudies(int64_t dataset_id,
 absl::StatusOr<std::vector<std::string>> Store::DeleteStudy(int64_t dataset_id,
                                                             const std::string& series_uid,
                                                             int64_t* deleted_instances) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::vector<std::string> orphans;
   int64_t deleted = 0;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
@@ -639,7 +639,7 @@ absl::StatusOr<std::vector<std::string>> Store::DeleteStudy(int64_t dataset_id,
 }
 
 absl::StatusOr<std::vector<std::string>> Store::ReferencedObjects() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                          "SELECT DISTINCT object_hash FROM instances "
                                          "ORDER BY object_hash"));
@@ -649,7 +649,7 @@ absl::StatusOr<std::vector<std::string>> Store::ReferencedObjects() {
 // --- Jobs. ---
 
 absl::StatusOr<JobRecord> Store::CreateJob(const JobRecord& job) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   JobRecord created;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckDatasetExists(db_, job.dataset_id));
@@ -675,12 +675,12 @@ absl::StatusOr<JobRecord> Store::CreateJob(const JobRecord& job) {
 }
 
 absl::StatusOr<JobRecord> Store::GetJob(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return LoadJob(db_, id);
 }
 
 absl::StatusOr<std::vector<JobRecord>> Store::ListJobs(int64_t dataset_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(kJobSelect,
                                                            "WHERE ?1 = 0 OR j.dataset_id = ?1 "
                                                            "ORDER BY j.id DESC")
@@ -690,7 +690,7 @@ absl::StatusOr<std::vector<JobRecord>> Store::ListJobs(int64_t dataset_id) {
 }
 
 absl::StatusOr<std::optional<JobRecord>> Store::ClaimNextJob(const std::string& device) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   std::optional<JobRecord> claimed;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     claimed.reset();
@@ -721,7 +721,7 @@ absl::StatusOr<std::optional<JobRecord>> Store::ClaimNextJob(const std::string& 
 }
 
 absl::StatusOr<int> Store::RequeueRunningJobs() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   int requeued = 0;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     requeued = 0;
@@ -748,7 +748,7 @@ absl::StatusOr<int> Store::RequeueRunningJobs() {
 }
 
 absl::Status Store::RequeueJob(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(JobRecord job, LoadJob(db_, id));
     if (job.state != StoredJobState::kRunning) {
@@ -760,7 +760,7 @@ absl::Status Store::RequeueJob(int64_t id) {
 }
 
 absl::StatusOr<JobRecord> Store::RequestCancel(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   JobRecord result;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(JobRecord job, LoadJob(db_, id));
@@ -790,7 +790,7 @@ absl::StatusOr<JobRecord> Store::RequestCancel(int64_t id) {
 
 absl::Status Store::RecordCheckpoint(int64_t id, int64_t step,
                                      const std::string& checkpoint_path) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                            "UPDATE jobs SET step = ?1, checkpoint_path = ?2 "
@@ -806,7 +806,7 @@ absl::Status Store::RecordCheckpoint(int64_t id, int64_t step,
 
 absl::Status Store::SetJobStudyCounts(int64_t id, int32_t labeled, int32_t unlabeled,
                                       int32_t validation) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                            "UPDATE jobs SET labeled_studies = ?1, "
@@ -825,20 +825,20 @@ absl::Status Store::SetJobStudyCounts(int64_t id, int32_t labeled, int32_t unlab
 }
 
 absl::Status Store::FailJob(int64_t id, const std::string& error) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(
       db_, [&]() { return FinishJobLocked(db_, id, StoredJobState::kFailed, error); });
 }
 
 absl::Status Store::CancelJob(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(
       db_, [&]() { return FinishJobLocked(db_, id, StoredJobState::kCancelled, ""); });
 }
 
 absl::StatusOr<ModelRecord> Store::FinishJobWithModel(int64_t job_id, const ModelRecord& model,
                                                       bool activate) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ModelRecord inserted;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(JobRecord job, LoadJob(db_, job_id));
@@ -904,7 +904,7 @@ absl::StatusOr<ModelRecord> Store::FinishJobWithModel(int64_t job_id, const Mode
 
 absl::StatusOr<std::vector<JobEventRecord>> Store::AppendJobEvents(
     int64_t job_id, std::vector<JobEventRecord> events) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt exists, Stmt::Prepare(db_, "SELECT 1 FROM jobs WHERE id = ?1"));
     exists.Bind(1, job_id);
@@ -951,7 +951,7 @@ absl::StatusOr<std::vector<JobEventRecord>> Store::ListJobEvents(int64_t job_id,
                                                                  int64_t after_sequence,
                                                                  int64_t from_step,
                                                                  int64_t limit) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
                                          "SELECT job_id, sequence, step, unix_ms, payload "
                                          "FROM job_events WHERE job_id = ?1 AND sequence > ?2 "
@@ -974,7 +974,7 @@ absl::StatusOr<std::vector<JobEventRecord>> Store::ListJobEvents(int64_t job_id,
 }
 
 absl::Status Store::TruncateJobEventsAfter(int64_t job_id, int64_t step) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Stmt exists, Stmt::Prepare(db_, "SELECT 1 FROM jobs WHERE id = ?1"));
     exists.Bind(1, job_id);
@@ -990,12 +990,12 @@ absl::Status Store::TruncateJobEventsAfter(int64_t job_id, int64_t step) {
 // --- Models. ---
 
 absl::StatusOr<ModelRecord> Store::GetModel(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   return LoadModel(db_, id);
 }
 
 absl::StatusOr<std::vector<ModelRecord>> Store::ListModels(int64_t dataset_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(kModelSelect,
                                                            "WHERE ?1 = 0 OR m.dataset_id = ?1 "
                                                            "ORDER BY m.id")
@@ -1005,7 +1005,7 @@ absl::StatusOr<std::vector<ModelRecord>> Store::ListModels(int64_t dataset_id) {
 }
 
 absl::StatusOr<ModelRecord> Store::PromoteModel(int64_t id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ModelRecord promoted;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(ModelRecord model, LoadModel(db_, id));
@@ -1021,7 +1021,7 @@ absl::StatusOr<ModelRecord> Store::PromoteModel(int64_t id) {
 }
 
 absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> Store::CountJobsByState() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s,
                    Stmt::Prepare(db_, "SELECT state, COUNT(*) FROM jobs GROUP BY state"));
   std::map<int64_t, int64_t> counts;

@@ -10,14 +10,15 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 struct sqlite3;
 
@@ -111,6 +112,9 @@ struct ModelRecord {
   bool active = false;  // filled on reads
 };
 
+// Thread safety: every method takes mutex_ for its whole run (a transaction included), so
+// calls from any threads are serialized on the one SQLite connection. mutex_ guards that
+// connection (what db_ points to); db_ itself is constant after construction.
 class Store {
  public:
   // Opens or creates the database (schema versioned with PRAGMA user_version).
@@ -190,8 +194,11 @@ class Store {
 
  private:
   explicit Store(sqlite3* db);
-  sqlite3* db_;
-  std::mutex mutex_;
+
+  absl::Mutex mutex_;
+  // Constant after construction. Clang's analysis sees dereferences only, not a sqlite3_*
+  // call that is handed db_: taking mutex_ before any use of db_ is the rule it cannot check.
+  sqlite3* const db_ ABSL_PT_GUARDED_BY(mutex_);
 };
 
 }  // namespace miseg

@@ -275,6 +275,8 @@ class CliTest(unittest.TestCase):
         self.fails(2, "segment", DATASET, "--stored", "1.2.3", "--overlay", "o.png",
                    "--out", "x.dcm", message="--overlay needs the image files")
         self.fails(2, "phantom", self.path("nothing"), message="--count")
+        self.fails(2, "datasets", "list", "-o", "yaml", message="-o is json, wide or text")
+        self.fails(2, "health", "--wide", message="unknown flag --wide")
         # A flag without its value is found while parsing: the message, then the help.
         r = self.run_cli("studies", "list", DATASET, "--role")
         self.assertEqual(r.rc, 2, r.describe())
@@ -338,6 +340,8 @@ class CliTest(unittest.TestCase):
         listed = self.ok_json("datasets", "list", token=READER_TOKEN)
         self.assertEqual(sorted(d["name"] for d in listed["datasets"]),
                          sorted([DATASET, OTHER_DATASET]))
+        self.assertEqual(self.ok("datasets", "list", "-o", "json", token=READER_TOKEN).json(),
+                         listed)
         r = self.ok("datasets", "list", token=READER_TOKEN)
         lines = r.stdout.splitlines()
         self.assertTrue(lines[0].startswith("NAME"), r.stdout)
@@ -363,9 +367,14 @@ class CliTest(unittest.TestCase):
         for line in stored:
             self.assertIn("labeled", line)
             self.assertTrue(line.endswith("+ SEG"), line)
-        for i in range(3):
-            series = read_series(self.path("labeled", "subject-%03d" % i))[0]
-            self.assertIn(series, r.stdout)
+        # Each series shortened in the middle (prefix...suffix) to one that stands for it alone.
+        uids = [read_series(self.path("labeled", "subject-%03d" % i))[0] for i in range(3)]
+        shorts = [line.split()[1] for line in stored]
+        for short in shorts:
+            self.assertIn("\u2026", short)
+            prefix, suffix = short.split("\u2026")
+            self.assertEqual(len([u for u in uids if u.startswith(prefix) and u.endswith(suffix)]),
+                             1, r.stdout)
         self.assertIn("%d stored, 0 duplicate, 0 refused instances" % files_under(folder),
                       r.stdout)
 
@@ -421,9 +430,9 @@ class CliTest(unittest.TestCase):
         with open(os.path.join(mixed, "notes.txt"), "w") as f:
             f.write("not a DICOM file\n")
         images = files_under(mixed) - 1
-        r = self.run_cli("upload", DATASET, mixed, "--role", "unlabeled")
+        r = self.run_cli("upload", DATASET, mixed, "--role", "unlabeled", "--wide")
         self.assertEqual(r.rc, 3, r.describe())
-        # The study is stored all the same; the refusal is on stderr.
+        # The study is stored all the same (--wide: its whole UID); the refusal is on stderr.
         self.assertIn(self.state["extra_series"], r.stdout)
         self.assertIn("%d stored, 0 duplicate, 1 refused instances" % images, r.stdout)
         refusals = r.stderr.splitlines()  # one line a reason, nothing else
@@ -458,13 +467,20 @@ class CliTest(unittest.TestCase):
             self.assertEqual(s["role"], "STUDY_ROLE_LABELED")
             self.assertEqual(s["modality"], "MR")
             self.assertTrue(s["segmentationSopInstanceUid"])
-        r = self.ok("studies", "list", DATASET, "--role", "validation")
+        r = self.ok("studies", "list", DATASET, "--role", "validation", "--wide")
         lines = r.stdout.splitlines()
         self.assertTrue(lines[0].startswith("SERIES"), r.stdout)
         self.assertEqual(len(lines), 2, r.stdout)
         self.assertEqual(lines[1].split()[:3], [self.state["validation_series"], "validation",
                                                 "MR"])
         self.assertTrue(lines[1].endswith("yes"), lines[1])
+        # Without --wide the UID is shortened in the middle; -o wide is --wide.
+        short = self.ok("studies", "list", DATASET, "--role", "validation").stdout.splitlines()
+        prefix, suffix = short[1].split()[0].split("\u2026")
+        self.assertTrue(self.state["validation_series"].startswith(prefix), short)
+        self.assertTrue(self.state["validation_series"].endswith(suffix), short)
+        self.assertEqual(self.ok("studies", "list", DATASET, "--role", "validation", "-o",
+                                 "wide").stdout, r.stdout)
         self.fails(3, "studies", "list", "no-such-dataset", message="NOT_FOUND")
 
         extra = self.state["extra_series"]
@@ -542,7 +558,7 @@ class CliTest(unittest.TestCase):
         r = self.run_cli("train", "watch", job_id, timeout=WATCH_TIMEOUT_S)
         self.assertEqual(r.rc, 0, r.describe())
         lines = r.stdout.splitlines()
-        self.assertTrue(re.match(r"job %d: succeeded \(model \d+ \(version 1\)\)$" % job_id,
+        self.assertTrue(re.match(r"job %d succeeded: model \d+ \(version 1\)$" % job_id,
                                  lines[-1]), r.stdout)
         self.assertTrue(any(line.startswith("step 6/6 ") for line in lines), r.stdout)
         self.assertTrue(any(line.startswith("step 3  validation Dice  right_ventricle ")
@@ -601,10 +617,12 @@ class CliTest(unittest.TestCase):
                          "--watch", timeout=WATCH_TIMEOUT_S)
         self.assertEqual(r.rc, 0, r.describe())
         lines = r.stdout.splitlines()
-        match = re.match(r"started job (\d+) on %s \(4 steps\)$" % DATASET, lines[0])
+        match = re.match(r"job (\d+) queued: 4 steps on %s$" % DATASET, lines[0])
         self.assertTrue(match, r.stdout)
         job_id = int(match.group(1))
-        self.assertTrue(lines[-1].startswith("job %d: succeeded" % job_id), r.stdout)
+        self.assertTrue(lines[-1].startswith("job %d succeeded: " % job_id), r.stdout)
+        # The state is said once: the watch does not repeat "queued".
+        self.assertEqual(len([l for l in lines if " queued" in l]), 1, r.stdout)
         self.assertTrue(any(line.startswith("step 4/4 ") for line in lines), r.stdout)
         job = self.ok_json("train", "show", job_id)
         h = job["hyperparameters"]
@@ -628,13 +646,14 @@ class CliTest(unittest.TestCase):
         job_id = int(job["id"])
         r = self.ok("train", "cancel", job_id)
         self.assertIn(r.stdout.strip(), ("job %d cancelled" % job_id,
-                                         "job %d will stop after its current step" % job_id))
+                                         "job %d cancelling: stops after its current step"
+                                         % job_id))
         # The watch ends when the job does: not succeeded, so exit 1.
         r = self.run_cli("train", "watch", job_id, timeout=WATCH_TIMEOUT_S)
         self.assertEqual(r.rc, 1, r.describe())
         self.assertIn(r.stdout.splitlines()[-1],
-                      ("job %d: cancelled (cancelled)" % job_id,
-                       "job %d: cancelled (cancelled before it started)" % job_id), r.describe())
+                      ("job %d cancelled" % job_id,
+                       "job %d cancelled before it started" % job_id), r.describe())
         events = self.watch_json(job_id, expect=1)
         self.assertEqual(events[-1]["state"]["state"], "JOB_STATE_CANCELLED")
         self.assertEqual(self.ok_json("train", "show", job_id)["state"], "JOB_STATE_CANCELLED")
@@ -681,8 +700,10 @@ class CliTest(unittest.TestCase):
         self.assertEqual([int(m["id"]) for m in models if m["active"]], [second])
         self.assertEqual(self.ok_json("datasets", "show", DATASET)["activeModelId"], str(second))
         r = self.ok("models", "list", DATASET)
-        self.assertTrue(r.stdout.splitlines()[0].split()[:3] == ["ID", "DATASET", "VER"])
-        active_rows = [l for l in r.stdout.splitlines()[1:] if " active " in l]
+        header = r.stdout.splitlines()[0].split()
+        self.assertEqual(header[:3], ["ID", "DATASET", "VER"], r.stdout)
+        active = header.index("ACTIVE")
+        active_rows = [l for l in r.stdout.splitlines()[1:] if l.split()[active] == "yes"]
         self.assertEqual([int(l.split()[0]) for l in active_rows], [second], r.stdout)
         r = self.ok("models", "show", second)
         self.assertIn("active      yes", r.stdout)
@@ -868,7 +889,7 @@ class CliTest(unittest.TestCase):
         self.assertNotIn("\r", stdout + stderr)
         self.assertIn("reconnecting", stderr, described)
         self.assertIn("resumed from step", stdout, described)
-        self.assertEqual(stdout_seen[-1], "job %d: succeeded (model %s (version 3))"
+        self.assertEqual(stdout_seen[-1], "job %d succeeded: model %s (version 3)"
                          % (job_id, self.ok_json("train", "show", job_id)["modelId"]), described)
         self.assertTrue(any(line.startswith("step 60/60 ") for line in stdout_seen), described)
 
