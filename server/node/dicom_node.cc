@@ -206,6 +206,7 @@ void DicomNode::OnAssociationEnd(uint64_t association_id) {
   {
     absl::MutexLock lock(&mutex_);
     ended_associations_.insert(association_id);
+    routing_pending_ = true;
   }
   routing_wake_.SignalAll();
 }
@@ -213,9 +214,12 @@ void DicomNode::OnAssociationEnd(uint64_t association_id) {
 void DicomNode::RoutingLoop() {
   const int64_t quiet_ms = static_cast<int64_t>(config_.quiet_period_seconds() * 1000);
   while (true) {
+    std::set<uint64_t> ended_before_scan;
     {
       absl::MutexLock lock(&mutex_);
       if (stopping_) return;
+      routing_pending_ = false;
+      ended_before_scan = ended_associations_;
     }
     absl::StatusOr<std::vector<InboxSeries>> pending = node_store_->PendingSeries();
     const int64_t now = NowUnixMs();
@@ -241,11 +245,28 @@ void DicomNode::RoutingLoop() {
         }
       }
     }
+    if (pending.ok()) ForgetEndedAssociations(ended_before_scan, *pending);
     absl::MutexLock lock(&mutex_);
     if (stopping_) return;
     // Until the next series could be complete, or a new instance or association end.
-    routing_wake_.WaitWithTimeout(
-        &mutex_, absl::Milliseconds(std::max<int64_t>(50, next_check - NowUnixMs())));
+    if (!routing_pending_) {
+      routing_wake_.WaitWithTimeout(
+          &mutex_, absl::Milliseconds(std::max<int64_t>(50, next_check - NowUnixMs())));
+    }
+  }
+}
+
+void DicomNode::ForgetEndedAssociations(const std::set<uint64_t>& ended_before_scan,
+                                        const std::vector<InboxSeries>& pending) {
+  // An association that had ended before the scan and has no instance left pending will
+  // never be asked about again (its instances were all in the inbox before it ended).
+  std::set<uint64_t> still_pending;
+  for (const InboxSeries& series : pending) {
+    for (const InboxInstance& i : series.instances) still_pending.insert(i.association_id);
+  }
+  absl::MutexLock lock(&mutex_);
+  for (uint64_t id : ended_before_scan) {
+    if (!still_pending.count(id)) ended_associations_.erase(id);
   }
 }
 
@@ -342,6 +363,10 @@ void DicomNode::ProcessSeries(const InboxSeries& series) {
   deps_.metrics->CountDicomSeries(deliveries.empty() || deliveries.front().state == DeliveryStateCode::kPending
                                       ? "processed" : "failed");
   RefreshDeliveryGauges();
+  {
+    absl::MutexLock lock(&mutex_);
+    delivery_pending_ = true;
+  }
   delivery_wake_.SignalAll();
 }
 
@@ -374,6 +399,7 @@ void DicomNode::DeliveryLoop() {
     {
       absl::MutexLock lock(&mutex_);
       if (stopping_) return;
+      delivery_pending_ = false;
     }
     absl::StatusOr<std::vector<DeliveryRecord>> due = node_store_->DueDeliveries(NowUnixMs(), 16);
     if (due.ok()) {
@@ -409,7 +435,9 @@ void DicomNode::DeliveryLoop() {
     if (due.ok() && due->size() == 16) wait_ms = 0;  // more are due
     absl::MutexLock lock(&mutex_);
     if (stopping_) return;
-    if (wait_ms > 0) delivery_wake_.WaitWithTimeout(&mutex_, absl::Milliseconds(wait_ms));
+    if (wait_ms > 0 && !delivery_pending_) {
+      delivery_wake_.WaitWithTimeout(&mutex_, absl::Milliseconds(wait_ms));
+    }
   }
 }
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <vector>
 #include <string>
 #include <thread>
 
@@ -68,6 +69,9 @@ class DicomNode {
   absl::Status OnInstance(const ReceivedInstance& instance);
   void OnAssociationEnd(uint64_t association_id) ABSL_LOCKS_EXCLUDED(mutex_);
   void RoutingLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  void ForgetEndedAssociations(const std::set<uint64_t>& ended_before_scan,
+                               const std::vector<InboxSeries>& pending)
+      ABSL_LOCKS_EXCLUDED(mutex_);
   void DeliveryLoop() ABSL_LOCKS_EXCLUDED(mutex_);
   void ProcessSeries(const InboxSeries& series) ABSL_LOCKS_EXCLUDED(mutex_);
   absl::Status Deliver(const DeliveryRecord& delivery);
@@ -83,6 +87,11 @@ class DicomNode {
   // become complete or a delivery due, and on Stop.
   absl::CondVar routing_wake_, delivery_wake_;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  // Set with each signal and cleared by the loop before it rescans, so a signal sent while
+  // the loop scans is not lost: the loop then rescans at once instead of sleeping.
+  bool routing_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  bool delivery_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  // Ended associations whose instances may still be pending; pruned after each scan.
   std::set<uint64_t> ended_associations_ ABSL_GUARDED_BY(mutex_);
   // Series whose processing hit a transient error (queue full): not before this time.
   std::map<std::string, int64_t> retry_after_ ABSL_GUARDED_BY(mutex_);
