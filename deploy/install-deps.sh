@@ -19,6 +19,10 @@ packages=(
   # tests
   libgtest-dev libgmock-dev clang libclang-rt-14-dev dicom3tools orthanc orthanc-dicomweb
   prometheus python3-pydicom python3-grpcio
+  # the Python client (client/python), its notebook and their tests
+  python3-protobuf python3-numpy python3-pandas python3-matplotlib python3-tqdm python3-venv
+  python3-setuptools python3-wheel python3-pytest mypy mypy-protobuf jupyter-nbconvert
+  python3-nbformat python3-ipykernel
   # the CLI on a real terminal (tests/client/cli_screen_e2e_test.py)
   tmux
 )
