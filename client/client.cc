@@ -3,14 +3,41 @@
 #include <cstdlib>
 
 #include <grpcpp/generic/generic_stub.h>
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
 #include "absl/synchronization/notification.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 
 namespace miseg::client {
 namespace {
+
+// The full name of DatasetService.Upload, for the hand-made ClientWriter in UploadFrom.
+constexpr char kUploadMethod[] = "/miseg.v1.DatasetService/Upload";
+
+// Parses a reply received as raw bytes. DataLoss, one line, when it does not parse (protobuf
+// refuses proto3 strings that are not UTF-8); protobuf's own log line is silenced, as the
+// status says it.
+absl::Status ParseReply(const grpc::ByteBuffer& raw, const char* method,
+                        google::protobuf::Message* reply) {
+  std::vector<grpc::Slice> slices;
+  if (!raw.Dump(&slices).ok()) {
+    return absl::DataLossError(absl::StrCat("the server's ", method, " reply could not be read"));
+  }
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  google::protobuf::LogSilencer silence;
+  if (!reply->ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat(
+        "the server's ", method, " reply could not be parsed (a text field that is not UTF-8?)"));
+  }
+  return absl::OkStatus();
+}
 
 constexpr size_t kChunkBytes = 256 << 10;
 
@@ -231,8 +258,16 @@ absl::StatusOr<v1::UploadResponse> Client::UploadFrom(const std::string& dataset
                                                       const ProgressCallback& progress) {
   grpc::ClientContext context;
   state_->Prepare(&context, std::chrono::seconds(3600));
-  v1::UploadResponse response;
-  auto writer = state_->datasets->Upload(&context, &response);
+  // The reply is received as raw bytes and parsed here: with a v1::UploadResponse, gRPC's
+  // synchronous ClientWriter::Finish asserts (cq_.Pluck(&finish_ops_), SIGABRT) when the
+  // reply fails to parse, e.g. a string field that is not UTF-8 (issue 18). A ByteBuffer
+  // always "parses", so a bad reply becomes a status instead.
+  grpc::ByteBuffer raw_response;
+  const grpc::internal::RpcMethod method(
+      kUploadMethod, grpc::internal::RpcMethod::CLIENT_STREAMING, state_->channel);
+  std::unique_ptr<grpc::ClientWriter<v1::UploadRequest>> writer(
+      grpc::internal::ClientWriterFactory<v1::UploadRequest>::Create(
+          state_->channel.get(), method, &context, &raw_response));
   v1::UploadRequest header;
   header.mutable_header()->set_dataset(dataset);
   header.mutable_header()->set_role(role);
@@ -249,6 +284,8 @@ absl::StatusOr<v1::UploadResponse> Client::UploadFrom(const std::string& dataset
   writer->WritesDone();
   grpc::Status status = writer->Finish();
   if (!status.ok()) return FromGrpc(status);
+  v1::UploadResponse response;
+  RETURN_IF_ERROR(ParseReply(raw_response, "Upload", &response));
   return response;
 }
 

@@ -11,12 +11,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
+#include "core/dicom/dicom_text.h"
 #include "core/dicom/instance_info.h"
 #include "core/dicom/segmentation.h"
 #include "server/convert.h"
 
 namespace miseg {
 namespace {
+
+// The longest reason an InstanceResult carries (bytes, then an ellipsis).
+constexpr size_t kMaxReasonBytes = 1024;
 
 constexpr char kAlreadyStored[] = "already stored in this dataset";
 
@@ -158,7 +162,7 @@ absl::StatusOr<IngestResult> Ingest::Run(const std::vector<std::string>& names,
     IngestFileResult& r = result_.files[i];
     r.file_name = names[i];
     if (!identities[i].ok()) {
-      r.reason = std::string(identities[i].status().message());
+      r.reason = SafeText(identities[i].status().message(), kMaxReasonBytes);
       continue;
     }
     r.sop_instance_uid = identities[i]->sop_instance_uid;
@@ -343,7 +347,9 @@ void Ingest::Mark(const std::vector<size_t>& which, IngestOutcome outcome,
                   const std::string& reason) {
   for (size_t i : which) {
     result_.files[i].outcome = outcome;
-    result_.files[i].reason = reason;
+    // Reasons quote DICOM values; they are escaped where read, and once more here, where
+    // every reason passes, so none can carry bytes that are not UTF-8 (issue 18).
+    result_.files[i].reason = SafeText(reason, kMaxReasonBytes);
   }
 }
 

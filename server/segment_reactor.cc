@@ -9,6 +9,7 @@
 #include "server/edge_reactor.h"
 #include "server/ingest.h"
 #include "server/stream_reactors.h"
+#include "server/utf8_check.h"
 
 namespace miseg {
 namespace {
@@ -151,6 +152,7 @@ class SegmentReactor final
       End(absl::OkStatus());
       return;
     }
+    DebugCheckUtf8(response_, "Segment");
     WaitingOnClient(true);
     StartWrite(&response_);
   }

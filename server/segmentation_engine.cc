@@ -182,6 +182,9 @@ absl::StatusOr<SegmentationResult> SegmentationEngine::Run(
 
   auto phase = Clock::now();
   ASSIGN_OR_RETURN(SeriesVolume series, LoadSeries(job, dataset));
+  // A source that cannot yield a valid SEG is refused before inference is spent on it
+  // (InvalidArgument naming the attribute; issue 18).
+  RETURN_IF_ERROR(CheckSegmentationSource(series));
   result.decode_seconds = SecondsSince(phase);
   if (past_deadline()) return absl::DeadlineExceededError("deadline passed while decoding");
 

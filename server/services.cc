@@ -8,17 +8,21 @@
 #include "server/ingest.h"
 #include "server/rpc_edge.h"
 #include "server/stream_reactors.h"
+#include "server/utf8_check.h"
 
 namespace miseg {
 namespace {
 
 // Authorises, runs the body on this gRPC thread (these are short store reads and writes),
 // records the metrics and converts the status, all through RpcCall.
+// In debug builds, a response whose string fields are not all UTF-8 aborts (utf8_check.h).
 template <typename Body>
 grpc::ServerUnaryReactor* HandleUnary(const ServiceDeps& deps, grpc::CallbackServerContext* context,
+                                      const google::protobuf::Message* response,
                                       const char* method, Permission permission, Body&& body) {
   RpcCall call(deps, context, method, permission);
   const absl::Status status = call.authorization().ok() ? body() : call.authorization();
+  if (status.ok()) DebugCheckUtf8(*response, method);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(call.Complete(status));
   return reactor;
@@ -44,7 +48,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
                                           const v1::CreateDatasetRequest* request,
                                           v1::Dataset* response) override {
     return HandleUnary(
-        deps_, context, "CreateDataset", Permission::kCreateDataset, [&]() -> absl::Status {
+        deps_, context, response, "CreateDataset", Permission::kCreateDataset,
+        [&]() -> absl::Status {
           RETURN_IF_ERROR(ValidateDatasetName(request->name()));
           std::vector<std::string> classes(request->class_names().begin(),
                                            request->class_names().end());
@@ -66,7 +71,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerUnaryReactor* ListDatasets(grpc::CallbackServerContext* context,
                                          const v1::ListDatasetsRequest*,
                                          v1::ListDatasetsResponse* response) override {
-    return HandleUnary(deps_, context, "ListDatasets", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "ListDatasets", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(std::vector<DatasetRecord> datasets, deps_.store->ListDatasets());
       for (const DatasetRecord& d : datasets) *response->add_datasets() = ToProto(d);
       return absl::OkStatus();
@@ -76,7 +82,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerUnaryReactor* GetDataset(grpc::CallbackServerContext* context,
                                        const v1::GetDatasetRequest* request,
                                        v1::Dataset* response) override {
-    return HandleUnary(deps_, context, "GetDataset", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "GetDataset", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->name()));
       *response = ToProto(dataset);
       return absl::OkStatus();
@@ -91,7 +98,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
   grpc::ServerUnaryReactor* ListStudies(grpc::CallbackServerContext* context,
                                         const v1::ListStudiesRequest* request,
                                         v1::ListStudiesResponse* response) override {
-    return HandleUnary(deps_, context, "ListStudies", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "ListStudies", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
       std::optional<StoredRole> role;
       if (request->role() != v1::STUDY_ROLE_UNSPECIFIED) {
@@ -111,7 +119,7 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
                                         const v1::DeleteStudyRequest* request,
                                         v1::DeleteStudyResponse* response) override {
     return HandleUnary(
-        deps_, context, "DeleteStudy", Permission::kDeleteStudy, [&]() -> absl::Status {
+        deps_, context, response, "DeleteStudy", Permission::kDeleteStudy, [&]() -> absl::Status {
           ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
           if (request->series_instance_uid().empty()) {
             return absl::InvalidArgumentError("series_instance_uid is required");
@@ -140,7 +148,8 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
   grpc::ServerUnaryReactor* StartJob(grpc::CallbackServerContext* context,
                                      const v1::StartJobRequest* request,
                                      v1::Job* response) override {
-    return HandleUnary(deps_, context, "StartJob", Permission::kTrain, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "StartJob", Permission::kTrain, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
       ASSIGN_OR_RETURN(v1::Hyperparameters resolved,
                        ResolveHyperparameters(request->hyperparameters(),
@@ -168,7 +177,8 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
 
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const v1::GetJobRequest* request, v1::Job* response) override {
-    return HandleUnary(deps_, context, "GetJob", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "GetJob", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(JobRecord job, deps_.store->GetJob(request->id()));
       *response = ToProto(job);
       return absl::OkStatus();
@@ -178,7 +188,8 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
                                      const v1::ListJobsRequest* request,
                                      v1::ListJobsResponse* response) override {
-    return HandleUnary(deps_, context, "ListJobs", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "ListJobs", Permission::kRead, [&]() -> absl::Status {
       int64_t dataset_id = 0;
       if (!request->dataset().empty()) {
         ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
@@ -193,7 +204,8 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
                                       const v1::CancelJobRequest* request,
                                       v1::Job* response) override {
-    return HandleUnary(deps_, context, "CancelJob", Permission::kTrain, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "CancelJob", Permission::kTrain, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(JobRecord job, deps_.store->RequestCancel(request->id()));
       if (job.state == StoredJobState::kCancelled) {
         v1::JobEvent cancelled;
@@ -228,7 +240,8 @@ class ModelServiceImpl final : public v1::ModelService::CallbackService {
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override {
-    return HandleUnary(deps_, context, "ListModels", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "ListModels", Permission::kRead, [&]() -> absl::Status {
       int64_t dataset_id = 0;
       if (!request->dataset().empty()) {
         ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
@@ -245,7 +258,8 @@ class ModelServiceImpl final : public v1::ModelService::CallbackService {
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
                                      const v1::GetModelRequest* request,
                                      v1::Model* response) override {
-    return HandleUnary(deps_, context, "GetModel", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "GetModel", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(ModelRecord model, deps_.store->GetModel(request->id()));
       ASSIGN_OR_RETURN(*response, ModelToProto(deps_, model));
       return absl::OkStatus();
@@ -255,7 +269,8 @@ class ModelServiceImpl final : public v1::ModelService::CallbackService {
   grpc::ServerUnaryReactor* PromoteModel(grpc::CallbackServerContext* context,
                                          const v1::PromoteModelRequest* request,
                                          v1::Model* response) override {
-    return HandleUnary(deps_, context, "PromoteModel", Permission::kPromote, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "PromoteModel", Permission::kPromote, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(ModelRecord model, deps_.store->PromoteModel(request->id()));
       ASSIGN_OR_RETURN(*response, ModelToProto(deps_, model));
       return absl::OkStatus();
@@ -290,7 +305,8 @@ class DicomNodeServiceImpl final : public v1::DicomNodeService::CallbackService 
   grpc::ServerUnaryReactor* ListDeliveries(grpc::CallbackServerContext* context,
                                            const v1::ListDeliveriesRequest* request,
                                            v1::ListDeliveriesResponse* response) override {
-    return HandleUnary(deps_, context, "ListDeliveries", Permission::kRead, [&]() -> absl::Status {
+    return HandleUnary(
+        deps_, context, response, "ListDeliveries", Permission::kRead, [&]() -> absl::Status {
       if (deps_.node_store == nullptr) {
         return absl::FailedPreconditionError(
             "the DICOM node is not configured (--dicom_node_config)");

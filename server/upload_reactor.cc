@@ -8,6 +8,7 @@
 #include "server/edge_reactor.h"
 #include "server/ingest.h"
 #include "server/stream_reactors.h"
+#include "server/utf8_check.h"
 
 namespace miseg {
 namespace {
@@ -69,6 +70,7 @@ class UploadReactor final
     }
     for (const IngestFileResult& file : result.files) AddResult(file);
     response_->set_bytes_received(session_->bytes_received());
+    DebugCheckUtf8(*response_, "Upload");
     deps_.metrics->CountUpload(session_->bytes_received(), response_->stored_instances(),
                                response_->duplicate_instances(), response_->refused_instances());
     return absl::OkStatus();

@@ -14,6 +14,7 @@
 #include "server/edge_reactor.h"
 #include "server/event_hub.h"
 #include "server/stream_reactors.h"
+#include "server/utf8_check.h"
 
 namespace miseg {
 namespace {
@@ -124,6 +125,7 @@ class WatchReactor final : public EdgeReactor<grpc::ServerWriteReactor<v1::JobEv
           End(absl::OkStatus());
           return;
         case Action::kWrite:
+          DebugCheckUtf8(writing_, "WatchJob");
           WaitingOnClient(true);
           StartWrite(&writing_);
           return;

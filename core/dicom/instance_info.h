@@ -26,8 +26,11 @@ struct InstanceInfo {
   std::vector<std::string> referenced_series_instance_uids;
 };
 
-// InvalidArgument naming the buffer when it is not DICOM or lacks SOPInstanceUID,
-// SeriesInstanceUID or StudyInstanceUID.
+// InvalidArgument naming the buffer when it is not DICOM, lacks SOPInstanceUID,
+// SeriesInstanceUID or StudyInstanceUID, or when one of those, SOPClassUID,
+// FrameOfReferenceUID or a SEG's referenced series UID is not a valid UID (PS3.5 9.1); the
+// message names the attribute and quotes the value escaped (SafeText). Every string in the
+// result is valid UTF-8.
 absl::StatusOr<InstanceInfo> IdentifyInstance(const DicomBuffer& file);
 
 // The same for a file on disk, named `name` in messages; its pixel data is not read (see

@@ -52,7 +52,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "core/common/status_macros.h"
+#include "core/dicom/dicom_text.h"
 #include "core/dicom/dicom_util.h"
 #include "core/dicom/series_reader.h"
 
@@ -128,6 +130,105 @@ CodeSequenceMacro MakeCode(const Code& code) {
 
 }  // namespace
 
+namespace {
+
+// The longest value (in characters) of a VR whose values PS3.5 6.2 bounds; 0 otherwise.
+size_t MaxValueLength(DcmEVR vr) {
+  switch (vr) {
+    case EVR_AE: case EVR_CS: case EVR_DS: case EVR_SH: case EVR_TM: return 16;
+    case EVR_AS: return 4;
+    case EVR_DA: return 8;
+    case EVR_DT: return 26;
+    case EVR_IS: return 12;
+    case EVR_LO: case EVR_UI: return 64;
+    default: return 0;
+  }
+}
+
+// Makes a source's header fit to be copied into a SEG (importHierarchy takes its patient,
+// study and frame of reference modules): a value that breaks its VR (DCMTK's checkValue: a
+// fuzzed date, a control character in a name), a UID that breaks PS3.5 9.1, or text not
+// valid in the declared Specific Character Set is blanked, as a type 2 or 3 attribute may be
+// empty. The type 1 attributes copied (Study Instance UID, Frame of Reference UID) cannot
+// be blanked: InvalidArgument naming the attribute. Sequences are left as they are (the
+// modules copied hold none that a fuzzed file can make unwritable in our tests).
+absl::Status RepairSourceHeader(DcmDataset& hds) {
+  OFString charset_value;
+  hds.findAndGetOFStringArray(DCM_SpecificCharacterSet, charset_value);
+  const std::string charset(charset_value.c_str(), charset_value.length());
+  for (unsigned long i = 0; i < hds.card(); ++i) {
+    DcmElement* element = hds.getElement(i);
+    if (element == nullptr || !element->isLeaf() || element->getLength() == 0) continue;
+    const DcmTagKey tag = element->getTag().getXTag();
+    if (tag.getGroup() == 0x7FE0) continue;
+    std::string why;
+    if (OFCondition checked = element->checkValue(); checked.bad()) why = checked.text();
+    const DcmEVR vr = element->ident();
+    if (why.empty() && (vr == EVR_UI || vr == EVR_SH || vr == EVR_LO || vr == EVR_ST ||
+                        vr == EVR_LT || vr == EVR_UT || vr == EVR_PN || vr == EVR_UC)) {
+      char* bytes = nullptr;
+      Uint32 length = 0;
+      if (element->getString(bytes, length).good() && bytes != nullptr) {
+        const std::string raw(bytes, length);
+        if (vr == EVR_UI) {
+          if (absl::Status valid = ValidateUid(raw); !valid.ok()) why = std::string(valid.message());
+        } else if (absl::StatusOr<std::string> decoded =
+                       DecodeDicomString(raw, charset, vr == EVR_PN);
+                   !decoded.ok()) {
+          why = std::string(decoded.status().message());
+        }
+      }
+    }
+    // DCMTK 3.6.7's checkValue does not check lengths; dciodvfy does.
+    if (const size_t max = MaxValueLength(vr); why.empty() && max > 0) {
+      OFString value;
+      element->getOFStringArray(value);
+      for (absl::string_view part :
+           absl::StrSplit(absl::string_view(value.c_str(), value.length()), '\\')) {
+        size_t characters = 0;
+        for (char c : part) characters += (static_cast<uint8_t>(c) & 0xC0) != 0x80;
+        if (characters > max) why = absl::StrCat("a value longer than ", max, " characters");
+      }
+    }
+    if (why.empty()) continue;
+    if (tag == DCM_StudyInstanceUID || tag == DCM_FrameOfReferenceUID) {
+      OFString value;
+      element->getOFStringArray(value);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the source's ", DicomTagName(tag), " '", SafeText(value.c_str()),
+          "' cannot be copied into a DICOM SEG: ", SafeText(why, 128)));
+    }
+    element->clear();
+  }
+  return absl::OkStatus();
+}
+
+// The source's reference header, parsed (an empty dataset when it has none) and repaired.
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> SourceHeader(const SeriesVolume& source) {
+  std::unique_ptr<DcmFileFormat> header;
+  if (!source.reference_header.empty()) {
+    ASSIGN_OR_RETURN(header, ParseDicom(source.reference_header, "the source's reference header"));
+  } else {
+    header = std::make_unique<DcmFileFormat>();
+  }
+  RETURN_IF_ERROR(RepairSourceHeader(*header->getDataset()));
+  return header;
+}
+
+}  // namespace
+
+absl::Status CheckSegmentationSource(const SeriesVolume& source) {
+  for (const auto& [uid, name] : {std::pair{&source.study_instance_uid, "StudyInstanceUID"},
+                                  std::pair{&source.frame_of_reference_uid, "FrameOfReferenceUID"}}) {
+    if (uid->empty()) continue;
+    if (absl::Status valid = ValidateUid(*uid); !valid.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("the source's ", name, " '", SafeText(*uid),
+                                                     "' is not a valid UID: ", valid.message()));
+    }
+  }
+  return SourceHeader(source).status();
+}
+
 absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
                                               const SegmentationWriteOptions& options) {
   const VolumeGeometry& g = source.image.geometry;
@@ -166,13 +267,9 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
     }
   }
 
-  // Patient, study and frame of reference come from the source's first instance.
-  std::unique_ptr<DcmFileFormat> header;
-  if (!source.reference_header.empty()) {
-    ASSIGN_OR_RETURN(header, ParseDicom(source.reference_header, "the source's reference header"));
-  } else {
-    header = std::make_unique<DcmFileFormat>();
-  }
+  // Patient, study and frame of reference come from the source's first instance, with
+  // values that cannot be copied blanked (or refused).
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> header, SourceHeader(source));
   DcmDataset& hds = *header->getDataset();
   OFString text;
   if (hds.findAndGetOFString(DCM_StudyInstanceUID, text).bad() || text.empty()) {
@@ -419,10 +516,11 @@ struct SegError {
   }
 };
 
+// A value of a SEG being read, escaped (SafeText): labels and UIDs end up in messages.
 std::string GetString(DcmItem& item, const DcmTagKey& tag) {
   OFString value;
   if (item.findAndGetOFString(tag, value).bad()) return "";
-  return value.c_str();
+  return SafeText(absl::string_view(value.c_str(), value.length()), 1024);
 }
 
 // The first item of sequence `tag` in `item`, or nullptr.

@@ -41,6 +41,13 @@ struct SegmentationWriteOptions {
 absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
                                               const SegmentationWriteOptions& options);
 
+// Whether a SEG can be written for `source`, checked before any inference is spent on it:
+// InvalidArgument naming the attribute when a type 1 attribute the SEG copies (Study
+// Instance UID, Frame of Reference UID) is not a valid UID. Other patient and study values
+// that break their VR or character set do not refuse the source: WriteSegmentation blanks
+// them (they are type 2 or 3 in the SEG).
+absl::Status CheckSegmentationSource(const SeriesVolume& source);
+
 // Reads a BINARY or FRACTIONAL SEG onto source's grid. Frames are matched through their
 // referenced SOP Instance UIDs (and frame numbers), or failing that their plane positions.
 // Segments map to class_names (index = label) by SegmentLabel or by the coded segmented

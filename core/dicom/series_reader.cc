@@ -49,6 +49,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "core/common/status_macros.h"
+#include "core/dicom/dicom_text.h"
 #include "core/dicom/dicom_util.h"
 
 namespace miseg {
@@ -115,9 +116,11 @@ struct Instance {
 };
 
 // "name (SOP Instance UID x)": the words every message about an instance starts with.
+// Both are escaped (SafeText): a name from a folder on disk and a UID not yet checked may
+// hold any bytes.
 std::string Describe(absl::string_view name, absl::string_view sop_instance_uid) {
-  return absl::StrCat(name, " (SOP Instance UID ",
-                      sop_instance_uid.empty() ? "absent" : sop_instance_uid, ")");
+  return absl::StrCat(SafeText(name, 256), " (SOP Instance UID ",
+                      sop_instance_uid.empty() ? "absent" : SafeText(sop_instance_uid), ")");
 }
 std::string Describe(const Instance& instance) {
   return Describe(instance.name, instance.sop_instance_uid);
@@ -131,17 +134,11 @@ absl::Status Invalid(const Instance& instance, absl::string_view reason) {
   return absl::InvalidArgumentError(absl::StrCat(Describe(instance), ": ", reason));
 }
 
-// Attribute text quoted in a message: bounded, so a hostile value cannot flood logs.
-std::string Quote(absl::string_view text) {
-  if (text.size() > 40) return absl::StrCat("'", text.substr(0, 40), "...'");
-  return absl::StrCat("'", text, "'");
-}
+// Attribute text quoted in a message: bounded and escaped, so a hostile value can neither
+// flood logs nor put bytes that are not UTF-8 into a reply.
+std::string Quote(absl::string_view text) { return absl::StrCat("'", SafeText(text, 40), "'"); }
 
-std::string TagName(const DcmTagKey& tag) {
-  DcmTag dcm_tag(tag);
-  const char* name = dcm_tag.getTagName();
-  return name != nullptr ? std::string(name) : std::string(tag.toString().c_str());
-}
+std::string TagName(const DcmTagKey& tag) { return DicomTagName(tag); }
 
 // A string attribute, trimmed; empty when absent or not readable as a string.
 std::string GetString(DcmItem& item, const DcmTagKey& tag) {
@@ -236,7 +233,7 @@ bool IsNonImageSopClass(absl::string_view uid) {
 std::string SopClassName(const std::string& uid) {
   if (uid.empty()) return "no SOP Class UID";
   const char* name = dcmFindNameOfUID(uid.c_str(), nullptr);
-  return name != nullptr ? absl::StrCat(name, " (", uid, ")") : uid;
+  return name != nullptr ? absl::StrCat(name, " (", uid, ")") : SafeText(uid);
 }
 
 // The transfer syntaxes whose decoders RegisterDicomCodecs() installs (or that need none).
@@ -545,8 +542,13 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
   instance->dataset = file->getDataset();
   instance->file = std::move(file);
   DcmDataset& ds = *instance->dataset;
-  instance->sop_instance_uid = GetString(ds, DCM_SOPInstanceUID);
-  instance->sop_class_uid = GetString(ds, DCM_SOPClassUID);
+  // UIDs are checked where they are read (PS3.5 9.1): a series never carries one that is not.
+  absl::StatusOr<std::string> uid = DicomUid(ds, DCM_SOPInstanceUID, /*required=*/false);
+  if (!uid.ok()) return Invalid(*instance, uid.status().message());
+  instance->sop_instance_uid = *uid;
+  uid = DicomUid(ds, DCM_SOPClassUID, /*required=*/false);
+  if (!uid.ok()) return Invalid(*instance, uid.status().message());
+  instance->sop_class_uid = *uid;
 
   ParseOutcome outcome;
   if (IsNonImageSopClass(instance->sop_class_uid)) {
@@ -577,11 +579,16 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
                                            " (", xfer.getXferID(), ")"));
   }
 
-  instance->study_uid = GetString(ds, DCM_StudyInstanceUID);
-  instance->series_uid = GetString(ds, DCM_SeriesInstanceUID);
-  instance->frame_of_reference_uid = GetString(ds, DCM_FrameOfReferenceUID);
-  instance->modality = GetString(ds, DCM_Modality);
-  instance->series_description = GetString(ds, DCM_SeriesDescription);
+  for (auto [tag, field] : {std::pair{DCM_StudyInstanceUID, &instance->study_uid},
+                            std::pair{DCM_SeriesInstanceUID, &instance->series_uid},
+                            std::pair{DCM_FrameOfReferenceUID, &instance->frame_of_reference_uid}}) {
+    uid = DicomUid(ds, tag, /*required=*/false);
+    if (!uid.ok()) return Invalid(*instance, uid.status().message());
+    *field = *uid;
+  }
+  // Text for the API: decoded by the Specific Character Set, escaped where it is not UTF-8.
+  instance->modality = DicomText(ds, DCM_Modality, /*max_bytes=*/16);
+  instance->series_description = DicomText(ds, DCM_SeriesDescription, /*max_bytes=*/256);
   RETURN_IF_ERROR(ReadImageAttributes(limits, instance.get()));
   // Native pixel data can be measured now, before the volume is allocated for it; the size
   // of compressed data is only known once decoded.
@@ -1065,7 +1072,7 @@ absl::StatusOr<std::vector<SeriesVolume>> ReadFromSource(const InstanceSource& s
   for (size_t i = 0; i < source.size(); ++i) {
     ASSIGN_OR_RETURN(ParseOutcome outcome, ParseInstance(source, i, limits));
     if (outcome.instance == nullptr) {
-      skip_reasons.push_back(absl::StrCat(source.name(i), ": ", outcome.skip_reason));
+      skip_reasons.push_back(absl::StrCat(SafeText(source.name(i), 256), ": ", outcome.skip_reason));
       continue;
     }
     if (source.on_disk()) Release(outcome.instance.get());

@@ -2,7 +2,11 @@
 // entry point (UploadFrom), which sends files as its source produces them.
 #include "client/client.h"
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "miseg/v1/miseg.grpc.pb.h"
 
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
@@ -71,6 +75,51 @@ TEST_F(ClientTest, UploadFromSourceErrorCancelsTheStreamAndNothingIsStored) {
   absl::StatusOr<v1::UploadResponse> again = client_->Upload("d", v1::STUDY_ROLE_UNLABELED, files_);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->stored_instances(), static_cast<int64_t>(files_.size()));
+}
+
+// Issue 18: a reply that does not parse (a string field holding bytes that are not UTF-8, as
+// a server before the fix sent) is a status, not an abort. gRPC's synchronous ClientWriter
+// asserted in Finish (cq_.Pluck(&finish_ops_)) when its response failed to parse.
+class NonUtf8Datasets final : public v1::DatasetService::Service {
+ public:
+  grpc::Status Upload(grpc::ServerContext* context, grpc::ServerReader<v1::UploadRequest>* reader,
+                      v1::UploadResponse* response) override {
+    v1::UploadRequest request;
+    while (reader->Read(&request)) {
+    }
+    response->add_stored()->set_study_instance_uid("1.2.\xFF\xFE");  // serialises; won't parse
+    response->set_stored_instances(1);
+    return grpc::Status::OK;
+  }
+};
+
+TEST(ClientBadReply, UploadReplyThatDoesNotParseIsAStatus) {
+  NonUtf8Datasets service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  client::ConnectionOptions options;
+  options.address = absl::StrCat("127.0.0.1:", port);
+  absl::StatusOr<std::unique_ptr<client::Client>> connected = client::Client::Connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  absl::StatusOr<PhantomStudy> study = SmallPhantomStudy(3, 0, false);
+  ASSERT_TRUE(study.ok()) << study.status();
+  std::vector<DicomBuffer> files = std::move(study->image_files);
+  size_t next = 0;
+  absl::StatusOr<v1::UploadResponse> uploaded = (*connected)->UploadFrom(
+      "d", v1::STUDY_ROLE_UNLABELED,
+      [&]() -> absl::StatusOr<const DicomBuffer*> {
+        return next < files.size() ? &files[next++] : nullptr;
+      },
+      /*total_bytes=*/0, nullptr);
+  ASSERT_FALSE(uploaded.ok());
+  EXPECT_EQ(uploaded.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(std::string(uploaded.status().message()).find("could not be parsed"),
+            std::string::npos);
+  server->Shutdown();
 }
 
 }  // namespace

@@ -335,6 +335,44 @@ TEST(Segmentation, SourceWithoutOptionalAttributesStillGivesValidSeg) {
   EXPECT_THAT(DciodvfyErrors(seg2_file, "SEG without a reference header"), ::testing::IsEmpty());
 }
 
+// Issue 18: patient and study attributes of the source that break their VR (a fuzzed date,
+// a control character in a name, bytes not valid in the declared character set) are blanked
+// before they are copied, so the SEG is still written and valid; a source whose Study
+// Instance UID cannot be copied is refused up front with InvalidArgument naming it.
+TEST(Segmentation, SourceWithBadValuesGivesValidSegOrIsRefusedUpFront) {
+  const PhantomSubject subject = SmallSubject();
+  WrittenSeries w = WriteSmallSeries(subject);
+  SeriesVolume bad = w.series;
+  bad.reference_header = EditDataset(w.series.reference_header, [](DcmDataset& ds) {
+    ds.putAndInsertString(DCM_SpecificCharacterSet, "ISO_IR 192");
+    ds.putAndInsertString(DCM_PatientBirthDate, "2021x\\31");
+    ds.putAndInsertString(DCM_StudyDate, "99999999999");
+    ds.putAndInsertString(DCM_StudyTime, "ab:cd");
+    ds.putAndInsertString(DCM_PatientSex, "QQQQQQQQQQQQQQQQQQQQQQQQ");
+    ds.putAndInsertString(DCM_PatientName, "Buc^J\xE9r\xF4me\x01");
+    ds.putAndInsertString(DCM_StudyID, "0123456789abcdefXYZ");
+    ds.putAndInsertString(DCM_AccessionNumber, "\x1B\x1B\x1B");
+  });
+  EXPECT_TRUE(CheckSegmentationSource(bad).ok());
+  auto seg = WriteSegmentation(bad, w.labels, PhantomOptionsForSeg());
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  TempDir dir;
+  const std::string seg_file = dir.Write("seg.dcm", *seg);
+  EXPECT_THAT(DciodvfyErrors(seg_file, "SEG from a source with bad values"), ::testing::IsEmpty());
+  auto read = ReadSegmentation(DicomBuffer{"seg.dcm", *seg}, bad, PhantomClassNames());
+  ASSERT_TRUE(read.ok()) << read.status();
+
+  SeriesVolume refused = w.series;
+  refused.reference_header = EditDataset(w.series.reference_header, [](DcmDataset& ds) {
+    ds.putAndInsertString(DCM_StudyInstanceUID, "1.2.03");
+  });
+  const absl::Status check = CheckSegmentationSource(refused);
+  EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(check.message()), HasSubstr("StudyInstanceUID"));
+  EXPECT_EQ(WriteSegmentation(refused, w.labels, PhantomOptionsForSeg()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // A multi-frame source (e.g. enhanced MR): frames reference the one instance by frame number.
 TEST(Segmentation, MultiFrameSourceIsReferencedByFrameNumber) {
   const PhantomSubject subject = SmallSubject();

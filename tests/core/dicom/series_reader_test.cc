@@ -273,7 +273,24 @@ TEST(SeriesReader, XaMultiFrameJpegLosslessFromGdcmDecodes) {
   // are stacked in stored order with the identity geometry (see ReadSeries).
   const std::string path = "/usr/share/doc/libgdcm3.0/examples/00191113.dcm";
   SKIP_IF_ABSENT(path);
-  auto volumes = ReadFiles({path});
+  // GDCM's sample carries UIDs with leading zeros ("999.999.2.19940822.083000"), which
+  // PS3.5 9.1 forbids: refused as it is, naming the attribute (issue 18)...
+  auto refused = ReadFiles({path});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("is not a valid UID: '999.999.2.19"));
+  // ...and decoded once its UIDs are valid.
+  std::optional<std::string> bytes = ReadFileBytes(path);
+  ASSERT_TRUE(bytes);
+  auto file = ParseDicom(*bytes, "00191113.dcm");
+  ASSERT_TRUE(file.ok()) << file.status();
+  DcmDataset* dataset = (*file)->getDataset();
+  dataset->putAndInsertString(DCM_SOPInstanceUID, "999.999.2.19960619.163000.1.103");
+  dataset->putAndInsertString(DCM_StudyInstanceUID, "999.999.2.19940822.83000");
+  dataset->putAndInsertString(DCM_SeriesInstanceUID, "999.999.2.19940822.83000.1");
+  absl::StatusOr<std::string> fixed = SerializeDicom(**file, dataset->getOriginalXfer());
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  auto volumes = ReadSeries({DicomBuffer{"00191113.dcm", *fixed}});
   ASSERT_TRUE(volumes.ok()) << volumes.status();
   const SeriesVolume& xa = volumes->front();
   EXPECT_EQ(xa.image.geometry.slices, 4);
