@@ -304,6 +304,7 @@ absl::StatusOr<std::optional<StudyRecord>> Ingest::CheckContent(
   study.study_instance_uid = volume.study_instance_uid;
   study.series_instance_uid = series_uid;
   study.modality = volume.modality;
+  study.series_description = volume.series_description;  // decoded to UTF-8 or escaped
   study.slices = static_cast<int32_t>(volume.image.geometry.slices);
   study.rows = static_cast<int32_t>(volume.image.geometry.rows);
   study.columns = static_cast<int32_t>(volume.image.geometry.cols);

@@ -333,12 +333,14 @@ absl::Status Studies(Context& c) {
     }
     ASSIGN_OR_RETURN(std::vector<v1::Study> list, c.client->ListStudies(dataset, role));
     if (c.json) return Print(c, JsonArray("studies", list)), absl::OkStatus();
+    // The description last: on a terminal the last column is the one cut to fit.
     Table table({{"SERIES", false, /*uid=*/true}, {"ROLE"}, {"MOD"}, {"SLICES", true},
-                 {"MATRIX", true}, {"SEG"}});
+                 {"MATRIX", true}, {"SEG"}, {"DESCRIPTION"}});
     for (const v1::Study& s : list) {
       table.AddRow({{s.series_instance_uid()}, {RoleName(s.role())}, {s.modality()},
                     {absl::StrCat(s.slices())}, {absl::StrCat(s.rows(), "x", s.columns())},
-                    {s.segmentation_sop_instance_uid().empty() ? "-" : "yes"}});
+                    {s.segmentation_sop_instance_uid().empty() ? "-" : "yes"},
+                    {s.series_description().empty() ? "-" : s.series_description()}});
     }
     PrintTable(c, table);
     return absl::OkStatus();

@@ -83,9 +83,7 @@ absl::StatusOr<std::vector<DeliveryRecord>> ReadDeliveries(Stmt& s) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NodeStore>> NodeStore::Open(const std::string& path) {
-  static_assert(kSchemaVersion == 1, "OpenDatabase writes the version as a literal");
-  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, kSchema, "PRAGMA user_version = 1",
-                                                      kSchemaVersion));
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, kSchema, kSchemaVersion));
   return std::unique_ptr<NodeStore>(new NodeStore(db));
 }
 

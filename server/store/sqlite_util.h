@@ -171,12 +171,15 @@ inline absl::StatusOr<std::vector<std::string>> ReadStrings(Stmt& s) {
 }
 
 // Opens (or creates) a database in WAL mode with synchronous=FULL (a committed
-// transaction survives power loss), foreign keys on and a busy timeout; creates the schema
-// when user_version is 0 (set_version is the "PRAGMA user_version = N" that records it: a
-// PRAGMA takes no bound value). FailedPrecondition for a database of another schema version.
-// The caller owns the handle (sqlite3_close_v2).
+// transaction survives power loss), foreign keys on and a busy timeout. user_version holds
+// the schema version: 0 (a new file) gets `schema` as it is at `version`; an older version v
+// is upgraded by migrations[v - 1], migrations[v], ... (migrations[k] takes version k + 1 to
+// k + 2), in the same transaction, so a server upgraded in place keeps its data and a
+// failed upgrade leaves the file as it was. FailedPrecondition for a newer version, or an
+// older one no migration reaches. The caller owns the handle (sqlite3_close_v2).
 inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path, const char* schema,
-                                             const char* set_version, int64_t version) {
+                                             int64_t version,
+                                             const std::vector<const char*>& migrations = {}) {
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
                                  nullptr);
@@ -207,13 +210,22 @@ inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path, const char
       ASSIGN_OR_RETURN(bool row, s.Step());
       const int64_t found = row ? s.Int(0) : 0;
       if (found == version) return absl::OkStatus();
-      if (found != 0) {
+      if (found > version || (found > 0 && found - 1 + static_cast<int64_t>(migrations.size()) <
+                                               version - 1)) {
         return absl::FailedPreconditionError(
             absl::StrCat("store: database ", path, " has schema version ", found,
-                         ", this build supports ", version));
+                         ", this build supports ", version,
+                         found > version ? " (it was written by a newer miseg)" : ""));
       }
-      RETURN_IF_ERROR(Exec(db, schema));
-      return Exec(db, set_version);
+      if (found == 0) {
+        RETURN_IF_ERROR(Exec(db, schema));
+      } else {
+        // An older database: upgraded step by step in this transaction, all or nothing.
+        for (int64_t v = found; v < version; ++v) {
+          RETURN_IF_ERROR(Exec(db, migrations[static_cast<size_t>(v - 1)]));
+        }
+      }
+      return Exec(db, absl::StrCat("PRAGMA user_version = ", version).c_str());
     });
   }();
   if (!status.ok()) {

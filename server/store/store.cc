@@ -21,7 +21,7 @@
 namespace miseg {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 // Ids use AUTOINCREMENT so a deleted study's id is never handed out again (a client may
 // still hold it). active_model_id and model_id use 0 for "none" rather than NULL so the
@@ -47,6 +47,7 @@ CREATE TABLE studies (
   num_columns INTEGER NOT NULL,
   segmentation_sop_instance_uid TEXT NOT NULL,
   created_unix_ms INTEGER NOT NULL,
+  series_description TEXT NOT NULL DEFAULT '',
   UNIQUE (dataset_id, series_instance_uid)
 );
 CREATE TABLE instances (
@@ -178,7 +179,7 @@ DatasetRecord ReadDataset(const Stmt& s) {
 constexpr const char* kStudySelect = R"sql(
 SELECT s.id, s.dataset_id, s.role, s.study_instance_uid, s.series_instance_uid,
   s.modality, s.num_slices, s.num_rows, s.num_columns, s.segmentation_sop_instance_uid,
-  s.created_unix_ms
+  s.created_unix_ms, s.series_description
 FROM studies s )sql";
 
 StudyRecord ReadStudy(const Stmt& s) {
@@ -194,6 +195,7 @@ StudyRecord ReadStudy(const Stmt& s) {
   r.columns = static_cast<int32_t>(s.Int(8));
   r.segmentation_sop_instance_uid = s.Text(9);
   r.created_unix_ms = s.Int(10);
+  r.series_description = s.Text(11);
   return r;
 }
 
@@ -392,10 +394,18 @@ absl::StatusOr<bool> RequeueRunningLocked(sqlite3* db, const JobRecord& job) {
 
 // --- Open / close. ---
 
+// migrations[k] takes a database from schema version k + 1 to k + 2.
+const std::vector<const char*>& Migrations() {
+  static const auto* const migrations = new std::vector<const char*>{
+      // 1 -> 2: the series description (decoded to UTF-8) shown in listings.
+      "ALTER TABLE studies ADD COLUMN series_description TEXT NOT NULL DEFAULT ''",
+  };
+  return *migrations;
+}
+
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
-  static_assert(kSchemaVersion == 1, "OpenDatabase writes the version as a literal");
-  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, kSchema, "PRAGMA user_version = 1",
-                                                      kSchemaVersion));
+  ASSIGN_OR_RETURN(sqlite3 * db,
+                   sqlite::OpenDatabase(path, kSchema, kSchemaVersion, Migrations()));
   return std::unique_ptr<Store>(new Store(db));
 }
 
@@ -521,8 +531,10 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
                                            "INSERT INTO studies (dataset_id, role, "
                                            "study_instance_uid, series_instance_uid, modality, "
                                            "num_slices, num_rows, num_columns, "
-                                           "segmentation_sop_instance_uid, created_unix_ms) "
-                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"));
+                                           "segmentation_sop_instance_uid, created_unix_ms, "
+                                           "series_description) "
+                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+                                           "?11)"));
     s.Bind(1, study.dataset_id)
         .Bind(2, static_cast<int64_t>(role))
         .BindText(3, study.study_instance_uid)
@@ -532,7 +544,8 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
         .Bind(7, static_cast<int64_t>(study.rows))
         .Bind(8, static_cast<int64_t>(study.columns))
         .BindText(9, study.segmentation_sop_instance_uid)
-        .Bind(10, NowUnixMs());
+        .Bind(10, NowUnixMs())
+        .BindText(11, study.series_description);
     RETURN_IF_ERROR(s.Run());
     const int64_t study_id = sqlite3_last_insert_rowid(db_);
     ASSIGN_OR_RETURN(Stmt insert, Stmt::Prepare(db_,

@@ -68,6 +68,7 @@ struct StudyRecord {
   int32_t slices = 0, rows = 0, columns = 0;
   std::string segmentation_sop_instance_uid;  // empty for unlabeled
   int64_t created_unix_ms = 0;
+  std::string series_description;  // valid UTF-8 (decoded or escaped), may be empty
   std::vector<InstanceRecord> instances;  // images and (if any) the SEG
 };
 

@@ -40,7 +40,7 @@ import unicodedata
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from miseg_server_process import ServerProcess  # noqa: E402
+from miseg_server_process import ServerProcess, parse_cli_test_args, run_tests  # noqa: E402
 
 MISEG = None   # the CLI binary, set in main()
 SERVER = None  # the server binary
@@ -304,7 +304,7 @@ class CliScreenTest(unittest.TestCase):
         self.assert_ok(screen)
         self.assert_fits(screen)
         self.assertEqual(screen.lines[0].split(), ["SERIES", "ROLE", "MOD", "SLICES", "MATRIX",
-                                                   "SEG"], screen.describe())
+                                                   "SEG", "DESCRIPTION"], screen.describe())
         rows = screen.lines[1:]
         self.assertEqual(len(rows), len(real), screen.describe())
         self.assert_shortened_uids([r.split()[0] for r in rows], real, screen)
@@ -494,23 +494,11 @@ def _quote(word):
 
 def main():
     global MISEG, SERVER
-    rest = sys.argv[1:]
-    positional = []
-    while rest and len(positional) < 2 and not rest[0].startswith("-"):
-        positional.append(rest.pop(0))
-    MISEG = positional[0] if len(positional) > 0 else os.environ.get("MISEG_CLI")
-    SERVER = positional[1] if len(positional) > 1 else os.environ.get("MISEG_SERVER")
-    if not MISEG or not SERVER:
-        sys.stderr.write("usage: %s MISEG_CLI MISEG_SERVER [unittest args]\n" % sys.argv[0])
+    parsed = parse_cli_test_args(sys.argv[1:])
+    if parsed is None:
         return 2
-    MISEG, SERVER = os.path.abspath(MISEG), os.path.abspath(SERVER)
-    started = time.monotonic()
-    program = unittest.main(argv=[sys.argv[0]] + rest, exit=False)
-    if not program.result.wasSuccessful():
-        for server in ALL_SERVERS:
-            sys.stderr.write("\n===== %s log =====\n%s\n" % (server.name, server.log()))
-    sys.stderr.write("miseg screen test: %.1fs\n" % (time.monotonic() - started))
-    return 0 if program.result.wasSuccessful() else 1
+    MISEG, SERVER, rest = parsed
+    return run_tests(rest, ALL_SERVERS, "miseg screen test")
 
 
 if __name__ == "__main__":

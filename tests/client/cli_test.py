@@ -32,7 +32,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from miseg_server_process import ServerProcess  # noqa: E402
+from miseg_server_process import ServerProcess, parse_cli_test_args, run_tests  # noqa: E402
 
 MISEG = None   # the CLI binary, set in main()
 SERVER = None  # the server binary
@@ -473,7 +473,8 @@ class CliTest(unittest.TestCase):
         self.assertEqual(len(lines), 2, r.stdout)
         self.assertEqual(lines[1].split()[:3], [self.state["validation_series"], "validation",
                                                 "MR"])
-        self.assertTrue(lines[1].endswith("yes"), lines[1])
+        # SEG, then the series description (the phantom's, decoded) as the last column.
+        self.assertTrue(lines[1].endswith("yes  Phantom short-axis cine"), lines[1])
         # Without --wide the UID is shortened in the middle; -o wide is --wide.
         short = self.ok("studies", "list", DATASET, "--role", "validation").stdout.splitlines()
         prefix, suffix = short[1].split()[0].split("\u2026")
@@ -913,29 +914,11 @@ class CliTest(unittest.TestCase):
 
 def main():
     global MISEG, SERVER
-    rest = sys.argv[1:]
-    positional = []
-    while rest and len(positional) < 2 and not rest[0].startswith("-"):
-        positional.append(rest.pop(0))
-    MISEG = positional[0] if len(positional) > 0 else os.environ.get("MISEG_CLI")
-    SERVER = positional[1] if len(positional) > 1 else os.environ.get("MISEG_SERVER")
-    if not MISEG or not SERVER:
-        sys.stderr.write("usage: %s MISEG_CLI MISEG_SERVER [unittest args]\n" % sys.argv[0])
+    parsed = parse_cli_test_args(sys.argv[1:])
+    if parsed is None:
         return 2
-    MISEG, SERVER = os.path.abspath(MISEG), os.path.abspath(SERVER)
-    for binary in (MISEG, SERVER):
-        if not os.access(binary, os.X_OK):
-            sys.stderr.write("not an executable: %s\n" % binary)
-            return 2
-    started = time.monotonic()
-    program = unittest.main(argv=[sys.argv[0]] + rest, exit=False)
-    result = program.result
-    if not result.wasSuccessful():
-        for server in ALL_SERVERS:
-            sys.stderr.write("\n===== %s log =====\n%s\n===== end of %s log =====\n"
-                             % (server.name, server.log(), server.name))
-    sys.stderr.write("miseg CLI test: %.1fs\n" % (time.monotonic() - started))
-    return 0 if result.wasSuccessful() else 1
+    MISEG, SERVER, rest = parsed
+    return run_tests(rest, ALL_SERVERS, "miseg CLI test")
 
 
 if __name__ == "__main__":

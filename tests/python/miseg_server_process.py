@@ -7,8 +7,10 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
+import unittest
 
 
 class ServerProcess:
@@ -126,3 +128,37 @@ class ServerProcess:
         if self.drain_thread is not None:
             self.drain_thread.join(timeout=10)
         self.proc.stderr.close()
+
+
+def parse_cli_test_args(argv):
+    """The arguments of a CLI test: MISEG_CLI MISEG_SERVER [unittest args], the two binaries
+    also from the MISEG_CLI and MISEG_SERVER environment variables. Returns (cli, server,
+    unittest args) with absolute paths, or None after printing the usage."""
+    rest = list(argv)
+    positional = []
+    while rest and len(positional) < 2 and not rest[0].startswith("-"):
+        positional.append(rest.pop(0))
+    cli = positional[0] if len(positional) > 0 else os.environ.get("MISEG_CLI")
+    server = positional[1] if len(positional) > 1 else os.environ.get("MISEG_SERVER")
+    if not cli or not server:
+        sys.stderr.write("usage: %s MISEG_CLI MISEG_SERVER [unittest args]\n" % sys.argv[0])
+        return None
+    cli, server = os.path.abspath(cli), os.path.abspath(server)
+    for binary in (cli, server):
+        if not os.access(binary, os.X_OK):
+            sys.stderr.write("not an executable: %s\n" % binary)
+            return None
+    return cli, server, rest
+
+
+def run_tests(unittest_args, servers, title):
+    """Runs this module's tests; when one fails, prints the log of every server started.
+    Returns the exit status."""
+    started = time.monotonic()
+    program = unittest.main(argv=[sys.argv[0]] + unittest_args, exit=False)
+    if not program.result.wasSuccessful():
+        for server in servers:
+            sys.stderr.write("\n===== %s log =====\n%s\n===== end of %s log =====\n"
+                             % (server.name, server.log(), server.name))
+    sys.stderr.write("%s: %.1fs\n" % (title, time.monotonic() - started))
+    return 0 if program.result.wasSuccessful() else 1

@@ -117,6 +117,37 @@ std::vector<DicomBuffer> LabeledFiles(const PhantomStudy& study) {
   return files;
 }
 
+bool WaitForStep(const ApiClient& client, int64_t job_id, int64_t step) {
+  auto context = client.Context();
+  v1::WatchJobRequest request;
+  request.set_id(job_id);
+  auto reader = client.training->WatchJob(context.get(), request);
+  v1::JobEvent event;
+  while (reader->Read(&event)) {
+    if (event.has_step() && event.step().step() >= step) {
+      context->TryCancel();
+      reader->Finish();
+      return true;
+    }
+  }
+  reader->Finish();
+  return false;
+}
+
+std::vector<int64_t> StepsOf(const std::vector<v1::JobEvent>& events) {
+  std::vector<int64_t> steps;
+  for (const v1::JobEvent& e : events) {
+    if (e.has_step()) steps.push_back(e.step().step());
+  }
+  return steps;
+}
+
+std::vector<int64_t> OneTo(int64_t n) {
+  std::vector<int64_t> v;
+  for (int64_t i = 1; i <= n; ++i) v.push_back(i);
+  return v;
+}
+
 v1::Hyperparameters TinyHyperparameters(int64_t total_steps, int64_t checkpoint_every) {
   v1::Hyperparameters h;
   h.set_total_steps(total_steps);

@@ -44,6 +44,13 @@ struct ApiClient {
                      bool no_follow = false) const;
 };
 
+// Follows a job until a step event with step >= `step` arrives; false if the stream ends
+// first.
+bool WaitForStep(const ApiClient& client, int64_t job_id, int64_t step);
+// The steps of a job's step events, in order; and 1..n, to compare them with.
+std::vector<int64_t> StepsOf(const std::vector<v1::JobEvent>& events);
+std::vector<int64_t> OneTo(int64_t n);
+
 // The phantom class names, background first.
 std::vector<std::string> CardiacClasses();
 // A study's files for a labeled upload: images then the SEG.

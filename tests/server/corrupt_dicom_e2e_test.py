@@ -368,10 +368,16 @@ class CorruptDicomTest(unittest.TestCase):
         listed = self.datasets.ListStudies(pb.ListStudiesRequest(dataset="text"),
                                            timeout=RPC_TIMEOUT_S)
         self.assertEqual(len(listed.studies), 3)
+        # The API carries each description decoded by its character set, or escaped.
+        self.assertEqual({s.series_instance_uid: s.series_description for s in listed.studies},
+                         expected)
         shown = self.cli("studies", "list", "text")
         out = shown.stdout.decode("utf-8")
         self.assertEqual(shown.returncode, 0, shown.stderr.decode(errors="replace"))
         self.assertNotIn("\ufffd", out)
+        # And the CLI shows exactly that text (piped: nothing is cut to a width).
+        for text in expected.values():
+            self.assertIn(text, out)
 
 
 def main():

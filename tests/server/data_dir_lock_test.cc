@@ -84,24 +84,6 @@ class DataDirLockTest : public ::testing::Test {
     return job.id();
   }
 
-  // Follows the job until a step event with step >= step arrives.
-  static bool WaitForStep(const ApiClient& client, int64_t job_id, int64_t step) {
-    auto context = client.Context();
-    v1::WatchJobRequest request;
-    request.set_id(job_id);
-    auto reader = client.training->WatchJob(context.get(), request);
-    v1::JobEvent event;
-    while (reader->Read(&event)) {
-      if (event.has_step() && event.step().step() >= step) {
-        context->TryCancel();
-        reader->Finish();
-        return true;
-      }
-    }
-    reader->Finish();
-    return false;
-  }
-
   static v1::Job GetJob(const ApiClient& client, int64_t id) {
     v1::GetJobRequest request;
     request.set_id(id);
@@ -117,19 +99,6 @@ class DataDirLockTest : public ::testing::Test {
     EXPECT_TRUE(client.Watch(id, &live).ok());
     EXPECT_TRUE(client.Watch(id, &stored, 0, 300, 0, /*no_follow=*/true).ok());
     return stored;
-  }
-
-  static std::vector<int64_t> Steps(const std::vector<v1::JobEvent>& events) {
-    std::vector<int64_t> steps;
-    for (const v1::JobEvent& e : events) {
-      if (e.has_step()) steps.push_back(e.step().step());
-    }
-    return steps;
-  }
-  static std::vector<int64_t> OneTo(int64_t n) {
-    std::vector<int64_t> v;
-    for (int64_t i = 1; i <= n; ++i) v.push_back(i);
-    return v;
   }
 
   TempDir dir_;
@@ -202,7 +171,7 @@ TEST_F(DataDirLockTest, SecondServerOnALiveDirectoryExitsTwoAndTheFirstIsUntouch
   const std::vector<v1::JobEvent> stopped = HistoryAfterEnd(client, running);
   ASSERT_FALSE(stopped.empty());
   EXPECT_EQ(stopped.back().state().state(), v1::JOB_STATE_CANCELLED);
-  const std::vector<int64_t> stopped_steps = Steps(stopped);
+  const std::vector<int64_t> stopped_steps = StepsOf(stopped);
   EXPECT_EQ(stopped_steps, OneTo(static_cast<int64_t>(stopped_steps.size())));
   EXPECT_EQ(GetJob(client, running).resumes(), 0);
 
@@ -210,7 +179,7 @@ TEST_F(DataDirLockTest, SecondServerOnALiveDirectoryExitsTwoAndTheFirstIsUntouch
   const std::vector<v1::JobEvent> events = HistoryAfterEnd(client, job_id);
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back().state().state(), v1::JOB_STATE_SUCCEEDED) << first->log();
-  EXPECT_EQ(Steps(events), OneTo(kSteps));
+  EXPECT_EQ(StepsOf(events), OneTo(kSteps));
   for (const v1::JobEvent& e : events) {
     if (e.has_state()) {
       EXPECT_THAT(e.state().message(), Not(HasSubstr("resumed")));
@@ -263,7 +232,7 @@ TEST_F(DataDirLockTest, AfterSigkillANewServerStartsAtOnceAndRecoversTheJob) {
   const std::vector<v1::JobEvent> events = HistoryAfterEnd(client, job_id);
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back().state().state(), v1::JOB_STATE_SUCCEEDED) << second->log();
-  EXPECT_EQ(Steps(events), OneTo(60));
+  EXPECT_EQ(StepsOf(events), OneTo(60));
   EXPECT_EQ(GetJob(client, job_id).resumes(), 1);
 
   // A server that stops normally leaves no pid behind.

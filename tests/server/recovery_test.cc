@@ -55,24 +55,6 @@ class RecoveryTest : public ::testing::Test {
     return job.id();
   }
 
-  // Follows the job until a step event with step >= step arrives.
-  bool WaitForStep(int64_t job_id, int64_t step) {
-    auto context = client_->Context();
-    v1::WatchJobRequest request;
-    request.set_id(job_id);
-    auto reader = client_->training->WatchJob(context.get(), request);
-    v1::JobEvent event;
-    while (reader->Read(&event)) {
-      if (event.has_step() && event.step().step() >= step) {
-        context->TryCancel();
-        reader->Finish();
-        return true;
-      }
-    }
-    reader->Finish();
-    return false;
-  }
-
   v1::Job GetJob(int64_t id) {
     v1::GetJobRequest request;
     request.set_id(id);
@@ -80,20 +62,6 @@ class RecoveryTest : public ::testing::Test {
     auto context = client_->Context();
     EXPECT_TRUE(client_->training->GetJob(context.get(), request, &job).ok());
     return job;
-  }
-
-  // The steps of the step events, and the "resumed from" message if any.
-  static std::vector<int64_t> Steps(const std::vector<v1::JobEvent>& events) {
-    std::vector<int64_t> steps;
-    for (const v1::JobEvent& e : events) {
-      if (e.has_step()) steps.push_back(e.step().step());
-    }
-    return steps;
-  }
-  static std::vector<int64_t> OneTo(int64_t n) {
-    std::vector<int64_t> v;
-    for (int64_t i = 1; i <= n; ++i) v.push_back(i);
-    return v;
   }
 
   TempDir dir_;
@@ -108,7 +76,7 @@ TEST_F(RecoveryTest, JobKilledMidRunResumesFromItsLastCheckpoint) {
   const v1::Hyperparameters h = TinyHyperparameters(80, 5);
   const int64_t job_id = StartJob(h);
   // Step 12 runs only after the checkpoint of step 10 is committed.
-  ASSERT_TRUE(WaitForStep(job_id, 12)) << server_->log();
+  ASSERT_TRUE(WaitForStep(*client_, job_id, 12)) << server_->log();
   server_->Kill();
 
   Start();
@@ -121,7 +89,7 @@ TEST_F(RecoveryTest, JobKilledMidRunResumesFromItsLastCheckpoint) {
   std::vector<v1::JobEvent> events;
   ASSERT_TRUE(client_->Watch(job_id, &events).ok());
   // One consistent history: the steps re-run after the checkpoint replace the lost ones.
-  EXPECT_EQ(Steps(events), OneTo(80));
+  EXPECT_EQ(StepsOf(events), OneTo(80));
   int64_t resumed_from = -1;
   for (const v1::JobEvent& e : events) {
     if (e.has_state() && e.state().state() == v1::JOB_STATE_RUNNING &&
@@ -158,7 +126,7 @@ TEST_F(RecoveryTest, SigtermCheckpointsTheRunningJobAndItResumesOnRestart) {
   FillDataset(2, 0);
   // No periodic checkpoint before the end: only the shutdown writes one.
   const int64_t job_id = StartJob(TinyHyperparameters(100, 1000));
-  ASSERT_TRUE(WaitForStep(job_id, 3)) << server_->log();
+  ASSERT_TRUE(WaitForStep(*client_, job_id, 3)) << server_->log();
   EXPECT_EQ(server_->Terminate(), 0) << server_->log();
   EXPECT_THAT(server_->log(), HasSubstr("stopped"));
 
@@ -168,7 +136,7 @@ TEST_F(RecoveryTest, SigtermCheckpointsTheRunningJobAndItResumesOnRestart) {
   std::vector<v1::JobEvent> events;
   ASSERT_TRUE(client_->Watch(job_id, &events).ok());
   EXPECT_EQ(events.back().state().state(), v1::JOB_STATE_SUCCEEDED) << server_->log();
-  EXPECT_EQ(Steps(events), OneTo(100));
+  EXPECT_EQ(StepsOf(events), OneTo(100));
   bool requeued = false, resumed = false;
   for (const v1::JobEvent& e : events) {
     if (!e.has_state()) continue;

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/store/file_store.h"
@@ -1089,6 +1091,55 @@ TEST_F(FileStoreTest, WriteFailureNamesPathAndLeavesNoTemporary) {
   for (const auto& entry : fs::directory_iterator(dir_)) {
     EXPECT_NE(entry.path().extension(), ".tmp") << "temporary left: " << entry.path();
   }
+}
+
+// ---------------------------------------------------------------- Schema versions
+
+namespace schema {
+
+void Exec(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* error = nullptr;
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
+  EXPECT_EQ(rc, SQLITE_OK) << (error != nullptr ? error : "");
+  sqlite3_free(error);
+  sqlite3_close(db);
+}
+
+}  // namespace schema
+
+// A database written by the first release (schema 1: no series_description) is upgraded in
+// place when the server opens it: its studies stay, and new ones keep their descriptions.
+TEST_F(StoreTest, ASchemaOneDatabaseIsUpgradedInPlace) {
+  const DatasetRecord d = MakeDataset("old");
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "1.2.3", StoredRole::kUnlabeled, 2, 0, false)).ok());
+  store_.reset();
+  // Back to schema 1 exactly as that release created it.
+  schema::Exec(Path("miseg.db"),
+               "ALTER TABLE studies DROP COLUMN series_description; PRAGMA user_version = 1;");
+
+  Reopen();
+  auto studies = store_->ListStudies(d.id, std::nullopt);
+  ASSERT_TRUE(studies.ok()) << studies.status();
+  ASSERT_EQ(studies->size(), 1u);
+  EXPECT_EQ(studies->front().series_instance_uid, "1.2.3");
+  EXPECT_EQ(studies->front().series_description, "");
+  StudyRecord described = MakeStudy(d.id, "1.2.4", StoredRole::kUnlabeled, 1, 10, false);
+  described.series_description = "Süßes Herz";
+  ASSERT_TRUE(store_->InsertStudy(described).ok());
+  auto stored = store_->GetStudy(d.id, "1.2.4");
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->series_description, "Süßes Herz");
+}
+
+TEST_F(StoreTest, ADatabaseOfANewerSchemaIsRefusedUntouched) {
+  store_.reset();
+  schema::Exec(Path("miseg.db"), "PRAGMA user_version = 99;");
+  auto reopened = Store::Open(Path("miseg.db"));
+  ASSERT_FALSE(reopened.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(reopened.status())) << reopened.status();
+  EXPECT_NE(reopened.status().message().find("newer"), std::string::npos) << reopened.status();
 }
 
 }  // namespace

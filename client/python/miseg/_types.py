@@ -109,6 +109,8 @@ class Study:
     instances: int
     segmentation_sop_instance_uid: Optional[str]
     created: Optional[datetime.datetime]
+    #: SeriesDescription decoded to text (undecodable bytes escaped as \\xNN); "" if none.
+    series_description: str = ""
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -122,7 +124,8 @@ class Study:
                      series_instance_uid=s.series_instance_uid, modality=s.modality,
                      slices=s.slices, rows=s.rows, columns=s.columns, instances=s.instances,
                      segmentation_sop_instance_uid=s.segmentation_sop_instance_uid or None,
-                     created=_time(s.created_unix_ms))
+                     created=_time(s.created_unix_ms),
+                     series_description=s.series_description)
 
 
 Outcome = Literal["stored", "duplicate", "refused"]
