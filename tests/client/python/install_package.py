@@ -12,8 +12,13 @@ kernel inside the venv (kernel "miseg-venv", for the notebook test) and checks t
 package: importable from the venv, its generated stubs, their .pyi and py.typed present.
 
   /usr/bin/python3 install_package.py PACKAGE_DIR VENV_DIR
+
+The venv is rebuilt under an exclusive lock on VENV_DIR.lock, and the tests that use it hold
+a shared one (CMakeLists.txt runs them under `flock --shared`), so a second copy of the
+suite running at the same time waits instead of replacing the venv under them.
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -31,6 +36,12 @@ def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     package, venv = (os.path.abspath(p) for p in sys.argv[1:])
+    with open(venv + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        install(package, venv)
+
+
+def install(package, venv):
     for generated in ("miseg_pb2.py", "miseg_pb2_grpc.py"):
         if not os.path.exists(os.path.join(package, "miseg", "v1", generated)):
             sys.exit("%s/miseg/v1/%s is missing: build the target miseg_python" % (package, generated))
