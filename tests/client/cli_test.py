@@ -32,7 +32,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from miseg_server_process import ServerProcess, parse_cli_test_args, run_tests  # noqa: E402
+from miseg_server_process import (  # noqa: E402
+    ServerProcess, kill_servers, parse_cli_test_args, run_tests)
 
 MISEG = None   # the CLI binary, set in main()
 SERVER = None  # the server binary
@@ -155,11 +156,7 @@ class CliTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for server in ALL_SERVERS:
-            try:
-                server.kill()
-            except Exception:  # pragma: no cover - best effort
-                pass
+        kill_servers(ALL_SERVERS)
         if cls.work_dir:
             shutil.rmtree(cls.work_dir, ignore_errors=True)
 

@@ -162,3 +162,12 @@ def run_tests(unittest_args, servers, title):
                              % (server.name, server.log(), server.name))
     sys.stderr.write("%s: %.1fs\n" % (title, time.monotonic() - started))
     return 0 if program.result.wasSuccessful() else 1
+
+
+def kill_servers(servers):
+    """Kills every server a test started (best effort: at teardown, after failures too)."""
+    for server in servers:
+        try:
+            server.kill()
+        except Exception:  # pragma: no cover - best effort
+            pass

@@ -36,6 +36,7 @@
 #include "server/metrics.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
+#include "tests/server/api_client.h"
 #include "tests/server/child_process.h"
 #include "tests/server/test_studies.h"
 
@@ -49,17 +50,8 @@ using ::testing::HasSubstr;
 constexpr absl::Duration kPatience = absl::Minutes(5);
 
 v1::Hyperparameters Tiny(int64_t total_steps, int64_t checkpoint_every, uint64_t seed) {
-  v1::Hyperparameters h;
-  h.set_total_steps(total_steps);
-  h.set_checkpoint_every(checkpoint_every);
+  v1::Hyperparameters h = testing::TinyHyperparameters(total_steps, checkpoint_every);
   h.set_seed(seed);
-  h.set_grid_size(32);
-  h.add_widths(8);
-  h.add_widths(16);
-  h.set_labeled_batch(2);
-  h.set_unlabeled_batch(2);
-  h.set_warmup_steps(1);
-  h.set_rampup_steps(2);
   h.set_validate_every(total_steps);  // once, at the end
   return h;
 }
