@@ -28,11 +28,6 @@ grpc::ServerUnaryReactor* HandleUnary(const ServiceDeps& deps, grpc::CallbackSer
   return reactor;
 }
 
-absl::StatusOr<DatasetRecord> FindDataset(const ServiceDeps& deps, const std::string& name) {
-  if (name.empty()) return absl::InvalidArgumentError("dataset is required");
-  return deps.store->GetDataset(name);
-}
-
 absl::StatusOr<v1::Model> ModelToProto(const ServiceDeps& deps, const ModelRecord& model) {
   ASSIGN_OR_RETURN(DatasetRecord dataset, deps.store->GetDatasetById(model.dataset_id));
   return ToProto(model, dataset.class_names);
@@ -345,6 +340,11 @@ class DicomNodeServiceImpl final : public v1::DicomNodeService::CallbackService 
 };
 
 }  // namespace
+
+absl::StatusOr<DatasetRecord> FindDataset(const ServiceDeps& deps, const std::string& name) {
+  if (name.empty()) return absl::InvalidArgumentError("dataset is required");
+  return deps.store->GetDataset(name);
+}
 
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps) {
   std::vector<std::unique_ptr<grpc::Service>> services;

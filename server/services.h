@@ -45,6 +45,9 @@ struct ServiceDeps {
   SeriesReaderLimits reader_limits;
 };
 
+// The dataset a request names: InvalidArgument when the name is empty, NotFound when unknown.
+absl::StatusOr<DatasetRecord> FindDataset(const ServiceDeps& deps, const std::string& name);
+
 // All the services of miseg.v1 (callback services); register each with the builder.
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps);
 

@@ -33,8 +33,7 @@ class UploadReactor final
         header.role() != v1::STUDY_ROLE_VALIDATION) {
       return absl::InvalidArgumentError("role must be LABELED, UNLABELED or VALIDATION");
     }
-    if (header.dataset().empty()) return absl::InvalidArgumentError("dataset is required");
-    ASSIGN_OR_RETURN(DatasetRecord dataset, deps_.store->GetDataset(header.dataset()));
+    ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, header.dataset()));
     dataset_name_ = dataset.name;
     session_ = std::make_unique<IngestSession>(
         deps_.store, deps_.files, std::move(dataset), static_cast<StoredRole>(header.role()),

@@ -149,6 +149,26 @@ absl::StatusOr<std::string> DecodeJapanese(absl::string_view raw, bool person_na
   return Iconv(euc, "EUC-JP");
 }
 
+// The element at `tag`, or null when absent.
+DcmElement* FindElement(DcmItem& item, const DcmTagKey& tag) {
+  DcmElement* element = nullptr;
+  if (item.findAndGetElement(tag, element).bad()) return nullptr;
+  return element;
+}
+
+// The raw bytes of every value of `element` ("" when unreadable): getOFStringArray would
+// stop at an embedded NUL and hide the rest.
+std::string RawValue(DcmElement& element) {
+  char* bytes = nullptr;
+  Uint32 length = 0;
+  if (element.getString(bytes, length).good() && bytes != nullptr) {
+    return std::string(bytes, length);
+  }
+  OFString value;
+  if (element.getOFStringArray(value).bad()) return "";
+  return std::string(value.c_str(), value.length());
+}
+
 }  // namespace
 
 bool IsValidUtf8(absl::string_view text) {
@@ -235,20 +255,9 @@ std::string DicomTagName(const DcmTagKey& tag) {
 }
 
 absl::StatusOr<std::string> DicomUid(DcmItem& item, const DcmTagKey& tag, bool required) {
-  DcmElement* element = nullptr;
-  std::string raw;
-  if (item.findAndGetElement(tag, element).good() && element != nullptr) {
-    // The raw bytes of every value: getOFStringArray would stop at an embedded NUL and
-    // hide the rest, and a UID is one value anyway (a backslash fails the rule).
-    char* bytes = nullptr;
-    Uint32 length = 0;
-    if (element->getString(bytes, length).good() && bytes != nullptr) {
-      raw.assign(bytes, length);
-    } else {
-      OFString value;
-      if (element->getOFStringArray(value).good()) raw.assign(value.c_str(), value.length());
-    }
-  }
+  // Every value at once: a UID is one value anyway (a backslash fails the rule).
+  DcmElement* element = FindElement(item, tag);
+  const std::string raw = element != nullptr ? RawValue(*element) : "";
   const absl::string_view uid = StripUidPadding(raw);
   if (uid.empty()) {
     if (!required) return std::string();
@@ -299,18 +308,9 @@ absl::StatusOr<std::string> DecodeDicomString(absl::string_view raw,
 
 std::string DicomText(DcmItem& item, const DcmTagKey& tag, DcmItem& charset_source,
                       size_t max_bytes) {
-  DcmElement* element = nullptr;
-  if (item.findAndGetElement(tag, element).bad() || element == nullptr) return "";
-  std::string raw;
-  char* bytes = nullptr;
-  Uint32 length = 0;
-  if (element->getString(bytes, length).good() && bytes != nullptr) {
-    raw.assign(bytes, length);
-  } else {
-    OFString value;
-    if (element->getOFStringArray(value).bad()) return "";
-    raw.assign(value.c_str(), value.length());
-  }
+  DcmElement* element = FindElement(item, tag);
+  if (element == nullptr) return "";
+  const std::string raw = RawValue(*element);
   const absl::string_view value = StripPadding(raw);
   if (value.empty()) return "";
   if (IsCharsetVr(element->ident())) {
