@@ -19,7 +19,7 @@ absl::Status ValidateDatasetName(const std::string& name);
 // At least two, unique, 1..64 printable characters without newlines.
 absl::Status ValidateClassNames(const std::vector<std::string>& names);
 
-// Every unset field takes its default (../shared/method.md); InvalidArgument naming the
+// Every unset field takes its default (docs/method.md); InvalidArgument naming the
 // first bad field (including those TrainerConfig::Validate checks).
 absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparameters& in,
                                                            int64_t classes);

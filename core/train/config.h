@@ -1,6 +1,6 @@
 // Plain configuration structs of the training core. Torch-free on purpose: the server
 // and the CLI fill these from requests and flags without compiling LibTorch headers.
-// Defaults follow ../shared/method.md (the authors' re-implementation) unless noted.
+// Defaults follow docs/method.md (the authors' re-implementation) unless noted.
 #ifndef MISEG_CORE_TRAIN_CONFIG_H_
 #define MISEG_CORE_TRAIN_CONFIG_H_
 

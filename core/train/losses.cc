@@ -1,5 +1,5 @@
 // Loss terms of the objective. The MI loss follows the IIC "uncollapsed" segmentation loss
-// exactly as ../shared/method.md specifies it (clamping only inside the logs).
+// exactly as docs/method.md specifies it (clamping only inside the logs).
 #include "core/train/losses.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// The terms of the training objective of ../shared/method.md: supervised cross-entropy
+// The terms of the training objective of docs/method.md: supervised cross-entropy
 // (optionally plus soft Dice), the local-window mutual-information loss of IIC as used by
 // Peng et al., the consistency loss, and the ramp-up weight. All take and return tensors on
 // any device; every loss is a scalar that backpropagates into its (non-detached) inputs.

@@ -1,4 +1,4 @@
-// The semi-supervised trainer: the objective of ../shared/method.md on labeled and
+// The semi-supervised trainer: the objective of docs/method.md on labeled and
 // unlabeled slice streams drawn from 3D volumes, Adam with warm-up and cosine decay,
 // validation by 3D Dice, checkpoint and resume. A training job is a resumable step machine
 // (as Orthanc's jobs): Run advances it, SaveCheckpoint / LoadCheckpoint persist everything

@@ -12,7 +12,7 @@
 namespace miseg {
 namespace {
 
-// Straight from ../shared/method.md: one J_t per displacement, c zero outside the image.
+// Straight from docs/method.md: one J_t per displacement, c zero outside the image.
 double ReferenceMiLoss(const torch::Tensor& a_t, const torch::Tensor& c_t, int64_t d,
                        double lambda, double eps) {
   const torch::Tensor a_c = a_t.to(torch::kFloat64).contiguous();
