@@ -129,6 +129,7 @@ struct Client::State {
   std::unique_ptr<v1::ModelService::Stub> models;
   std::unique_ptr<v1::SegmentationService::Stub> segmentation;
   std::unique_ptr<v1::DicomNodeService::Stub> node;
+  std::unique_ptr<v1::WorkerService::Stub> workers;
 
   void Prepare(grpc::ClientContext* context, std::chrono::seconds timeout) const {
     if (!options.token.empty()) context->AddMetadata("authorization", "Bearer " + options.token);
@@ -175,6 +176,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions&
   state->channel = grpc::CreateCustomChannel(options.address, credentials, arguments);
   state->datasets = v1::DatasetService::NewStub(state->channel);
   state->training = v1::TrainingService::NewStub(state->channel);
+  state->workers = v1::WorkerService::NewStub(state->channel);
   state->models = v1::ModelService::NewStub(state->channel);
   state->segmentation = v1::SegmentationService::NewStub(state->channel);
   state->node = v1::DicomNodeService::NewStub(state->channel);
@@ -348,6 +350,15 @@ absl::StatusOr<std::vector<v1::Job>> Client::ListJobs(const std::string& dataset
   grpc::Status status = state_->training->ListJobs(&context, request, &response);
   if (!status.ok()) return FromGrpc(status);
   return std::vector<v1::Job>(response.jobs().begin(), response.jobs().end());
+}
+
+absl::StatusOr<std::vector<v1::Worker>> Client::ListWorkers() {
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListWorkersResponse response;
+  grpc::Status status = state_->workers->ListWorkers(&context, v1::ListWorkersRequest(), &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Worker>(response.workers().begin(), response.workers().end());
 }
 
 absl::StatusOr<v1::Job> Client::CancelJob(int64_t id) {

@@ -106,6 +106,9 @@ class Client {
   absl::StatusOr<v1::Model> GetModel(int64_t id);
   absl::StatusOr<v1::Model> PromoteModel(int64_t id);
 
+  // The workers that train ranks of jobs (the server's own devices first).
+  absl::StatusOr<std::vector<v1::Worker>> ListWorkers();
+
   // The DICOM node's outbox (FailedPrecondition when the server runs no DICOM node).
   absl::StatusOr<std::vector<v1::Delivery>> ListDeliveries(v1::DeliveryState state);
 

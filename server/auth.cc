@@ -17,8 +17,9 @@ absl::StatusOr<Role> ParseRole(const std::string& name) {
   if (name == "uploader") return Role::kUploader;
   if (name == "trainer") return Role::kTrainer;
   if (name == "admin") return Role::kAdmin;
+  if (name == "worker") return Role::kWorker;
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown role '", name, "' (one of reader, segmenter, uploader, trainer, admin)"));
+      "unknown role '", name, "' (one of reader, segmenter, uploader, trainer, admin, worker)"));
 }
 
 const char* RoleName(Role role) {
@@ -28,6 +29,7 @@ const char* RoleName(Role role) {
     case Role::kUploader: return "uploader";
     case Role::kTrainer: return "trainer";
     case Role::kAdmin: return "admin";
+    case Role::kWorker: return "worker";
   }
   return "unknown";
 }
@@ -46,6 +48,8 @@ bool RoleAllows(Role role, Permission permission) {
       return permission == Permission::kRead || permission == Permission::kSegment;
     case Role::kReader:
       return permission == Permission::kRead;
+    case Role::kWorker:
+      return permission == Permission::kWork;
   }
   return false;
 }

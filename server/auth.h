@@ -2,7 +2,9 @@
 // token file holds their SHA-256, one line per token: "<hex sha256> <role> <name>" (blank
 // lines and "#" comments ignored). Roles, from least to most: reader (list, describe,
 // watch), segmenter (+ segment), uploader (+ upload), trainer (+ upload, segment, train,
-// promote), admin (+ create datasets, delete studies).
+// promote), admin (+ create datasets, delete studies). Apart from these, worker: a
+// miseg-worker's token, which may register devices, train ranks of jobs and read the
+// studies and checkpoints of the jobs it trains (and nothing a user does).
 #ifndef MISEG_SERVER_AUTH_H_
 #define MISEG_SERVER_AUTH_H_
 
@@ -14,8 +16,9 @@
 
 namespace miseg {
 
-enum class Role { kReader, kSegmenter, kUploader, kTrainer, kAdmin };
-enum class Permission { kRead, kSegment, kUpload, kTrain, kPromote, kCreateDataset, kDeleteStudy };
+enum class Role { kReader, kSegmenter, kUploader, kTrainer, kAdmin, kWorker };
+enum class Permission { kRead, kSegment, kUpload, kTrain, kPromote, kCreateDataset, kDeleteStudy,
+                        kWork };
 
 absl::StatusOr<Role> ParseRole(const std::string& name);
 const char* RoleName(Role role);

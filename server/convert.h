@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "core/train/config.h"
 #include "miseg/v1/miseg.pb.h"
+#include "server/rank/hyperparameters.h"
 #include "server/store/store.h"
 
 namespace miseg {
@@ -18,13 +19,6 @@ namespace miseg {
 absl::Status ValidateDatasetName(const std::string& name);
 // At least two, unique, 1..64 printable characters without newlines.
 absl::Status ValidateClassNames(const std::vector<std::string>& names);
-
-// Every unset field takes its default (docs/method.md); InvalidArgument naming the
-// first bad field (including those TrainerConfig::Validate checks).
-absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparameters& in,
-                                                           int64_t classes);
-// A resolved set to the trainer's config (device and threads are the runner's).
-TrainerConfig ToTrainerConfig(const v1::Hyperparameters& resolved, int64_t classes);
 
 v1::Dataset ToProto(const DatasetRecord& record);
 v1::Study ToProto(const StudyRecord& record, const std::string& dataset_name);

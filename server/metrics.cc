@@ -174,7 +174,36 @@ struct ServerMetrics::State {
   prometheus::Family<prometheus::Counter>* delivery_attempts = nullptr;
   prometheus::Family<prometheus::Gauge>* deliveries = nullptr;
   prometheus::Histogram* delivery_latency = nullptr;
+  prometheus::Family<prometheus::Gauge>* workers = nullptr;
+  prometheus::Family<prometheus::Gauge>* worker_devices = nullptr;
+  prometheus::Histogram* allreduce_time = nullptr;
 };
+
+namespace {
+
+// Workers and data-parallel training (the scheduler's view).
+void RegisterClusterMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.workers = &prometheus::BuildGauge()
+                       .Name("miseg_workers")
+                       .Help("Registered workers, by state (idle, busy, lost)")
+                       .Register(r);
+  for (const char* s : {"idle", "busy", "lost"}) state.workers->Add({{"state", s}});
+  state.worker_devices = &prometheus::BuildGauge()
+                              .Name("miseg_worker_devices")
+                              .Help("Devices of live workers, by state (free, busy)")
+                              .Register(r);
+  for (const char* s : {"free", "busy"}) state.worker_devices->Add({{"state", s}});
+  state.allreduce_time = &prometheus::BuildHistogram()
+                              .Name("miseg_training_allreduce_seconds")
+                              .Help("Time per step a data-parallel job spends all-reducing "
+                                    "gradients (mean over a logging window)")
+                              .Register(r)
+                              .Add({}, prometheus::Histogram::BucketBoundaries{
+                                           0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                           0.25, 0.5, 1, 2.5});
+}
+
+}  // namespace
 
 ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_unique<State>()) {
   prometheus::Registry& r = *state_->registry;
@@ -296,6 +325,7 @@ ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_uniq
                                   .Register(r)
                                   .Add({}, prometheus::Histogram::BucketBoundaries{
                                                0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600});
+  RegisterClusterMetrics(*state_, r);
 }
 
 ServerMetrics::~ServerMetrics() = default;
@@ -357,6 +387,17 @@ void ServerMetrics::SetJobsByState(const std::vector<std::pair<int, int64_t>>& c
 }
 
 void ServerMetrics::ObserveTrainingStep(double seconds) { state_->step_time->Observe(seconds); }
+
+void ServerMetrics::ObserveAllReduce(double seconds) { state_->allreduce_time->Observe(seconds); }
+
+void ServerMetrics::SetWorkers(int64_t idle, int64_t busy, int64_t lost, int64_t free_devices,
+                               int64_t busy_devices) {
+  state_->workers->Add({{"state", "idle"}}).Set(static_cast<double>(idle));
+  state_->workers->Add({{"state", "busy"}}).Set(static_cast<double>(busy));
+  state_->workers->Add({{"state", "lost"}}).Set(static_cast<double>(lost));
+  state_->worker_devices->Add({{"state", "free"}}).Set(static_cast<double>(free_devices));
+  state_->worker_devices->Add({{"state", "busy"}}).Set(static_cast<double>(busy_devices));
+}
 
 void ServerMetrics::SetTrainingProgress(int64_t step, int64_t total_steps,
                                         double learning_rate) {

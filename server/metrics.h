@@ -40,6 +40,11 @@ class ServerMetrics {
   void SetJobsByState(const std::vector<std::pair<int, int64_t>>& counts);
 
   void ObserveTrainingStep(double seconds);
+  // Data-parallel jobs: gradient all-reduce time per step.
+  void ObserveAllReduce(double seconds);
+  // The scheduler's workers by state, and their devices (live workers only).
+  void SetWorkers(int64_t idle, int64_t busy, int64_t lost, int64_t free_devices,
+                  int64_t busy_devices);
   void SetTrainingProgress(int64_t step, int64_t total_steps, double learning_rate);
   void SetTrainingLosses(double total, double supervised, double consistency,
                          double mutual_information);
@@ -60,8 +65,10 @@ class ServerMetrics {
   // From the last instance of a series received to its SEG delivered.
   void ObserveDeliveryLatency(double seconds);
 
+ public:
+  struct State;  // public for the registration helpers in metrics.cc
+
  private:
-  struct State;
   std::unique_ptr<State> state_;
 };
 

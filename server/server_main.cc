@@ -57,7 +57,19 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC address (host:port; port
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "Prometheus /metrics address (host:port; port 0 = any free)");
 ABSL_FLAG(std::vector<std::string>, devices, {"cpu"},
-          "Training devices, one job worker each (cpu, cuda, cuda:1, ...)");
+          "The server's own training devices, one rank each (cpu, cuda, cuda:1, ...); "
+          "empty: train only on miseg-worker processes");
+ABSL_FLAG(int, worker_lease_seconds, 15,
+          "A miseg-worker silent this long loses its ranks (their jobs resume elsewhere)");
+ABSL_FLAG(int, worker_heartbeat_ms, 1000, "How often workers heartbeat");
+ABSL_FLAG(int, collective_timeout_seconds, 60,
+          "Data-parallel jobs: a rank waiting longer than this in a collective (a peer died, "
+          "the network is cut) gives up, and the job resumes from its checkpoint");
+ABSL_FLAG(std::string, rendezvous_host, "127.0.0.1",
+          "Address of this machine that miseg-workers reach, where the server's own rank 0 "
+          "hosts a data-parallel job's rendezvous");
+ABSL_FLAG(bool, verify_replicas, false,
+          "Debug: data-parallel ranks compare a hash of their parameters after every step");
 ABSL_FLAG(int, training_threads, 0, "CPU threads per training job; 0 = LibTorch's default");
 ABSL_FLAG(std::string, inference_device, "cpu", "Device for segmentation");
 ABSL_FLAG(int, inference_concurrency, 1, "Segmentations that run at once");
@@ -200,6 +212,13 @@ int Run() {
   runner_options.devices = absl::GetFlag(FLAGS_devices);
   runner_options.work_dir = data_dir;
   runner_options.training_threads = absl::GetFlag(FLAGS_training_threads);
+  runner_options.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
+  runner_options.scheduler.lease = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_worker_lease_seconds)));
+  runner_options.scheduler.heartbeat_interval =
+      absl::Milliseconds(std::max(50, absl::GetFlag(FLAGS_worker_heartbeat_ms)));
+  runner_options.collective_timeout =
+      absl::Seconds(std::max(1, absl::GetFlag(FLAGS_collective_timeout_seconds)));
+  runner_options.verify_replicas = absl::GetFlag(FLAGS_verify_replicas);
   JobRunner runner(store->get(), &*files, &metrics, &hub, runner_options);
   if (absl::Status started = runner.Start(); !started.ok()) {
     Log(std::string(started.message()));

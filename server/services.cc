@@ -8,24 +8,20 @@
 #include "server/ingest.h"
 #include "server/rpc_edge.h"
 #include "server/stream_reactors.h"
+#include "server/unary_handler.h"
 #include "server/utf8_check.h"
 
 namespace miseg {
 namespace {
 
-// Authorises, runs the body on this gRPC thread (these are short store reads and writes),
-// records the metrics and converts the status, all through RpcCall.
-// In debug builds, a response whose string fields are not all UTF-8 aborts (utf8_check.h).
-template <typename Body>
-grpc::ServerUnaryReactor* HandleUnary(const ServiceDeps& deps, grpc::CallbackServerContext* context,
-                                      const google::protobuf::Message* response,
-                                      const char* method, Permission permission, Body&& body) {
-  RpcCall call(deps, context, method, permission);
-  const absl::Status status = call.authorization().ok() ? body() : call.authorization();
-  if (status.ok()) DebugCheckUtf8(*response, method);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(call.Complete(status));
-  return reactor;
+// A job with where its ranks run now.
+v1::Job JobToProto(const ServiceDeps& deps, const JobRecord& job) {
+  v1::Job out = ToProto(job);
+  if (job.state != StoredJobState::kRunning) return out;
+  auto [placement, attempt] = deps.runner->scheduler().Placement(job.id);
+  for (v1::RankPlacement& rank : placement) *out.add_placement() = std::move(rank);
+  out.set_attempt(attempt);
+  return out;
 }
 
 absl::StatusOr<v1::Model> ModelToProto(const ServiceDeps& deps, const ModelRecord& model) {
@@ -175,7 +171,7 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
     return HandleUnary(
         deps_, context, response, "GetJob", Permission::kRead, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(JobRecord job, deps_.store->GetJob(request->id()));
-      *response = ToProto(job);
+      *response = JobToProto(deps_, job);
       return absl::OkStatus();
     });
   }
@@ -191,7 +187,7 @@ class TrainingServiceImpl final : public v1::TrainingService::CallbackService {
         dataset_id = dataset.id;
       }
       ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, deps_.store->ListJobs(dataset_id));
-      for (const JobRecord& j : jobs) *response->add_jobs() = ToProto(j);
+      for (const JobRecord& j : jobs) *response->add_jobs() = JobToProto(deps_, j);
       return absl::OkStatus();
     });
   }
@@ -348,6 +344,7 @@ absl::StatusOr<DatasetRecord> FindDataset(const ServiceDeps& deps, const std::st
 
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps) {
   std::vector<std::unique_ptr<grpc::Service>> services;
+  services.push_back(MakeWorkerService(deps));
   services.push_back(std::make_unique<DatasetServiceImpl>(deps));
   services.push_back(std::make_unique<TrainingServiceImpl>(deps));
   services.push_back(std::make_unique<ModelServiceImpl>(deps));

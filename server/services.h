@@ -48,6 +48,9 @@ struct ServiceDeps {
 // The dataset a request names: InvalidArgument when the name is empty, NotFound when unknown.
 absl::StatusOr<DatasetRecord> FindDataset(const ServiceDeps& deps, const std::string& name);
 
+// The WorkerService (server/worker_service.cc).
+std::unique_ptr<grpc::Service> MakeWorkerService(const ServiceDeps& deps);
+
 // All the services of miseg.v1 (callback services); register each with the builder.
 std::vector<std::unique_ptr<grpc::Service>> MakeServices(const ServiceDeps& deps);
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -9,6 +10,8 @@
 #include <map>
 #include <memory>
 #include <optional>
+
+#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -29,6 +32,7 @@
 #include "core/dicom/series_reader.h"
 #include "core/phantom/phantom.h"
 #include "google/protobuf/util/json_util.h"
+#include "miseg/v1/miseg.grpc.pb.h"
 
 namespace miseg::cli {
 namespace {
@@ -52,6 +56,7 @@ struct Context {
   bool quiet = false;
   bool wide = false;         // --wide or -o wide: listings with full UIDs, nothing cut
   bool stdout_colour = false;
+  client::ConnectionOptions connection;  // what client was connected with
   std::unique_ptr<Client> client;
 };
 
@@ -383,6 +388,15 @@ HyperparameterFlag DoubleFlag(const char* flag, const char* help, Setter set) {
           }};
 }
 
+// A job's ranks are devices; checked here so a typo is a usage error, not a job that waits
+// for devices no cluster has.
+constexpr int64_t kMaxRanks = 1024;
+
+absl::Status RanksUsageError() {
+  return UsageError(absl::StrCat("--ranks is the number of devices to train on at once, 1 to ",
+                                 kMaxRanks));
+}
+
 const std::vector<HyperparameterFlag>& HyperparameterFlags() {
   using H = v1::Hyperparameters;
   static const std::vector<HyperparameterFlag> flags = {
@@ -405,6 +419,13 @@ const std::vector<HyperparameterFlag>& HyperparameterFlags() {
       IntFlag("validate-every", "validation interval in steps", [](H* h, int64_t v) { h->set_validate_every(v); }),
       DoubleFlag("validation-fraction", "labeled studies held out without validation studies", [](H* h, double v) { h->set_validation_fraction(v); }),
       IntFlag("checkpoint-every", "checkpoint interval in steps", [](H* h, int64_t v) { h->set_checkpoint_every(v); }),
+      {"ranks", "devices that train at once (data parallel)",
+       [](const Args& a, H* h) -> absl::Status {
+         ASSIGN_OR_RETURN(std::optional<int64_t> v, a.GetInt("ranks"));
+         if (v && (*v < 1 || *v > kMaxRanks)) return RanksUsageError();
+         if (v) h->set_ranks(static_cast<int32_t>(*v));
+         return absl::OkStatus();
+       }},
   };
   return flags;
 }
@@ -426,6 +447,7 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
     }
   }
   for (const HyperparameterFlag& flag : HyperparameterFlags()) RETURN_IF_ERROR(flag.apply(args, &h));
+  if (h.has_ranks() && (h.ranks() < 1 || h.ranks() > kMaxRanks)) return RanksUsageError();
   if (args.Has("consistency")) {
     const std::string kind = args.Get("consistency");
     if (kind == "mse") h.set_consistency(v1::CONSISTENCY_LOSS_MSE);
@@ -443,6 +465,17 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
   return h;
 }
 
+// Where a running job's ranks train, for `train list`: "0:gpu-box/cuda:0 1:node-2/cpu".
+std::string PlacementText(const v1::Job& j) {
+  if (j.placement().empty()) return "-";
+  std::vector<std::string> parts;
+  for (const v1::RankPlacement& p : j.placement()) {
+    parts.push_back(absl::StrCat(p.rank(), ":", p.worker_name().empty() ? p.worker() : p.worker_name(),
+                                 "/", p.device()));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
 void PrintJob(const Context& c, const v1::Job& j) {
   if (c.json) return Print(c, ToJson(j));
   const v1::Hyperparameters& h = j.hyperparameters();
@@ -456,10 +489,21 @@ void PrintJob(const Context& c, const v1::Job& j) {
   Print(c, absl::StrFormat("objective   w_mi %g, w_cons %g, mi window %d, lambda %g, ramp-up %d, %s",
                            h.w_mi(), h.w_cons(), h.mi_window(), h.mi_lambda(), h.rampup_steps(),
                            h.consistency() == v1::CONSISTENCY_LOSS_KL ? "KL" : "MSE"));
-  Print(c, absl::StrFormat("schedule    lr %g -> %g, warm-up %d, batches %d + %d, seed %d",
+  Print(c, absl::StrFormat("schedule    lr %g -> %g, warm-up %d, batches %d + %d, seed %d%s",
                            h.learning_rate(), h.min_learning_rate(), h.warmup_steps(),
-                           h.labeled_batch(), h.unlabeled_batch(), h.seed()));
-  Print(c, absl::StrCat("device      ", j.device().empty() ? "-" : j.device()));
+                           h.labeled_batch(), h.unlabeled_batch(), h.seed(),
+                           h.ranks() > 1 ? absl::StrCat(", ", h.ranks(), " ranks") : ""));
+  if (j.placement().empty()) {
+    Print(c, absl::StrCat("device      ", j.device().empty() ? "-" : j.device()));
+  }
+  // One line per rank of a running job: which worker and device it trains on.
+  for (int i = 0; i < j.placement_size(); ++i) {
+    const v1::RankPlacement& p = j.placement(i);
+    Print(c, absl::StrCat(i == 0 ? "placement   " : "            ", "rank ", p.rank(), " on ",
+                          p.worker_name().empty() ? p.worker() : p.worker_name(),
+                          p.worker_name().empty() ? "" : absl::StrCat(" (worker ", p.worker(), ")"),
+                          ", ", p.device()));
+  }
   Print(c, absl::StrCat("model       ", j.model_id() ? absl::StrCat(j.model_id()) : "-"));
   Print(c, absl::StrCat("created     ", HumanAge(j.created_unix_ms())));
   Print(c, absl::StrCat("finished    ", HumanAge(j.finished_unix_ms())));
@@ -659,11 +703,22 @@ absl::Status Train(Context& c, bool* job_failed) {
     const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
     ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c.client->ListJobs(dataset));
     if (c.json) return Print(c, JsonArray("jobs", jobs)), absl::OkStatus();
-    Table table({{"ID", true}, {"DATASET"}, {"STATE"}, {"STEP", true}, {"MODEL", true}, {"CREATED"}});
+    // Where ranks train, only while a listed job runs (the column would otherwise be all
+    // dashes); last, as on a terminal the last column is the one cut to fit.
+    const bool placement = std::any_of(jobs.begin(), jobs.end(),
+                                       [](const v1::Job& j) { return !j.placement().empty(); });
+    std::vector<TableColumn> columns = {{"ID", true},  {"DATASET"},     {"STATE"},
+                                        {"STEP", true}, {"MODEL", true}, {"CREATED"}};
+    if (placement) columns.push_back({"PLACEMENT"});
+    Table table(columns);
     for (const v1::Job& j : jobs) {
-      table.AddRow({{absl::StrCat(j.id())}, {j.dataset()}, {StateName(j.state()), StateColour(j.state())},
-                    {absl::StrCat(j.step(), "/", j.total_steps())},
-                    {j.model_id() ? absl::StrCat(j.model_id()) : "-"}, {HumanAge(j.created_unix_ms())}});
+      std::vector<TableCell> row = {{absl::StrCat(j.id())}, {j.dataset()},
+                                    {StateName(j.state()), StateColour(j.state())},
+                                    {absl::StrCat(j.step(), "/", j.total_steps())},
+                                    {j.model_id() ? absl::StrCat(j.model_id()) : "-"},
+                                    {HumanAge(j.created_unix_ms())}};
+      if (placement) row.push_back({PlacementText(j)});
+      table.AddRow(std::move(row));
     }
     PrintTable(c, table);
     return absl::OkStatus();
@@ -803,6 +858,54 @@ absl::Status Deliveries(Context& c) {
 }
 
 // ------------------------------------------------------------------------------------------
+// workers
+
+std::string WorkerStateName(v1::WorkerState state) {
+  switch (state) {
+    case v1::WORKER_STATE_IDLE: return "idle";
+    case v1::WORKER_STATE_BUSY: return "busy";
+    case v1::WORKER_STATE_LOST: return "lost";
+    default: return "-";
+  }
+}
+
+// "cpu:idle cpu:job 7 rank 1": each device and what trains on it.
+std::string WorkerDevicesText(const v1::Worker& w) {
+  std::vector<std::string> parts;
+  for (const v1::WorkerDevice& d : w.devices()) {
+    parts.push_back(d.job_id() == 0 ? absl::StrCat(d.device(), ":idle")
+                                    : absl::StrCat(d.device(), ":job ", d.job_id(), " rank ", d.rank()));
+  }
+  return parts.empty() ? "-" : absl::StrJoin(parts, " ");
+}
+
+absl::Status Workers(Context& c) {
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb != "list" || c.args.positional().size() > 2) return UsageError("miseg workers list");
+  RETURN_IF_ERROR(c.args.Allow({"wide"}));
+  ASSIGN_OR_RETURN(std::vector<v1::Worker> list, c.client->ListWorkers());
+  if (c.json) return Print(c, JsonArray("workers", list)), absl::OkStatus();
+  // The devices last: on a terminal the last column is the one cut to fit.
+  std::vector<TableColumn> columns = {{"ID"}, {"NAME"}, {"STATE"}, {"LOCAL"}, {"HEARTBEAT"}};
+  if (c.wide) columns.push_back({"ADDRESS"});
+  columns.push_back({"DEVICES"});
+  Table table(columns);
+  for (const v1::Worker& w : list) {
+    const Colour colour = w.state() == v1::WORKER_STATE_BUSY ? Colour::kCyan
+                          : w.state() == v1::WORKER_STATE_LOST ? Colour::kRed
+                                                               : Colour::kNone;
+    std::vector<TableCell> row = {{w.id()}, {w.name().empty() ? "-" : w.name()},
+                                  {WorkerStateName(w.state()), colour}, {w.local() ? "yes" : "-"},
+                                  {HumanAge(w.last_heartbeat_unix_ms())}};
+    if (c.wide) row.push_back({w.address().empty() ? "-" : w.address()});
+    row.push_back({WorkerDevicesText(w)});
+    table.AddRow(std::move(row));
+  }
+  PrintTable(c, table);
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------------------------------
 // segment, phantom
 
 absl::Status Segment(Context& c) {
@@ -923,7 +1026,8 @@ std::string Usage() {
       "  miseg datasets list | datasets show NAME\n"
       "  miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation\n"
       "  miseg studies list DATASET [--role R] | studies delete DATASET SERIES_UID\n"
-      "  miseg train start DATASET [--config FILE.json] [--watch] [hyperparameters]\n"
+      "  miseg train start DATASET [--config FILE.json] [--watch] [--ranks N]\n"
+      "        [hyperparameters]\n"
       "  miseg train list [DATASET] | train show JOB [--plot FILE.png]\n"
       "  miseg train cancel JOB\n"
       "  miseg train watch JOB [--from-step N]\n"
@@ -934,6 +1038,8 @@ std::string Usage() {
       "        [--small]\n"
       "  miseg deliveries list [--state pending|delivered|failed]\n"
       "        (the DICOM node's outbox)\n"
+      "  miseg workers list\n"
+      "        (the devices that train: the server's own and miseg-workers')\n"
       "\n"
       "Hyperparameter flags (unset: the method's defaults):\n";
   for (const HyperparameterFlag& f : HyperparameterFlags()) {
@@ -990,6 +1096,7 @@ int RunCommand(const Args& args) {
     if (args.Has("tls-key")) options.tls_key_file = args.Get("tls-key");
     if (args.Has("tls-server-name")) options.tls_server_name = args.Get("tls-server-name");
     ASSIGN_OR_RETURN(c.client, Client::Connect(options));
+    c.connection = options;
     return absl::OkStatus();
   };
 
@@ -997,8 +1104,9 @@ int RunCommand(const Args& args) {
   if (command == "phantom") {
     status = Phantom(c);
   } else {
-    static const std::set<std::string> known = {"health", "datasets", "upload", "studies",
-                                                "train", "models", "segment", "deliveries"};
+    static const std::set<std::string> known = {"health",  "datasets", "upload",
+                                                "studies", "train",    "models",
+                                                "segment", "deliveries", "workers"};
     if (!known.count(command)) {
       status = UsageError(absl::StrCat("unknown command '", command, "'"));
     } else if (status = connect(); status.ok()) {
@@ -1010,6 +1118,7 @@ int RunCommand(const Args& args) {
       if (command == "models") status = Models(c);
       if (command == "segment") status = Segment(c);
       if (command == "deliveries") status = Deliveries(c);
+      if (command == "workers") status = Workers(c);
     }
   }
   if (!status.ok()) {

@@ -1,8 +1,12 @@
 // Trainer: sampling, the full objective, the schedule, validation and checkpoints.
 #include "core/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
+#include <mutex>
+#include <numeric>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -11,6 +15,7 @@
 #include <torch/optim/adam.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/train/collectives.h"
 #include "core/train/dice.h"
 #include "core/train/losses.h"
 #include "core/train/model_io.h"
@@ -30,6 +35,93 @@ struct Batch {
   torch::Tensor images;  // B x 1 x G x G
   torch::Tensor labels;  // B x G x G, or undefined
 };
+
+using Clock = std::chrono::steady_clock;
+
+// The generators one step draws from. One rank: the trainer's own, carried from step to step
+// and saved in checkpoints. Data parallel: fresh ones derived from the step (see trainer.h).
+struct StepRandom {
+  std::mt19937_64* sampling;  // which slices
+  std::mt19937_64* local;     // augmentation, perturbations
+  at::Generator* noise;
+};
+
+// Gradients of consecutive parameters of one dtype, flattened for one all-reduce.
+struct GradientBucket {
+  std::vector<size_t> parameters;  // indices into model->parameters()
+  torch::Tensor flat;
+};
+
+// DDP's default bucket size: large enough that per-operation latency does not dominate.
+constexpr int64_t kBucketBytes = int64_t{25} << 20;
+
+// Carries a status out of a training step through GuardTorch: a failed collective
+// (Unavailable, retryable) or diverged replicas (Internal) keep their own code and message.
+class StepFailure : public std::runtime_error {
+ public:
+  explicit StepFailure(absl::Status status)
+      : std::runtime_error(std::string(status.message())), status_(std::move(status)) {}
+  const absl::Status& status() const { return status_; }
+
+ private:
+  absl::Status status_;
+};
+
+void ThrowIfFailed(absl::Status status) {
+  if (!status.ok()) throw StepFailure(std::move(status));
+}
+
+// GuardTorch for code that may throw StepFailure.
+template <typename Fn>
+absl::Status GuardStep(absl::string_view context, Fn&& fn) {
+  return GuardTorch(context, absl::StatusCode::kInternal, [&]() -> absl::Status {
+    try {
+      return fn();
+    } catch (const StepFailure& failure) {
+      return failure.status();
+    }
+  });
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+// Seeds of the data-parallel streams: stream 0 is shared by the ranks, 1 + r is rank r's.
+uint64_t StreamSeed(uint64_t seed, int64_t step, uint64_t stream) {
+  return SplitMix64(SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(step)) ^ stream);
+}
+
+// FNV-1a 64 over the bytes of a CPU contiguous copy.
+uint64_t HashBytes(uint64_t hash, const torch::Tensor& t) {
+  const torch::Tensor cpu = t.detach().to(torch::kCPU).contiguous();
+  const auto* bytes = static_cast<const unsigned char*>(cpu.data_ptr());
+  const size_t size = static_cast<size_t>(cpu.numel()) * cpu.element_size();
+  for (size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 0x100000001B3ULL;
+  return hash;
+}
+
+absl::Status ValidateParallel(const DataParallel& p) {
+  if (p.world_size < 1) return absl::InvalidArgumentError("world_size must be at least 1");
+  if (p.rank < 0 || p.rank >= p.world_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank ", p.rank, " is outside [0, ", p.world_size, ")"));
+  }
+  if (p.world_size > 1 && p.collectives == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("world_size ", p.world_size, " needs collectives"));
+  }
+  if (p.collectives != nullptr &&
+      (p.collectives->rank() != p.rank || p.collectives->world_size() != p.world_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rank ", p.rank, " of ", p.world_size, " given the collectives of rank ",
+        p.collectives->rank(), " of ", p.collectives->world_size()));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -52,28 +144,78 @@ struct Trainer::State {
   AugmentationOptions augmentation;
   IntensityPerturbation intensity_perturbation;
 
+  DataParallel parallel;
+  uint64_t stream_seed = 0;  // seeds the data-parallel streams; config.seed or a checkpoint's
+  std::vector<GradientBucket> buckets;  // data parallel only
+  int64_t allreduce_bytes = 0;
+
+  bool distributed() const { return parallel.world_size > 1; }
+
   bool UnsupervisedActive() const {
     return (config.w_mi > 0 || config.w_cons > 0) && config.unlabeled_batch > 0 &&
            !unlabeled_slices.empty();
   }
 
+  // This rank's `count` slices of the step. One rank: independent uniform draws. Data
+  // parallel: the global batch of world_size x count slices without replacement (whole
+  // permutations one after the other where it exceeds the slices), rank r taking chunk r.
+  std::vector<SliceRef> PickSlices(const std::vector<SliceRef>& slices, int64_t count,
+                                   std::mt19937_64& gen) const {
+    const int64_t n = static_cast<int64_t>(slices.size());
+    std::vector<SliceRef> picked;
+    if (!distributed()) {
+      for (int64_t i = 0; i < count; ++i) {
+        picked.push_back(slices[static_cast<size_t>(UniformInt(gen, n))]);
+      }
+      return picked;
+    }
+    const int64_t global = count * parallel.world_size;
+    std::vector<int64_t> order, pool(static_cast<size_t>(n));
+    while (static_cast<int64_t>(order.size()) < global) {
+      std::iota(pool.begin(), pool.end(), int64_t{0});
+      const int64_t take = std::min(n, global - static_cast<int64_t>(order.size()));
+      for (int64_t i = 0; i < take; ++i) {  // partial Fisher-Yates
+        const int64_t j = i + UniformInt(gen, n - i);
+        std::swap(pool[static_cast<size_t>(i)], pool[static_cast<size_t>(j)]);
+        order.push_back(pool[static_cast<size_t>(i)]);
+      }
+    }
+    for (int64_t i = parallel.rank * count; i < (parallel.rank + 1) * count; ++i) {
+      picked.push_back(slices[static_cast<size_t>(order[static_cast<size_t>(i)])]);
+    }
+    return picked;
+  }
+
   Batch Sample(const std::vector<SliceRef>& slices, const std::vector<PreparedVolume>& volumes,
-               int64_t count, bool with_labels) {
+               int64_t count, bool with_labels, const StepRandom& random) {
     std::vector<torch::Tensor> images, labels;
-    for (int64_t i = 0; i < count; ++i) {
-      const SliceRef ref = slices[static_cast<size_t>(UniformInt(rng, static_cast<int64_t>(slices.size())))];
+    for (const SliceRef& ref : PickSlices(slices, count, *random.sampling)) {
       const PreparedVolume& v = volumes[static_cast<size_t>(ref.volume)];
       images.push_back(v.images.select(0, ref.slice));
       if (with_labels) labels.push_back(v.labels.select(0, ref.slice));
     }
     Batch batch{torch::stack(images), with_labels ? torch::stack(labels) : torch::Tensor()};
-    Augment(augmentation, rng, batch.images, batch.labels);
+    Augment(augmentation, *random.local, batch.images, batch.labels);
     return batch;
+  }
+
+  // The generators of the step about to run; `shared` and `local` are the caller's storage
+  // for the data-parallel ones.
+  StepRandom RandomForStep(std::mt19937_64& shared, std::mt19937_64& local) {
+    if (!distributed()) return {&rng, &rng, &noise_generator};
+    shared.seed(StreamSeed(stream_seed, step, 0));
+    local.seed(StreamSeed(stream_seed, step, 1 + static_cast<uint64_t>(parallel.rank)));
+    std::lock_guard<std::mutex> lock(noise_generator.mutex());
+    noise_generator.set_current_seed(local());
+    return {&shared, &local, &noise_generator};
   }
 
   StepMetrics TrainStep() {
     const TrainerConfig& c = config;
-    Batch labeled_batch = Sample(labeled_slices, labeled, c.labeled_batch, /*with_labels=*/true);
+    std::mt19937_64 shared_rng, local_rng;
+    const StepRandom random = RandomForStep(shared_rng, local_rng);
+    Batch labeled_batch =
+        Sample(labeled_slices, labeled, c.labeled_batch, /*with_labels=*/true, random);
     const bool unsupervised = UnsupervisedActive();
     const int64_t nl = c.labeled_batch;
     const int64_t nu = unsupervised ? c.unlabeled_batch : 0;
@@ -81,15 +223,16 @@ struct Trainer::State {
     torch::Tensor unlabeled_input;  // x and T x, one pass: both branches share statistics
     std::vector<DihedralTransform> transforms;
     if (unsupervised) {
-      Batch unlabeled_batch = Sample(unlabeled_slices, unlabeled, nu, /*with_labels=*/false);
+      Batch unlabeled_batch =
+          Sample(unlabeled_slices, unlabeled, nu, /*with_labels=*/false, random);
       const bool square = unlabeled_batch.images.size(-1) == unlabeled_batch.images.size(-2);
       for (int64_t i = 0; i < nu; ++i) {
-        transforms.push_back(
-            SampleDihedral(rng, c.perturb_flip_probability, c.perturb_rotate90 && square));
+        transforms.push_back(SampleDihedral(*random.local, c.perturb_flip_probability,
+                                            c.perturb_rotate90 && square));
       }
       const torch::Tensor x = unlabeled_batch.images.to(device);
-      const torch::Tensor perturbed = PerturbIntensity(ApplyDihedral(transforms, x),
-                                                       intensity_perturbation, rng, noise_generator);
+      const torch::Tensor perturbed = PerturbIntensity(
+          ApplyDihedral(transforms, x), intensity_perturbation, *random.local, *random.noise);
       unlabeled_input = torch::cat({x, perturbed}, 0);
     }
     model->train();
@@ -120,8 +263,13 @@ struct Trainer::State {
     }
     optimizer->zero_grad();
     loss.backward();
+    if (distributed()) {
+      AverageGradients(m);
+      BroadcastFromRankZero(model->buffers());  // see trainer.h: replicas equal between steps
+    }
     optimizer->step();
     ++step;
+    if (parallel.verify_replicas) m.parameter_hash = VerifyReplicas();
     m.step = step;
     m.total_steps = c.total_steps;
     m.loss = loss.item<double>();
@@ -130,21 +278,191 @@ struct Trainer::State {
     return m;
   }
 
+  // ---- Data parallel (every method below is a collective when distributed()) ----
+
+  // Groups the parameters into buckets of one dtype and at most kBucketBytes (a larger
+  // parameter gets a bucket of its own), each with its flat buffer, once.
+  void BuildBuckets() {
+    const std::vector<torch::Tensor> parameters = model->parameters();
+    int64_t bucket_bytes = 0;
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      const torch::Tensor& p = parameters[i];
+      const int64_t bytes = p.numel() * static_cast<int64_t>(p.element_size());
+      const bool fits = !buckets.empty() && bucket_bytes + bytes <= kBucketBytes &&
+                        parameters[buckets.back().parameters.front()].dtype() == p.dtype();
+      if (!fits) {
+        buckets.emplace_back();
+        bucket_bytes = 0;
+      }
+      buckets.back().parameters.push_back(i);
+      bucket_bytes += bytes;
+      allreduce_bytes += bytes;
+    }
+    for (GradientBucket& bucket : buckets) {
+      int64_t numel = 0;
+      for (size_t i : bucket.parameters) numel += parameters[i].numel();
+      bucket.flat = torch::empty({numel}, parameters[bucket.parameters.front()].options());
+    }
+  }
+
+  // Gradients become their mean over the ranks. The all-reduce follows the whole backward
+  // pass (DDP overlaps it with backward; on the CPU the two would compete for the cores).
+  void AverageGradients(StepMetrics& m) {
+    const Clock::time_point start = Clock::now();
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> parameters = model->parameters();
+    std::vector<torch::Tensor> flats;
+    for (GradientBucket& bucket : buckets) {
+      int64_t offset = 0;
+      for (size_t i : bucket.parameters) {
+        torch::Tensor& p = parameters[i];
+        // A parameter without a gradient takes part as zeros, so that every rank's buckets
+        // line up and every rank's optimizer sees the same gradients.
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        bucket.flat.narrow(0, offset, p.numel()).copy_(p.grad().reshape(-1));
+        offset += p.numel();
+      }
+      flats.push_back(bucket.flat);
+    }
+    ThrowIfFailed(parallel.collectives->AllReduceSum(flats));
+    for (GradientBucket& bucket : buckets) {
+      bucket.flat.div_(parallel.world_size);
+      int64_t offset = 0;
+      for (size_t i : bucket.parameters) {
+        torch::Tensor& p = parameters[i];
+        p.grad().copy_(bucket.flat.narrow(0, offset, p.numel()).view(p.sizes()));
+        offset += p.numel();
+      }
+    }
+    m.allreduce_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    m.allreduce_bytes = allreduce_bytes;
+  }
+
+  void BroadcastFromRankZero(const std::vector<torch::Tensor>& tensors) {
+    std::vector<torch::Tensor> detached;  // written in place, outside autograd
+    for (const torch::Tensor& t : tensors) detached.push_back(t.detach());
+    ThrowIfFailed(parallel.collectives->Broadcast(detached, 0));
+  }
+
+  void BroadcastModel() {
+    BroadcastFromRankZero(model->parameters());
+    BroadcastFromRankZero(model->buffers());
+  }
+
+  // Once the model is built. The ranks built the same weights from the same seed; the
+  // broadcast makes it so whatever the arithmetic of each rank's device.
+  absl::Status JoinReplicas() {
+    if (!distributed()) return absl::OkStatus();
+    return GuardStep("joining the replicas", [&] {
+      BuildBuckets();
+      BroadcastModel();
+      return absl::OkStatus();
+    });
+  }
+
+  uint64_t VerifyReplicas() {
+    uint64_t hash = 0xCBF29CE484222325ULL;
+    for (const torch::Tensor& t : model->parameters()) hash = HashBytes(hash, t);
+    for (const torch::Tensor& t : model->buffers()) hash = HashBytes(hash, t);
+    if (!distributed()) return hash;
+    std::vector<torch::Tensor> hashes;
+    ThrowIfFailed(parallel.collectives->AllGather(
+        torch::full({1}, static_cast<int64_t>(hash), torch::kInt64), &hashes));
+    for (size_t r = 0; r < hashes.size(); ++r) {
+      const auto theirs = static_cast<uint64_t>(hashes[r].item<int64_t>());
+      if (theirs != hash) {
+        throw StepFailure(absl::InternalError(
+            absl::StrCat("replicas diverged at step ", step, ": rank ", r, " has hash ", theirs,
+                         ", rank ", parallel.rank, " has ", hash)));
+      }
+    }
+    return hash;
+  }
+
+  // True when any rank was cancelled: all ranks stop at the same step boundary.
+  bool AgreeToStop(bool cancelled) {
+    if (!distributed()) return cancelled;
+    std::vector<torch::Tensor> flag = {torch::full({1}, cancelled ? 1.0f : 0.0f)};
+    ThrowIfFailed(parallel.collectives->AllReduceSum(flag));
+    return flag[0].item<float>() > 0;
+  }
+
+  void AverageLossesOverRanks(StepMetrics& m) {
+    std::vector<double> values = {m.loss, m.supervised, m.consistency, m.mutual_information};
+    std::vector<torch::Tensor> sums = {
+        torch::from_blob(values.data(), {4}, torch::kFloat64).clone()};
+    ThrowIfFailed(parallel.collectives->AllReduceSum(sums));
+    const auto sum = sums[0].accessor<double, 1>();
+    const double n = parallel.world_size;
+    m.loss = sum[0] / n;
+    m.supervised = sum[1] / n;
+    m.consistency = sum[2] / n;
+    m.mutual_information = sum[3] / n;
+  }
+
+  // After every rank tried to load the same checkpoint: all succeeded at the same step, or
+  // all fail (no rank is left waiting in a broadcast another skipped).
+  absl::Status AgreeOnCheckpoint(const absl::Status& local) {
+    std::vector<torch::Tensor> outcomes;
+    ThrowIfFailed(parallel.collectives->AllGather(
+        torch::tensor(std::vector<int64_t>{local.ok() ? 1 : 0, step}, torch::kInt64), &outcomes));
+    if (!local.ok()) return local;
+    for (size_t r = 0; r < outcomes.size(); ++r) {
+      const auto outcome = outcomes[r].accessor<int64_t, 1>();
+      if (outcome[0] == 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("rank ", r, " could not load the checkpoint"));
+      }
+      if (outcome[1] != step) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "rank ", r, " loaded a checkpoint of step ", outcome[1], ", this rank of step ", step));
+      }
+    }
+    BroadcastModel();
+    return absl::OkStatus();
+  }
+
+  // Dice per validation volume; data parallel, rank r segments volumes r, r + W, ... and the
+  // others' results come from a sum in which each volume has one non-zero term, so every rank
+  // gets exactly the numbers one rank would.
+  std::vector<std::vector<double>> DicePerVolume() {
+    const int64_t foreground = config.model.classes - 1;
+    const int rank = parallel.rank, world = parallel.world_size;
+    std::vector<std::vector<double>> dice(validation.size(),
+                                          std::vector<double>(foreground, 0.0));
+    model->eval();
+    for (size_t i = 0; i < validation.size(); ++i) {
+      if (static_cast<int>(i % world) != rank) continue;
+      const LabelVolume predicted = SegmentPrepared(model, validation[i], device,
+                                                    config.inference_batch, config.validation_flip_tta);
+      // Grids and classes were checked when the data was prepared.
+      dice[i] = *DicePerClass(predicted, validation_truth[i], config.model.classes);
+    }
+    model->train();
+    if (!distributed() || foreground == 0) return dice;
+    std::vector<torch::Tensor> sums = {
+        torch::zeros({static_cast<int64_t>(validation.size()), foreground}, torch::kFloat64)};
+    auto mine = sums[0].accessor<double, 2>();
+    for (size_t i = 0; i < dice.size(); ++i) {
+      for (int64_t k = 0; k < foreground; ++k) mine[i][k] = dice[i][k];
+    }
+    ThrowIfFailed(parallel.collectives->AllReduceSum(sums));
+    const auto sum = sums[0].accessor<double, 2>();
+    for (size_t i = 0; i < dice.size(); ++i) {
+      for (int64_t k = 0; k < foreground; ++k) dice[i][k] = sum[i][k];
+    }
+    return dice;
+  }
+
   ValidationMetrics ValidateNow() {
     ValidationMetrics v;
     v.step = step;
     const int64_t foreground = config.model.classes - 1;
     v.dice_per_class.assign(static_cast<size_t>(foreground), 0.0);
-    model->eval();
-    for (size_t i = 0; i < validation.size(); ++i) {
-      const LabelVolume predicted = SegmentPrepared(model, validation[i], device,
-                                                    config.inference_batch, config.validation_flip_tta);
-      // Grids and classes were checked when the data was prepared.
-      std::vector<double> dice = *DicePerClass(predicted, validation_truth[i], config.model.classes);
+    v.dice_per_volume = DicePerVolume();
+    for (const std::vector<double>& dice : v.dice_per_volume) {
       for (int64_t k = 0; k < foreground; ++k) v.dice_per_class[k] += dice[k] / validation.size();
-      v.dice_per_volume.push_back(std::move(dice));
     }
-    model->train();
     double sum = 0;
     for (double d : v.dice_per_class) sum += d;
     v.mean_dice = foreground > 0 ? sum / static_cast<double>(foreground) : 0;
@@ -158,11 +476,15 @@ int64_t Trainer::step() const { return state_->step; }
 const TrainerConfig& Trainer::config() const { return state_->config; }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& config,
-                                                         const TrainingData& data) {
+                                                         const TrainingData& data,
+                                                         DataParallel parallel) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (absl::Status s = ValidateParallel(parallel); !s.ok()) return s;
   if (data.labeled.empty()) return absl::InvalidArgumentError("training needs at least one labeled volume");
   auto state = std::make_unique<State>();
   state->config = config;
+  state->parallel = std::move(parallel);
+  state->stream_seed = config.seed;
   state->augmentation = {config.augment_rotation_deg, config.augment_flip_probability,
                          config.augment_intensity_min, config.augment_intensity_max,
                          config.crop_size};
@@ -231,6 +553,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
     return absl::OkStatus();
   });
   if (!status.ok()) return status;
+  if (absl::Status s = state->JoinReplicas(); !s.ok()) return s;
   return std::unique_ptr<Trainer>(new Trainer(std::move(state)));
 }
 
@@ -239,13 +562,13 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
   State& s = *state_;
   const TrainerConfig& c = s.config;
   RunOutcome outcome = RunOutcome::kFinished;
-  absl::Status status = GuardTorch("training step", absl::StatusCode::kInternal, [&] {
-    using Clock = std::chrono::steady_clock;
+  absl::Status status = GuardStep("training step", [&] {
     Clock::time_point window_start = Clock::now();
     int64_t window_steps = 0;
+    double window_allreduce_seconds = 0;
     int64_t steps_run = 0;
     while (s.step < c.total_steps) {
-      if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) {
+      if (s.AgreeToStop(cancel != nullptr && cancel->load(std::memory_order_relaxed))) {
         outcome = RunOutcome::kCancelled;
         return absl::OkStatus();
       }
@@ -256,15 +579,19 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
       StepMetrics m = s.TrainStep();
       ++steps_run;
       ++window_steps;
+      window_allreduce_seconds += m.allreduce_seconds;
       const bool last = s.step == c.total_steps;
       if (s.step % c.log_every == 0 || last) {
         const double seconds =
             std::chrono::duration<double>(Clock::now() - window_start).count();
         m.steps_per_second = seconds > 0 ? window_steps / seconds : 0;
         m.slices_per_second *= m.steps_per_second;
+        m.allreduce_seconds = window_allreduce_seconds / static_cast<double>(window_steps);
+        if (s.distributed()) s.AverageLossesOverRanks(m);
         if (callbacks.on_step) callbacks.on_step(m);
         window_start = Clock::now();
         window_steps = 0;
+        window_allreduce_seconds = 0;
       }
       if (!s.validation.empty() &&
           ((c.validate_every > 0 && s.step % c.validate_every == 0) || last)) {
@@ -283,7 +610,7 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
 absl::StatusOr<ValidationMetrics> Trainer::Validate() {
   if (state_->validation.empty()) return absl::FailedPreconditionError("no validation volumes");
   ValidationMetrics v;
-  absl::Status status = GuardTorch("validation", absl::StatusCode::kInternal, [&] {
+  absl::Status status = GuardStep("validation", [&] {
     v = state_->ValidateNow();
     return absl::OkStatus();
   });
@@ -304,6 +631,7 @@ absl::Status Trainer::SaveCheckpoint(const std::string& path) {
     rng << s.rng;
     archive.write("miseg/rng", c10::IValue(rng.str()));
     archive.write("miseg/noise_generator", s.noise_generator.get_state());
+    archive.write("miseg/stream_seed", c10::IValue(static_cast<int64_t>(s.stream_seed)));
     return absl::OkStatus();
   });
   if (!status.ok()) return status;
@@ -312,6 +640,13 @@ absl::Status Trainer::SaveCheckpoint(const std::string& path) {
 
 absl::Status Trainer::LoadCheckpoint(const std::string& path) {
   State& s = *state_;
+  absl::Status loaded = LoadCheckpointLocally(s, path);
+  if (!s.distributed()) return loaded;
+  return GuardStep("synchronising the replicas after loading a checkpoint",
+                   [&] { return s.AgreeOnCheckpoint(loaded); });
+}
+
+absl::Status Trainer::LoadCheckpointLocally(State& s, const std::string& path) {
   auto archive = OpenArchive(path);
   if (!archive.ok()) return archive.status();
   auto spec = ReadSpec(*archive);
@@ -321,7 +656,7 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path) {
         absl::StrCat("checkpoint ", path, " was made for another model spec"));
   }
   return GuardTorch(absl::StrCat("restoring checkpoint ", path), absl::StatusCode::kDataLoss, [&] {
-    c10::IValue step, rng_text;
+    c10::IValue step, rng_text, stream_seed;
     torch::serialize::InputArchive weights, optimizer;
     if (!archive->try_read("model", weights) || !archive->try_read("optimizer", optimizer) ||
         !archive->try_read("miseg/step", step) || !archive->try_read("miseg/rng", rng_text) ||
@@ -348,6 +683,10 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path) {
     s.noise_generator.set_state(noise_state);
     s.rng = rng;
     s.step = step.toInt();
+    // Checkpoints from before data parallelism have none: the config's seed stays.
+    if (archive->try_read("miseg/stream_seed", stream_seed) && stream_seed.isInt()) {
+      s.stream_seed = static_cast<uint64_t>(stream_seed.toInt());
+    }
     return absl::OkStatus();
   });
 }

@@ -11,6 +11,38 @@
 // from LibTorch's global generator. (config.threads still sets LibTorch's intra-op thread
 // count, which is per calling thread under OpenMP but process-wide for other backends; and
 // the BLAS underneath must itself be thread safe, see core/train/blas.h.)
+//
+// Data parallel (DataParallel::world_size > 1): every rank runs a Trainer with the same config
+// and data and a Collectives of one group (core/dist/process_group.h); the ranks then train
+// one model on a global batch of world_size times the configured batches.
+// - Replicas: rank 0's parameters and buffers are broadcast after Create and LoadCheckpoint.
+//   Gradients are averaged over the ranks after each backward pass (flattened into buckets
+//   of at most 25 MiB, summed, divided by world_size) before the optimizer step, so every
+//   rank's optimizer takes the same step. Batch-norm statistics are per rank within a step
+//   (each normalises its own batch), and so are the MI term's joint distributions J_t (the
+//   gradient is the mean of the ranks' L_mi gradients, not that of L_mi over the global
+//   batch). The running batch-norm statistics are then replaced by rank 0's (what DDP's
+//   broadcast_buffers does, here after the step rather than before the next forward), so
+//   replicas are identical at every step boundary: validation, checkpoints and exported
+//   models agree whichever rank makes them.
+// - Random state is a function of the step: the global batch (world_size x labeled_batch
+//   labeled and likewise unlabeled slices, without replacement within a step as far as the
+//   data allows, rank r taking the r-th chunk, so the ranks' slices are disjoint) comes from
+//   a generator seeded from (seed, step) shared by all ranks; augmentation, perturbations
+//   and noise from one seeded from (seed, step, rank). Checkpoints hold no per-rank state,
+//   only rank 0 needs to write them, and a resumed run of the same world size continues
+//   exactly. (The seed is config.seed, or the seed stored in a loaded checkpoint.)
+// - Collectives, which every rank must call in the same order: Create, LoadCheckpoint,
+//   Run (every step, and validation) and Validate. SaveCheckpoint and ExportModel are local.
+// - Stopping: before each step the ranks agree whether any was cancelled, so all stop at the
+//   same step boundary. max_steps must be equal on all ranks.
+// - Logged losses are means over the ranks; slices_per_second is this rank's. Validation
+//   volumes are split round-robin over the ranks and the Dice gathered: every rank gets the
+//   full ValidationMetrics.
+// - A failed collective (a rank gone, a timeout) makes Run, Validate, LoadCheckpoint or
+//   Create return Unavailable: retryable, by rebuilding the group under a new prefix and
+//   every rank's trainer from the last checkpoint; this trainer is then unusable.
+// world_size == 1 trains exactly as a trainer without DataParallel, collective-free.
 #ifndef MISEG_CORE_TRAIN_TRAINER_H_
 #define MISEG_CORE_TRAIN_TRAINER_H_
 
@@ -27,6 +59,8 @@
 #include "core/volume/volume.h"
 
 namespace miseg {
+
+class Collectives;  // core/train/collectives.h; built by core/dist/process_group.h
 
 struct TrainingVolume {
   std::string id;  // e.g. a series UID; only used in messages
@@ -52,6 +86,13 @@ struct StepMetrics {
   double learning_rate = 0;
   double steps_per_second = 0;    // over the last log window
   double slices_per_second = 0;   // forward-pass slices (labeled + unlabeled + perturbed)
+  // Data parallel: wall time of the gradient all-reduce (flattening, communication, copying
+  // back, and waiting for the slowest rank to get there), per step over the last log window,
+  // and the gradient bytes all-reduced per step.
+  double allreduce_seconds = 0;
+  int64_t allreduce_bytes = 0;
+  // With verify_replicas: FNV-1a 64 of the parameters' and buffers' bytes after the step.
+  uint64_t parameter_hash = 0;
 };
 
 struct ValidationMetrics {
@@ -72,12 +113,25 @@ enum class RunOutcome {
   kStepLimit,  // ran max_steps steps in this call
 };
 
+// This trainer's place in a data-parallel group (see the top of this file).
+struct DataParallel {
+  int rank = 0;
+  int world_size = 1;
+  std::shared_ptr<Collectives> collectives;  // required when world_size > 1
+  // Debug: after every step all ranks hash their parameters and buffers and compare; Run
+  // returns Internal "replicas diverged at step N" on a mismatch. Sets
+  // StepMetrics::parameter_hash (also with one rank).
+  bool verify_replicas = false;
+};
+
 class Trainer {
  public:
-  // Validates the config and the data (InvalidArgument naming the volume), prepares every
-  // volume onto the model grid and builds the model with the config's seed.
+  // Validates the config, the data (InvalidArgument naming the volume) and `parallel`
+  // (InvalidArgument unless world_size > 1 comes with collectives of that rank and size),
+  // prepares every volume onto the model grid and builds the model with the config's seed.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(const TrainerConfig& config,
-                                                         const TrainingData& data);
+                                                         const TrainingData& data,
+                                                         DataParallel parallel = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -91,7 +145,9 @@ class Trainer {
   absl::StatusOr<ValidationMetrics> Validate();
 
   // Checkpoint: model, optimizer, step, random state (atomic write). Loading one made with
-  // another model spec is FailedPrecondition; a corrupt file DataLoss.
+  // another model spec is FailedPrecondition; a corrupt file DataLoss. Data parallel: every
+  // rank loads the same file; FailedPrecondition when another rank could not, or loaded
+  // another step.
   absl::Status SaveCheckpoint(const std::string& path);
   absl::Status LoadCheckpoint(const std::string& path);
   // The model alone, for serving (readable by Segmenter::Load).
@@ -103,6 +159,7 @@ class Trainer {
  private:
   struct State;
   explicit Trainer(std::unique_ptr<State> state);
+  static absl::Status LoadCheckpointLocally(State& s, const std::string& path);
   std::unique_ptr<State> state_;
 };
 

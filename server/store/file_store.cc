@@ -319,6 +319,12 @@ absl::StatusOr<std::string> FileStore::Get(const std::string& hash) const {
   return bytes;
 }
 
+absl::StatusOr<std::string> FileStore::ObjectPath(const std::string& hash) const {
+  RETURN_IF_ERROR(CheckHash(hash));
+  if (!Contains(hash)) return absl::NotFoundError(absl::StrCat("object ", hash, " not found"));
+  return PathOf(hash);
+}
+
 bool FileStore::Contains(const std::string& hash) const {
   if (!IsHash(hash)) return false;
   struct stat st;

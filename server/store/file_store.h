@@ -85,6 +85,9 @@ class FileStore {
   // DataLoss when the bytes no longer match their hash.
   absl::StatusOr<std::string> Get(const std::string& hash) const;
   bool Contains(const std::string& hash) const;
+  // Where an object's file is, for streaming it out (the reader verifies the hash).
+  // InvalidArgument for a string that is not a hash; NotFound for an unknown one.
+  absl::StatusOr<std::string> ObjectPath(const std::string& hash) const;
   absl::Status Remove(const std::string& hash);
   // Every stored hash (for garbage collection against the metadata store).
   absl::StatusOr<std::vector<std::string>> List() const;

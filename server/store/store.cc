@@ -702,20 +702,23 @@ absl::StatusOr<std::vector<JobRecord>> Store::ListJobs(int64_t dataset_id) {
   return sqlite::ReadRows(s, [](const Stmt& row) { return ReadJob(row); });
 }
 
-absl::StatusOr<std::optional<JobRecord>> Store::ClaimNextJob(const std::string& device) {
+absl::StatusOr<std::vector<JobRecord>> Store::ListQueuedJobs() {
+  absl::MutexLock lock(&mutex_);
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(kJobSelect,
+                                                           "WHERE j.state = ?1 ORDER BY j.id")
+                                                  .c_str()));
+  s.Bind(1, static_cast<int64_t>(StoredJobState::kQueued));
+  return sqlite::ReadRows(s, [](const Stmt& row) { return ReadJob(row); });
+}
+
+absl::StatusOr<std::optional<JobRecord>> Store::ClaimJob(int64_t id, const std::string& device) {
   absl::MutexLock lock(&mutex_);
   std::optional<JobRecord> claimed;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     claimed.reset();
-    int64_t id = 0;
     {
-      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "SELECT id FROM jobs WHERE state = ?1 "
-                                             "ORDER BY id LIMIT 1"));
-      s.Bind(1, static_cast<int64_t>(StoredJobState::kQueued));
-      ASSIGN_OR_RETURN(bool row, s.Step());
-      if (!row) return absl::OkStatus();
-      id = s.Int(0);
+      ASSIGN_OR_RETURN(JobRecord job, LoadJob(db_, id));
+      if (job.state != StoredJobState::kQueued) return absl::OkStatus();
     }
     // A resumed job keeps its first start time, so its run time spans all attempts.
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,

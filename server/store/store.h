@@ -153,9 +153,11 @@ class Store {
   absl::StatusOr<JobRecord> GetJob(int64_t id);
   // dataset_id 0: all. Newest first.
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int64_t dataset_id);
-  // Atomically takes the oldest queued job (state -> running, device, started time).
-  // nullopt when none is queued.
-  absl::StatusOr<std::optional<JobRecord>> ClaimNextJob(const std::string& device);
+  // Queued jobs, oldest first.
+  absl::StatusOr<std::vector<JobRecord>> ListQueuedJobs();
+  // Atomically takes this job if it is still queued (state -> running, device, started
+  // time); nullopt when it is not queued any more (cancelled meanwhile).
+  absl::StatusOr<std::optional<JobRecord>> ClaimJob(int64_t id, const std::string& device);
   // After a crash: running jobs go back to queued (resumes + 1). Returns how many.
   absl::StatusOr<int> RequeueRunningJobs();
   // SIGTERM: this running job goes back to queued (it resumes on the next start).

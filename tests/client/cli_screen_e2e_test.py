@@ -357,7 +357,7 @@ class CliScreenTest(unittest.TestCase):
         dice = [l for l in screen.lines if "validation Dice" in l]
         self.assertEqual(len(dice), 2, screen.describe())
         self.assertTrue(all(screen.lines.index(l) < index for l in dice), screen.describe())
-        self.assertTrue(any(l.startswith("job %d running: started on cpu" % job_id)
+        self.assertTrue(any(l.startswith("job %d running: started on local/cpu" % job_id)
                             for l in screen.lines), screen.describe())
         return job_id
 

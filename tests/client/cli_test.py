@@ -268,6 +268,17 @@ class CliTest(unittest.TestCase):
         self.fails(2, "train", "start", DATASET, "--steps", "abc", message="--steps takes an integer")
         self.fails(2, "train", "start", DATASET, "--config", self.path("no-such.json"),
                    message="cannot read --config")
+        # --ranks: devices that train at once, checked before any job exists.
+        for ranks in ("0", "-2", "5000"):
+            self.fails(2, "train", "start", DATASET, "--ranks", ranks,
+                       message="--ranks is the number of devices to train on at once, 1 to")
+        self.fails(2, "train", "start", DATASET, "--ranks", "two", message="--ranks takes an integer")
+        zero_ranks = self.path("zero-ranks.json")
+        with open(zero_ranks, "w") as f:
+            json.dump({"ranks": 0}, f)
+        self.fails(2, "train", "start", DATASET, "--config", zero_ranks, message="--ranks is the")
+        self.fails(2, "workers", message="miseg workers list")
+        self.fails(2, "workers", "list", "--role", "x", message="unknown flag --role")
         self.fails(2, "segment", DATASET, "--out", "x.dcm", message="miseg segment DATASET")
         self.fails(2, "segment", DATASET, "--stored", "1.2.3", "--overlay", "o.png",
                    "--out", "x.dcm", message="--overlay needs the image files")
@@ -569,7 +580,7 @@ class CliTest(unittest.TestCase):
         self.assertEqual(job["id"], str(job_id))
         self.assertEqual(job["state"], "JOB_STATE_SUCCEEDED")
         self.assertEqual(job["step"], "6")
-        self.assertEqual(job["device"], "cpu")
+        self.assertEqual(job["device"], "local/cpu")  # worker/device of each rank
         self.assertNotEqual(job["modelId"], "0")
         self.assertEqual((job["labeledStudies"], job["unlabeledStudies"],
                           job["validationStudies"]), (3, 2, 1))
@@ -818,6 +829,24 @@ class CliTest(unittest.TestCase):
         # The DICOM node is off in this server: the outbox query is refused, not an error.
         self.fails(3, "deliveries", "list", message="FAILED_PRECONDITION")
         self.fails(2, "deliveries", "list", "--state", "lost")
+
+    def test_53_workers_list(self):
+        # The server's own devices form its local worker; a reader may list workers.
+        workers = self.ok_json("workers", "list", token=READER_TOKEN)["workers"]
+        local = [w for w in workers if w.get("local")]
+        self.assertEqual(len(local), 1, workers)
+        self.assertEqual([d["device"] for d in local[0]["devices"]], ["cpu"], workers)
+        self.assertIn(local[0]["state"], ("WORKER_STATE_IDLE", "WORKER_STATE_BUSY"), workers)
+        r = self.ok("workers", "list", token=READER_TOKEN)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["ID", "NAME", "STATE", "LOCAL", "HEARTBEAT",
+                                            "DEVICES"], r.stdout)
+        row = [line for line in lines[1:] if line.split()[0] == local[0]["id"]]
+        self.assertEqual(len(row), 1, r.stdout)
+        self.assertIn(" yes ", row[0], r.stdout)
+        self.assertRegex(row[0], r"cpu:(idle|job \d+ rank \d+)$", r.stdout)
+        self.assertIn("ADDRESS", self.ok("workers", "list", "--wide").stdout.splitlines()[0])
+        self.fails(4, "workers", "list", token="bogus", message="UNAUTHENTICATED")
 
     # ---- test_8x: train watch across a server restart -------------------------------------
 

@@ -43,6 +43,14 @@
 namespace miseg {
 namespace {
 
+// The oldest queued job, claimed (what the scheduler does for a one-rank job).
+absl::StatusOr<std::optional<JobRecord>> ClaimNext(Store& store, const std::string& device) {
+  absl::StatusOr<std::vector<JobRecord>> queued = store.ListQueuedJobs();
+  if (!queued.ok()) return queued.status();
+  if (queued->empty()) return std::optional<JobRecord>();
+  return store.ClaimJob(queued->front().id, device);
+}
+
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -182,9 +190,11 @@ class JobRunnerTest : public ::testing::Test {
 
   // One intra-op thread: the same arithmetic whether a job runs alone or beside another.
   std::unique_ptr<JobRunner> MakeRunner(std::vector<std::string> devices,
-                                        std::function<void(int64_t, int64_t)> hook = {}) {
+                                        std::function<void(int64_t, int64_t)> hook = {},
+                                        bool verify_replicas = false) {
     JobRunnerOptions options;
     options.devices = std::move(devices);
+    options.verify_replicas = verify_replicas;
     options.work_dir = work_dir();
     options.training_threads = 1;
     options.after_step_event = std::move(hook);
@@ -256,7 +266,7 @@ TEST_F(JobRunnerTest, RunsAJobToSucceededWithOneEventPerStepAndAModel) {
   const JobRecord job = GetJob(id);
   EXPECT_EQ(job.state, StoredJobState::kSucceeded);
   EXPECT_EQ(job.step, 4);
-  EXPECT_EQ(job.device, "cpu");
+  EXPECT_EQ(job.device, "local/cpu");  // worker/device of each rank
   EXPECT_EQ(job.labeled_studies, 1);
   EXPECT_EQ(job.validation_studies, 1);  // held out of the two labeled ones
   EXPECT_EQ(job.unlabeled_studies, 1);
@@ -269,7 +279,7 @@ TEST_F(JobRunnerTest, RunsAJobToSucceededWithOneEventPerStepAndAModel) {
   }
   EXPECT_THAT(history.StateSequence(),
               ElementsAre(v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED));
-  EXPECT_THAT(history.states.front().message(), HasSubstr("started on cpu"));
+  EXPECT_THAT(history.states.front().message(), HasSubstr("started on local/cpu"));
   ASSERT_EQ(history.validations.size(), 1u);
   EXPECT_EQ(history.validations[0].step(), 4);
   EXPECT_TRUE(history.events.back().has_state());  // nothing after the final state
@@ -346,7 +356,7 @@ TEST_F(JobRunnerTest, StopCheckpointsAndRequeuesAndTheNextStartResumesExactly) {
   EXPECT_THAT(history.states.back().message(), HasSubstr("resumes from step 3"));
 
   // The crash: claimed (running) with its checkpoint at step 3, then nothing.
-  auto claimed = store_->ClaimNextJob("cpu");
+  auto claimed = ClaimNext(*store_, "cpu");
   ASSERT_TRUE(claimed.ok() && claimed->has_value());
   ASSERT_EQ((*claimed)->id, interrupted);
 
@@ -368,7 +378,7 @@ TEST_F(JobRunnerTest, StopCheckpointsAndRequeuesAndTheNextStartResumesExactly) {
   EXPECT_THAT(history.StateSequence(),
               ElementsAre(v1::JOB_STATE_RUNNING, v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING,
                           v1::JOB_STATE_SUCCEEDED));
-  EXPECT_THAT(history.states[2].message(), HasSubstr("resumed from step 3 on cpu"));
+  EXPECT_THAT(history.states[2].message(), HasSubstr("resumed from step 3 on local/cpu"));
   for (size_t i = 1; i < history.events.size(); ++i) {
     EXPECT_GT(history.events[i].sequence(), history.events[i - 1].sequence());
   }
@@ -451,6 +461,101 @@ TEST_F(JobRunnerTest, TwoJobsOnTwoWorkersAtOnceEqualTheSameJobsOneAfterTheOther)
     ASSERT_TRUE(labels_a.ok() && labels_b.ok());
     EXPECT_TRUE(labels_a->voxels == labels_b->voxels)
         << "models of jobs " << alone << " and " << together;
+  }
+}
+
+
+// A data-parallel job on the server's two devices: the ranks compare a hash of their
+// parameters after every step (verify_replicas: a mismatch fails the job), every step is
+// stored once, by rank 0, and rank 0 commits the model.
+TEST_F(JobRunnerTest, TwoRankJobKeepsReplicasIdenticalAndStoresEveryStepOnce) {
+  v1::Hyperparameters h = Tiny(/*total_steps=*/6, /*checkpoint_every=*/3, /*seed=*/5);
+  h.set_ranks(2);
+  const int64_t id = Queue(h);
+  JobFollower follower(&hub_, id);
+  auto runner = MakeRunner({"cpu", "cpu"}, {}, /*verify_replicas=*/true);
+  ASSERT_TRUE(runner->Start().ok());
+  ASSERT_TRUE(follower.WaitFor(v1::JOB_STATE_SUCCEEDED)) << GetJob(id).error;
+  runner->Shutdown();
+
+  const JobRecord job = GetJob(id);
+  EXPECT_EQ(job.state, StoredJobState::kSucceeded);
+  EXPECT_EQ(job.device, "local/cpu,local/cpu");
+  EXPECT_NE(job.model_id, 0);
+  const History history = ReadHistory(id);
+  EXPECT_THAT(history.StepNumbers(), ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_THAT(history.StateSequence(),
+              ElementsAre(v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED));
+  for (const v1::StepEvent& step : history.steps) {
+    EXPECT_EQ(step.ranks(), 2);
+    EXPECT_GT(step.allreduce_bytes(), 0);
+  }
+  ASSERT_EQ(history.validations.size(), 1u);
+}
+
+// Stopped mid-run (both ranks stop at the same step, rank 0 checkpoints), a two-rank job
+// resumes to exactly the losses of the same job run without a break.
+TEST_F(JobRunnerTest, TwoRankJobStoppedMidRunResumesExactly) {
+  v1::Hyperparameters h = Tiny(/*total_steps=*/6, /*checkpoint_every=*/4, /*seed=*/3);
+  h.set_ranks(2);
+  const int64_t interrupted = Queue(h);
+  {
+    StepGate gate(interrupted, /*step=*/3);
+    JobFollower follower(&hub_, interrupted);
+    auto runner = MakeRunner({"cpu", "cpu"}, gate.Hook());
+    const absl::Cleanup release = [&gate] { gate.Release(); };
+    ASSERT_TRUE(runner->Start().ok());
+    ASSERT_TRUE(gate.WaitUntilReached());
+    runner->RequestStop();
+    gate.Release();
+    runner->Shutdown();
+    EXPECT_TRUE(follower.WaitFor(v1::JOB_STATE_QUEUED));
+  }
+  EXPECT_EQ(GetJob(interrupted).step, 3);
+  EXPECT_THAT(ReadHistory(interrupted).StepNumbers(), ElementsAre(1, 2, 3));
+
+  const int64_t uninterrupted = Queue(h);
+  {
+    JobFollower a(&hub_, interrupted), b(&hub_, uninterrupted);
+    auto runner = MakeRunner({"cpu", "cpu"});
+    ASSERT_TRUE(runner->Start().ok());
+    ASSERT_TRUE(a.WaitFor(v1::JOB_STATE_SUCCEEDED));
+    ASSERT_TRUE(b.WaitFor(v1::JOB_STATE_SUCCEEDED));
+    runner->Shutdown();
+  }
+  const History history = ReadHistory(interrupted);
+  EXPECT_THAT(history.StepNumbers(), ElementsAre(1, 2, 3, 4, 5, 6));
+  EXPECT_THAT(history.states[2].message(), HasSubstr("resumed from step 3"));
+  ExpectSameTraining(history, ReadHistory(uninterrupted));
+}
+
+// Gang placement: a two-rank job never holds one device while it waits for a second, so
+// on one device it waits and a one-rank job queued after it runs (no deadlock); given a
+// second device, it runs.
+TEST_F(JobRunnerTest, TwoRankJobWaitsForTwoFreeDevicesWhileSmallerJobsRun) {
+  v1::Hyperparameters wide = Tiny(/*total_steps=*/2, /*checkpoint_every=*/100, /*seed=*/1);
+  wide.set_ranks(2);
+  const int64_t waiting = Queue(wide);
+  const int64_t small = Queue(Tiny(/*total_steps=*/2, /*checkpoint_every=*/100, /*seed=*/2));
+  {
+    JobFollower follower(&hub_, small);
+    auto runner = MakeRunner({"cpu"});
+    ASSERT_TRUE(runner->Start().ok());
+    ASSERT_TRUE(follower.WaitFor(v1::JOB_STATE_SUCCEEDED));
+    std::vector<v1::Worker> workers = runner->scheduler().ListWorkers();
+    ASSERT_EQ(workers.size(), 1u);
+    ASSERT_EQ(workers[0].devices_size(), 1);
+    // Free, or still held by the small job as its rank winds down: never by the wide one.
+    EXPECT_NE(workers[0].devices(0).job_id(), waiting);
+    runner->Shutdown();
+  }
+  EXPECT_EQ(GetJob(waiting).state, StoredJobState::kQueued);
+  {
+    JobFollower follower(&hub_, waiting);
+    auto runner = MakeRunner({"cpu", "cpu"});
+    ASSERT_TRUE(runner->Start().ok());
+    ASSERT_TRUE(follower.WaitFor(v1::JOB_STATE_SUCCEEDED));
+    runner->Shutdown();
   }
 }
 

@@ -27,7 +27,7 @@ TEST(ServerMain, HelpListsTheServersOwnFlagsWithDefaults) {
     EXPECT_THAT(output, HasSubstr("--shutdown_grace_seconds (default: 30)\n"
                                   "      How long running calls may finish at shutdown\n"));
     EXPECT_THAT(output, HasSubstr("--allow_insecure_remote (default: false)\n"));
-    EXPECT_THAT(output, HasSubstr("--devices (default: cpu)\n      Training devices"));
+    EXPECT_THAT(output, HasSubstr("--devices (default: cpu)\n      The server's own training devices"));
     // Not Abseil's own flags, nor its "No flags matched".
     for (const char* absl_flag :
          {"--flagfile", "--fromenv", "--tryfromenv", "--undefok", "No flags matched"}) {

@@ -25,6 +25,14 @@
 namespace miseg {
 namespace {
 
+// The oldest queued job, claimed (what the scheduler does for a one-rank job).
+absl::StatusOr<std::optional<JobRecord>> ClaimNext(Store& store, const std::string& device) {
+  absl::StatusOr<std::vector<JobRecord>> queued = store.ListQueuedJobs();
+  if (!queued.ok()) return queued.status();
+  if (queued->empty()) return std::optional<JobRecord>();
+  return store.ClaimJob(queued->front().id, device);
+}
+
 namespace fs = std::filesystem;
 
 // A fresh directory per test, removed afterwards.
@@ -419,27 +427,27 @@ TEST_F(StoreTest, ListJobsNewestFirst) {
 
 TEST_F(StoreTest, ClaimIsFifo) {
   DatasetRecord d = MakeDataset("d");
-  auto none = store_->ClaimNextJob("cuda:0");
+  auto none = ClaimNext(*store_, "cuda:0");
   ASSERT_TRUE(none.ok());
   EXPECT_FALSE(none->has_value());
 
   JobRecord j1 = MakeJob(d.id);
   JobRecord j2 = MakeJob(d.id);
   JobRecord j3 = MakeJob(d.id);
-  auto c1 = store_->ClaimNextJob("cuda:0");
+  auto c1 = ClaimNext(*store_, "cuda:0");
   ASSERT_TRUE(c1.ok() && c1->has_value());
   EXPECT_EQ((*c1)->id, j1.id);
   EXPECT_EQ((*c1)->state, StoredJobState::kRunning);
   EXPECT_EQ((*c1)->device, "cuda:0");
   EXPECT_GT((*c1)->started_unix_ms, 0);
   EXPECT_EQ((*c1)->dataset_name, "d");
-  auto c2 = store_->ClaimNextJob("cpu");
+  auto c2 = ClaimNext(*store_, "cpu");
   ASSERT_TRUE(c2.ok() && c2->has_value());
   EXPECT_EQ((*c2)->id, j2.id);
-  auto c3 = store_->ClaimNextJob("cpu");
+  auto c3 = ClaimNext(*store_, "cpu");
   ASSERT_TRUE(c3.ok() && c3->has_value());
   EXPECT_EQ((*c3)->id, j3.id);
-  auto c4 = store_->ClaimNextJob("cpu");
+  auto c4 = ClaimNext(*store_, "cpu");
   ASSERT_TRUE(c4.ok());
   EXPECT_FALSE(c4->has_value());
 }
@@ -449,10 +457,10 @@ TEST_F(StoreTest, RequeueRunningJobsAfterCrash) {
   JobRecord j1 = MakeJob(d.id);
   JobRecord j2 = MakeJob(d.id);
   JobRecord j3 = MakeJob(d.id);
-  auto c1 = store_->ClaimNextJob("cuda:0");
+  auto c1 = ClaimNext(*store_, "cuda:0");
   ASSERT_TRUE(c1.ok() && c1->has_value());
   const int64_t started = (*c1)->started_unix_ms;
-  auto c2 = store_->ClaimNextJob("cuda:0");
+  auto c2 = ClaimNext(*store_, "cuda:0");
   ASSERT_TRUE(c2.ok() && c2->has_value());
   ASSERT_TRUE(store_->FailJob(j2.id, "boom").ok());
 
@@ -471,13 +479,13 @@ TEST_F(StoreTest, RequeueRunningJobsAfterCrash) {
   EXPECT_EQ(j2_after->resumes, 0);
 
   // The requeued job is older than j3, so it is claimed first and keeps its start time.
-  auto again = store_->ClaimNextJob("cuda:1");
+  auto again = ClaimNext(*store_, "cuda:1");
   ASSERT_TRUE(again.ok() && again->has_value());
   EXPECT_EQ((*again)->id, j1.id);
   EXPECT_EQ((*again)->device, "cuda:1");
   EXPECT_EQ((*again)->started_unix_ms, started);
   EXPECT_EQ((*again)->resumes, 1);
-  auto next = store_->ClaimNextJob("cuda:1");
+  auto next = ClaimNext(*store_, "cuda:1");
   ASSERT_TRUE(next.ok() && next->has_value());
   EXPECT_EQ((*next)->id, j3.id);
 
@@ -491,13 +499,13 @@ TEST_F(StoreTest, RequeueJob) {
   JobRecord j = MakeJob(d.id);
   EXPECT_EQ(store_->RequeueJob(j.id).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(store_->RequeueJob(999).code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   ASSERT_TRUE(store_->RequeueJob(j.id).ok());
   auto got = store_->GetJob(j.id);
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(got->state, StoredJobState::kQueued);
   EXPECT_EQ(got->resumes, 1);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   ASSERT_TRUE(store_->RequeueJob(j.id).ok());
   got = store_->GetJob(j.id);
   ASSERT_TRUE(got.ok());
@@ -507,7 +515,7 @@ TEST_F(StoreTest, RequeueJob) {
 TEST_F(StoreTest, RequeueOfCancelRequestedJobCancelsIt) {
   DatasetRecord d = MakeDataset("d");
   JobRecord j = MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   ASSERT_TRUE(store_->RequestCancel(j.id).ok());
   auto requeued = store_->RequeueRunningJobs();
   ASSERT_TRUE(requeued.ok());
@@ -527,14 +535,14 @@ TEST_F(StoreTest, RequestCancel) {
   EXPECT_TRUE(cancelled->cancel_requested);
   EXPECT_GT(cancelled->finished_unix_ms, 0);
   // Cancelled jobs are never claimed.
-  auto none = store_->ClaimNextJob("cpu");
+  auto none = ClaimNext(*store_, "cpu");
   ASSERT_TRUE(none.ok());
   EXPECT_FALSE(none->has_value());
   EXPECT_EQ(store_->RequestCancel(queued.id).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
   JobRecord running = MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   auto requested = store_->RequestCancel(running.id);
   ASSERT_TRUE(requested.ok());
   EXPECT_EQ(requested->state, StoredJobState::kRunning);
@@ -570,7 +578,7 @@ TEST_F(StoreTest, CheckpointAndStudyCounts) {
 TEST_F(StoreTest, FailAndCancelAreTerminal) {
   DatasetRecord d = MakeDataset("d");
   JobRecord j = MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   ASSERT_TRUE(store_->FailJob(j.id, "out of memory").ok());
   auto got = store_->GetJob(j.id);
   ASSERT_TRUE(got.ok());
@@ -596,9 +604,9 @@ TEST_F(StoreTest, CountJobsByState) {
   JobRecord b = MakeJob(d.id);
   MakeJob(d.id);
   MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());  // a running
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());  // a running
   ASSERT_TRUE(store_->FailJob(a.id, "x").ok());   // a failed
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());  // b running
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());  // b running
   auto counts = store_->CountJobsByState();
   ASSERT_TRUE(counts.ok());
   ASSERT_EQ(counts->size(), 5u);
@@ -620,7 +628,7 @@ TEST_F(StoreTest, ConcurrentClaimsTakeEachJobOnce) {
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       while (true) {
-        auto job = store_->ClaimNextJob(absl::StrCat("worker", t));
+        auto job = ClaimNext(*store_, absl::StrCat("worker", t));
         ASSERT_TRUE(job.ok()) << job.status();
         if (!job->has_value()) return;
         std::lock_guard<std::mutex> lock(mu);
@@ -639,7 +647,7 @@ TEST_F(StoreTest, ConcurrentClaimsTakeEachJobOnce) {
 TEST_F(StoreTest, FinishJobWithModel) {
   DatasetRecord d = MakeDataset("d");
   JobRecord j = MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cpu").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cpu").ok());
   auto model = store_->FinishJobWithModel(j.id, ModelOf(250), /*activate=*/true);
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_GT(model->id, 0);
@@ -810,7 +818,7 @@ TEST_F(StoreTest, EverythingSurvivesReopen) {
   DatasetRecord d = MakeDataset("d");
   ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "s", StoredRole::kLabeled, 2, 0, true)).ok());
   JobRecord j = MakeJob(d.id);
-  ASSERT_TRUE(store_->ClaimNextJob("cuda:0").ok());
+  ASSERT_TRUE(ClaimNext(*store_, "cuda:0").ok());
   ASSERT_TRUE(store_->AppendJobEvents(j.id, Events({1, 2})).ok());
   ASSERT_TRUE(store_->RecordCheckpoint(j.id, 2, "/c/2").ok());
   auto model = store_->FinishJobWithModel(j.id, ModelOf(2), true);
