@@ -17,6 +17,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -177,6 +178,9 @@ struct ServerMetrics::State {
   prometheus::Family<prometheus::Gauge>* workers = nullptr;
   prometheus::Family<prometheus::Gauge>* worker_devices = nullptr;
   prometheus::Histogram* allreduce_time = nullptr;
+  prometheus::Family<prometheus::Gauge>* rank_compute = nullptr;
+  absl::Mutex rank_mutex;  // the rank gauges in use
+  std::vector<prometheus::Gauge*> rank_gauges ABSL_GUARDED_BY(rank_mutex);
 };
 
 namespace {
@@ -201,6 +205,11 @@ void RegisterClusterMetrics(ServerMetrics::State& state, prometheus::Registry& r
                               .Add({}, prometheus::Histogram::BucketBoundaries{
                                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25, 0.5, 1, 2.5});
+  state.rank_compute = &prometheus::BuildGauge()
+                            .Name("miseg_training_rank_compute_seconds")
+                            .Help("Seconds per step each rank of the running job computed "
+                                  "(its step less the all-reduce), by rank")
+                            .Register(r);
 }
 
 }  // namespace
@@ -389,6 +398,19 @@ void ServerMetrics::SetJobsByState(const std::vector<std::pair<int, int64_t>>& c
 void ServerMetrics::ObserveTrainingStep(double seconds) { state_->step_time->Observe(seconds); }
 
 void ServerMetrics::ObserveAllReduce(double seconds) { state_->allreduce_time->Observe(seconds); }
+
+void ServerMetrics::SetRankComputeSeconds(const std::vector<double>& seconds_by_rank) {
+  absl::MutexLock lock(&state_->rank_mutex);
+  auto& gauges = state_->rank_gauges;
+  while (gauges.size() > seconds_by_rank.size()) {
+    state_->rank_compute->Remove(gauges.back());
+    gauges.pop_back();
+  }
+  while (gauges.size() < seconds_by_rank.size()) {
+    gauges.push_back(&state_->rank_compute->Add({{"rank", std::to_string(gauges.size())}}));
+  }
+  for (size_t r = 0; r < seconds_by_rank.size(); ++r) gauges[r]->Set(seconds_by_rank[r]);
+}
 
 void ServerMetrics::SetWorkers(int64_t idle, int64_t busy, int64_t lost, int64_t free_devices,
                                int64_t busy_devices) {

@@ -42,6 +42,9 @@ class ServerMetrics {
   void ObserveTrainingStep(double seconds);
   // Data-parallel jobs: gradient all-reduce time per step.
   void ObserveAllReduce(double seconds);
+  // The running job's compute seconds per step, by rank
+  // (miseg_training_rank_compute_seconds{rank}); ranks beyond the vector are removed.
+  void SetRankComputeSeconds(const std::vector<double>& seconds_by_rank);
   // The scheduler's workers by state, and their devices (live workers only).
   void SetWorkers(int64_t idle, int64_t busy, int64_t lost, int64_t free_devices,
                   int64_t busy_devices);

@@ -5,6 +5,8 @@
 // and Work::wait().
 #include "core/dist/process_group.h"
 
+#include <cstdlib>
+
 #include <chrono>
 #include <exception>
 #include <map>
@@ -230,6 +232,16 @@ absl::StatusOr<std::shared_ptr<Collectives>> JoinProcessGroup(const ProcessGroup
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(o.prefix, store);
 #ifdef USE_C10D_NCCL
     if (device.is_cuda()) {
+      // A failed NCCL collective must fail this rank's group, not tear down the process:
+      // the process holds other ranks (a worker's other devices, the server itself).
+      // 2 = CleanUpOnly (abort the communicators, keep the process), read at construction;
+      // set once, before any group exists, and never over an operator's own choice.
+      static const bool nccl_error_handling_set = [] {
+        ::setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2", /*overwrite=*/0);
+        ::setenv("NCCL_ASYNC_ERROR_HANDLING", "2", /*overwrite=*/0);  // LibTorch < 2.2
+        return true;
+      }();
+      (void)nccl_error_handling_set;
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = timeout;
       auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, o.rank, o.world_size,

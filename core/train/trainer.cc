@@ -387,10 +387,21 @@ struct Trainer::State {
     return flag[0].item<float>() > 0;
   }
 
+  // The losses become their means over the ranks; each rank's compute time per step is
+  // gathered in the same all-reduce (one slot per rank, zeros elsewhere).
   void AverageLossesOverRanks(StepMetrics& m) {
-    std::vector<double> values = {m.loss, m.supervised, m.consistency, m.mutual_information};
+    const size_t ranks = static_cast<size_t>(parallel.world_size);
+    std::vector<double> values(4 + ranks, 0.0);
+    values[0] = m.loss;
+    values[1] = m.supervised;
+    values[2] = m.consistency;
+    values[3] = m.mutual_information;
+    values[4 + static_cast<size_t>(parallel.rank)] = m.rank_compute_seconds.empty()
+                                                         ? 0.0
+                                                         : m.rank_compute_seconds.front();
     std::vector<torch::Tensor> sums = {
-        torch::from_blob(values.data(), {4}, torch::kFloat64).clone()};
+        torch::from_blob(values.data(), {static_cast<int64_t>(values.size())}, torch::kFloat64)
+            .clone()};
     ThrowIfFailed(parallel.collectives->AllReduceSum(sums));
     const auto sum = sums[0].accessor<double, 1>();
     const double n = parallel.world_size;
@@ -398,6 +409,8 @@ struct Trainer::State {
     m.supervised = sum[1] / n;
     m.consistency = sum[2] / n;
     m.mutual_information = sum[3] / n;
+    m.rank_compute_seconds.assign(ranks, 0.0);
+    for (size_t r = 0; r < ranks; ++r) m.rank_compute_seconds[r] = sum[4 + static_cast<int64_t>(r)];
   }
 
   // After every rank tried to load the same checkpoint: all succeeded at the same step, or
@@ -587,6 +600,10 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
         m.steps_per_second = seconds > 0 ? window_steps / seconds : 0;
         m.slices_per_second *= m.steps_per_second;
         m.allreduce_seconds = window_allreduce_seconds / static_cast<double>(window_steps);
+        // Compute time: the step's wall time less the all-reduce (which includes waiting for
+        // the slowest rank, so the wall time alone is the same on every rank).
+        m.rank_compute_seconds = {std::max(
+            0.0, seconds / static_cast<double>(window_steps) - m.allreduce_seconds)};
         if (s.distributed()) s.AverageLossesOverRanks(m);
         if (callbacks.on_step) callbacks.on_step(m);
         window_start = Clock::now();

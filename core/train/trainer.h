@@ -93,6 +93,10 @@ struct StepMetrics {
   int64_t allreduce_bytes = 0;
   // With verify_replicas: FNV-1a 64 of the parameters' and buffers' bytes after the step.
   uint64_t parameter_hash = 0;
+  // Seconds per step each rank spent computing (its step's wall time less the all-reduce,
+  // which includes waiting for the slowest rank), over the last log window, by rank: a
+  // straggler shows here. One entry with one rank.
+  std::vector<double> rank_compute_seconds;
 };
 
 struct ValidationMetrics {

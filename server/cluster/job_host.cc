@@ -162,6 +162,8 @@ absl::StatusOr<bool> JobHost::AppendEvents(const v1::RankAssignment& rank,
 void JobHost::ObserveStep(const v1::StepEvent& step) {
   if (step.steps_per_second() > 0) metrics_->ObserveTrainingStep(1.0 / step.steps_per_second());
   if (step.ranks() > 1) metrics_->ObserveAllReduce(step.allreduce_seconds());
+  metrics_->SetRankComputeSeconds({step.rank_compute_seconds().begin(),
+                                   step.rank_compute_seconds().end()});
   metrics_->SetTrainingProgress(step.step(), step.total_steps(), step.learning_rate());
   metrics_->SetTrainingLosses(step.loss(), step.supervised(), step.consistency(),
                               step.mutual_information());

@@ -129,6 +129,7 @@ v1::JobEvent StepEventOf(const StepMetrics& m, int32_t ranks) {
   s->set_allreduce_seconds(m.allreduce_seconds);
   s->set_allreduce_bytes(m.allreduce_bytes);
   s->set_ranks(ranks);
+  for (double seconds : m.rank_compute_seconds) s->add_rank_compute_seconds(seconds);
   return event;
 }
 

@@ -489,6 +489,9 @@ TEST_F(JobRunnerTest, TwoRankJobKeepsReplicasIdenticalAndStoresEveryStepOnce) {
   for (const v1::StepEvent& step : history.steps) {
     EXPECT_EQ(step.ranks(), 2);
     EXPECT_GT(step.allreduce_bytes(), 0);
+    ASSERT_EQ(step.rank_compute_seconds_size(), 2);
+    EXPECT_GT(step.rank_compute_seconds(0), 0);
+    EXPECT_GT(step.rank_compute_seconds(1), 0);
   }
   ASSERT_EQ(history.validations.size(), 1u);
 }

@@ -165,6 +165,8 @@ TEST_F(WorkersTest, TwoRankJobAcrossTheServerAndAWorkerProcess) {
   EXPECT_NE(workers[1].state(), v1::WORKER_STATE_LOST);
   const std::string metrics = ScrapeMetrics(server_->metrics_port());
   EXPECT_EQ(MetricValue(metrics, "miseg_workers{state=\"lost\"}"), 0);
+  EXPECT_GT(MetricValue(metrics, "miseg_training_rank_compute_seconds{rank=\"1\"}"), 0);
+  EXPECT_GT(MetricValue(metrics, "miseg_training_allreduce_seconds_count"), 0);
   EXPECT_EQ(MetricValue(metrics, "miseg_workers{state=\"idle\"}") +
                 MetricValue(metrics, "miseg_workers{state=\"busy\"}"),
             2);
@@ -313,6 +315,25 @@ TEST_F(WorkersTest, WorkerCallsNeedATokenOfRoleWorker) {
   EXPECT_NE((*worker)->WaitExit(kPatience), 0);
   EXPECT_THAT((*worker)->log(), AllOf(HasSubstr("refused to register this worker"),
                                       HasSubstr("role 'reader'")));
+}
+
+
+// One worker per cache directory: a second miseg-worker on a cache another one holds is
+// refused at start (exit 2), naming the directory and the holder, and the first works on.
+TEST_F(WorkersTest, ASecondWorkerOnTheSameCacheDirectoryIsRefused) {
+  StartServer({"--devices="});
+  auto first = StartWorker("node-a");
+  ASSERT_NE(first, nullptr);
+  const std::string cache = dir_.path() + "/cache-node-a";
+  auto second = ChildProcess::Spawn({MISEG_WORKER_BINARY, "--coordinator=" + server_->address(),
+                                     "--devices=cpu", "--cache_dir=" + cache, "--name=node-b"});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ((*second)->WaitExit(kPatience), 2) << (*second)->log();
+  EXPECT_THAT((*second)->log(), AllOf(HasSubstr(cache), HasSubstr(std::to_string(first->pid()))));
+  const std::vector<v1::Worker> workers = ListWorkers();
+  ASSERT_EQ(workers.size(), 1u);
+  EXPECT_EQ(workers[0].name(), "node-a");
+  EXPECT_EQ(first->Terminate(std::chrono::seconds(60)), 0) << first->log();
 }
 
 }  // namespace
