@@ -22,9 +22,9 @@ from miseg._errors import (Aborted, AlreadyExists, Cancelled, DataLoss, Deadline
                            Unauthenticated, Unavailable, Unimplemented, Unknown)
 from miseg._jobs import LOSS_COLUMNS, Job, Model
 from miseg._segmentation import Segmentation
-from miseg._types import (Dataset, FileResult, HyperparameterValue, JobEvent, JobState, Role,
-                          StateEvent, StepEvent, Study, UploadResult, ValidationEvent,
-                          hyperparameter_names)
+from miseg._types import (Dataset, FileResult, HyperparameterValue, JobEvent, JobState,
+                          RankPlacement, Role, StateEvent, StepEvent, Study, UploadResult,
+                          ValidationEvent, Worker, WorkerDevice, hyperparameter_names)
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ __all__ = [
     "Client", "Dataset", "Study", "FileResult", "UploadResult", "Job", "Model", "JobState",
     "JobEvent", "StepEvent", "ValidationEvent", "StateEvent", "Segmentation", "Role",
     "HyperparameterValue", "hyperparameter_names", "LOSS_COLUMNS", "SourceGrid",
-    "source_grid", "decode_segmentation",
+    "source_grid", "decode_segmentation", "Worker", "WorkerDevice", "RankPlacement",
     "Error", "Cancelled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
     "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
     "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",

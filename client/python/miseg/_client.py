@@ -14,7 +14,7 @@ from miseg._dicom import Paths, expand_paths, group_studies, looks_like_uid, sou
 from miseg._jobs import Job, Model
 from miseg._proto import pb
 from miseg._segmentation import Segmentation
-from miseg._types import (Dataset, FileResult, HyperparameterValue, Study, UploadResult,
+from miseg._types import (Dataset, FileResult, HyperparameterValue, Study, UploadResult, Worker,
                           file_result, hyperparameters_to_proto, role_to_proto)
 
 CHUNK_BYTES = 1 << 20
@@ -201,8 +201,9 @@ class Client:
         fields (w_mi, w_cons, dice_weight, rampup_steps, mi_window, mi_lambda, consistency
         ("mse" or "kl"), warmup_steps, learning_rate, min_learning_rate, weight_decay,
         labeled_batch, unlabeled_batch, crop_size, seed, grid_size, widths,
-        validate_every, validation_fraction, checkpoint_every); unset ones take the
-        method's defaults. w_mi=0, w_cons=0 trains on the labeled studies alone.
+        validate_every, validation_fraction, checkpoint_every, ranks); unset ones take the
+        method's defaults. w_mi=0, w_cons=0 trains on the labeled studies alone; ranks=N
+        trains on N devices at once (see workers()), each with the given batches.
         FailedPrecondition when the dataset has no labeled study."""
         values = dict(hyperparameters)
         if steps is not None:
@@ -224,6 +225,13 @@ class Client:
         response = c.unary(c.training.ListJobs, pb.ListJobsRequest(
             dataset=_name(dataset) if dataset is not None else ""), pb.ListJobsResponse)
         return [Job(c, j) for j in response.jobs]
+
+    def workers(self) -> List[Worker]:
+        """The workers that train jobs' ranks: the server's own devices first."""
+        c = self._connection
+        response = c.unary(c.workers.ListWorkers, pb.ListWorkersRequest(),
+                           pb.ListWorkersResponse)
+        return [Worker.from_proto(w) for w in response.workers]
 
     # ---- models -------------------------------------------------------------------------------
 

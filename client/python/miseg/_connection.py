@@ -79,6 +79,7 @@ class Connection:
         self.training = pb_grpc.TrainingServiceStub(self.channel)
         self.models = pb_grpc.ModelServiceStub(self.channel)
         self.segmentation = pb_grpc.SegmentationServiceStub(self.channel)
+        self.workers = pb_grpc.WorkerServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

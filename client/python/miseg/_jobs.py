@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 from miseg._connection import Connection, backoff_sleep
 from miseg._errors import DeadlineExceeded, Error, JobFailed, Unavailable
 from miseg._proto import pb
-from miseg._types import (HyperparameterValue, JobEvent, JobState, StateEvent, StepEvent,
-                          ValidationEvent, _time, event_from_proto, hyperparameters_from_proto)
+from miseg._types import (HyperparameterValue, JobEvent, JobState, RankPlacement, StateEvent,
+                          StepEvent, ValidationEvent, _time, event_from_proto,
+                          hyperparameters_from_proto)
 
 if TYPE_CHECKING:  # optional dependencies, imported when used
     import matplotlib.figure
@@ -133,6 +134,11 @@ class Job:
     @property
     def total_steps(self) -> int:
         return self._message.total_steps
+
+    @property
+    def placement(self) -> List[RankPlacement]:
+        """Where each rank runs while the job runs (empty otherwise)."""
+        return [RankPlacement.from_proto(p) for p in self._message.placement]
 
     @property
     def hyperparameters(self) -> Dict[str, HyperparameterValue]:

@@ -128,6 +128,57 @@ class Study:
                      series_description=s.series_description)
 
 
+@dataclass(frozen=True)
+class RankPlacement:
+    """Where one rank of a running data-parallel job trains."""
+
+    rank: int
+    worker: str       # the worker's id
+    worker_name: str
+    device: str
+
+    @staticmethod
+    def from_proto(p: pb.RankPlacement) -> "RankPlacement":
+        return RankPlacement(rank=p.rank, worker=p.worker, worker_name=p.worker_name,
+                             device=p.device)
+
+
+@dataclass(frozen=True)
+class WorkerDevice:
+    """A device of a worker, and the job rank on it (job_id None: free)."""
+
+    device: str
+    job_id: Optional[int]
+    rank: Optional[int]
+
+
+_WORKER_STATES = {1: "idle", 2: "busy", 3: "lost"}
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A process that trains ranks of jobs: the server's own devices (local) or a
+    miseg-worker on another machine."""
+
+    id: str
+    name: str
+    state: str  # idle, busy or lost
+    local: bool
+    devices: Tuple[WorkerDevice, ...]
+    address: str
+    registered: Optional[datetime.datetime]
+    last_heartbeat: Optional[datetime.datetime]
+
+    @staticmethod
+    def from_proto(w: pb.Worker) -> "Worker":
+        devices = tuple(WorkerDevice(device=d.device, job_id=d.job_id or None,
+                                     rank=d.rank if d.job_id else None) for d in w.devices)
+        return Worker(id=w.id, name=w.name, state=_WORKER_STATES.get(w.state, "unknown"),
+                      local=w.local, devices=devices, address=w.address,
+                      registered=_time(w.registered_unix_ms),
+                      last_heartbeat=_time(w.last_heartbeat_unix_ms))
+
+
 Outcome = Literal["stored", "duplicate", "refused"]
 
 

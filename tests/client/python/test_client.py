@@ -372,6 +372,24 @@ def test_jobs_cancel_and_wait(admin: miseg.Client, reader: miseg.Client, job: mi
     assert isinstance(list(long.watch())[-1], miseg.StateEvent)
 
 
+def test_workers_and_ranks(admin: miseg.Client, reader: miseg.Client, job: miseg.Job) -> None:
+    workers = reader.workers()
+    assert [w.local for w in workers] == [True]
+    assert [d.device for d in workers[0].devices] == ["cpu"]
+    assert workers[0].state in ("idle", "busy")
+    # Two ranks on a server of one device: the job waits whole, holding nothing.
+    wide = admin.train(DATASET, steps=2, ranks=2, **TINY)
+    assert wide.hyperparameters["ranks"] == 2
+    assert wide.state == miseg.JobState.QUEUED
+    assert wide.placement == []
+    with pytest.raises(TypeError):
+        admin.train(DATASET, steps=2, ranks="two")
+    with pytest.raises(miseg.InvalidArgument):
+        admin.train(DATASET, steps=2, ranks=0)
+    wide.cancel()
+    assert wide.wait().state == miseg.JobState.CANCELLED
+
+
 def test_models_and_promote(admin: miseg.Client, reader: miseg.Client, job: miseg.Job) -> None:
     first = job.model()
     assert first is not None and first.id == job.model_id

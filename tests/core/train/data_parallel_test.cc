@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/dist/process_group.h"
 #include "core/phantom/phantom.h"
+#include "tests/core/train/trainer_fixtures.h"
 #include "core/train/collectives.h"
 #include "core/train/inference.h"
 #include "core/train/model_io.h"
@@ -28,19 +29,7 @@
 namespace miseg {
 namespace {
 
-TrainingVolume PhantomVolume(int index, bool labeled) {
-  PhantomOptions options;
-  options.min_slices = 3;
-  options.max_slices = 4;
-  options.min_matrix = 72;
-  options.max_matrix = 96;
-  PhantomSubject subject = GeneratePhantomSubject(/*population_seed=*/11, index, options);
-  TrainingVolume v;
-  v.id = "phantom-" + std::to_string(index);
-  v.image = std::move(subject.image);
-  if (labeled) v.labels = std::move(subject.labels);
-  return v;
-}
+using testing::PhantomVolume;
 
 // Three validation volumes: split unevenly over two ranks.
 TrainingData SmallData() {
@@ -52,35 +41,19 @@ TrainingData SmallData() {
 }
 
 TrainerConfig SmallConfig() {
-  TrainerConfig config;
-  config.model.widths = {8, 16, 32};
-  config.model.grid_size = 48;
+  TrainerConfig config = testing::SmallModelConfig();
   config.labeled_batch = 2;
   config.unlabeled_batch = 2;
   config.total_steps = 6;
-  config.warmup_steps = 2;
-  config.rampup_steps = 3;
-  config.learning_rate = 1e-2;
-  config.validate_every = 0;
   config.threads = 1;
-  config.seed = 5;
   config.log_every = 1;
   return config;
 }
 
-class TempDir {
+// A scratch directory per test.
+class TempDir : public testing::TempDir {
  public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("miseg_data_parallel_test_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
+  TempDir() : testing::TempDir("miseg_data_parallel_test") {}
 };
 
 // fn(rank) on one thread per rank, each at one intra-op thread.

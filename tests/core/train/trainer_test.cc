@@ -14,25 +14,14 @@
 #include <gtest/gtest.h>
 
 #include "core/phantom/phantom.h"
+#include "tests/core/train/trainer_fixtures.h"
 #include "core/train/blas.h"
 #include "core/train/inference.h"
 
 namespace miseg {
 namespace {
 
-TrainingVolume PhantomVolume(int index, bool labeled) {
-  PhantomOptions options;
-  options.min_slices = 3;
-  options.max_slices = 4;
-  options.min_matrix = 72;
-  options.max_matrix = 96;
-  PhantomSubject subject = GeneratePhantomSubject(/*population_seed=*/11, index, options);
-  TrainingVolume v;
-  v.id = "phantom-" + std::to_string(index);
-  v.image = std::move(subject.image);
-  if (labeled) v.labels = std::move(subject.labels);
-  return v;
-}
+using testing::PhantomVolume;
 
 TrainingData SmallData() {
   TrainingData data;
@@ -43,34 +32,20 @@ TrainingData SmallData() {
 }
 
 TrainerConfig SmallConfig() {
-  TrainerConfig config;
-  config.model.widths = {8, 16, 32};
-  config.model.grid_size = 48;
+  TrainerConfig config = testing::SmallModelConfig();
   config.labeled_batch = 4;
   config.unlabeled_batch = 4;
   config.total_steps = 80;
   config.warmup_steps = 5;
   config.rampup_steps = 20;
-  config.learning_rate = 1e-2;
-  config.validate_every = 0;
   config.threads = 2;
-  config.seed = 5;
   return config;
 }
 
-class TempDir {
+// A scratch directory per test.
+class TempDir : public testing::TempDir {
  public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("miseg_trainer_test_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
+  TempDir() : testing::TempDir("miseg_trainer_test") {}
 };
 
 TEST(Trainer, ShortRunLowersTheLossAndReportsEveryTerm) {
