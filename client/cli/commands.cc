@@ -13,12 +13,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/cli/hyperparameters_json.h"
 #include "client/cli/local_files.h"
 #include "client/cli/output.h"
 #include "client/cli/terminal.h"
@@ -403,6 +406,10 @@ const std::vector<HyperparameterFlag>& HyperparameterFlags() {
       IntFlag("steps", "iterations", [](H* h, int64_t v) { h->set_total_steps(v); }),
       DoubleFlag("w-mi", "weight of the MI term", [](H* h, double v) { h->set_w_mi(v); }),
       DoubleFlag("w-cons", "weight of the consistency term", [](H* h, double v) { h->set_w_cons(v); }),
+      DoubleFlag("w-entropy", "weight of entropy minimisation (--objective entropy)",
+                 [](H* h, double v) { h->set_w_entropy(v); }),
+      DoubleFlag("ema-decay", "mean teacher's EMA decay (--objective mean_teacher)",
+                 [](H* h, double v) { h->set_ema_decay(v); }),
       DoubleFlag("dice-weight", "soft Dice beside cross-entropy", [](H* h, double v) { h->set_dice_weight(v); }),
       IntFlag("rampup-steps", "ramp-up of the unsupervised weight", [](H* h, int64_t v) { h->set_rampup_steps(v); }),
       IntFlag("mi-window", "MI window d", [](H* h, int64_t v) { h->set_mi_window(v); }),
@@ -440,11 +447,11 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
     size_t n;
     while ((n = fread(buffer, 1, sizeof(buffer), f)) > 0) text.append(buffer, n);
     fclose(f);
-    google::protobuf::util::JsonParseOptions options;
-    auto parsed = google::protobuf::util::JsonStringToMessage(text, &h, options);
+    absl::StatusOr<v1::Hyperparameters> parsed = ParseHyperparametersJson(text);
     if (!parsed.ok()) {
-      return UsageError(absl::StrCat("--config ", args.Get("config"), ": ", parsed.message().as_string()));
+      return UsageError(absl::StrCat("--config ", args.Get("config"), ": ", parsed.status().message()));
     }
+    h = *std::move(parsed);
   }
   for (const HyperparameterFlag& flag : HyperparameterFlags()) RETURN_IF_ERROR(flag.apply(args, &h));
   if (h.has_ranks() && (h.ranks() < 1 || h.ranks() > kMaxRanks)) return RanksUsageError();
@@ -453,6 +460,16 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
     if (kind == "mse") h.set_consistency(v1::CONSISTENCY_LOSS_MSE);
     else if (kind == "kl") h.set_consistency(v1::CONSISTENCY_LOSS_KL);
     else return UsageError("--consistency is mse or kl");
+  }
+  if (args.Has("objective")) {
+    const std::string name = args.Get("objective");
+    v1::Objective objective;
+    if (!v1::Objective_Parse("OBJECTIVE_" + absl::AsciiStrToUpper(name), &objective) ||
+        objective == v1::OBJECTIVE_UNSPECIFIED) {
+      return UsageError("--objective is mi, labeled_only, entropy, mean_teacher, "
+                        "consistency_only or mi_only");
+    }
+    h.set_objective(objective);
   }
   if (args.Has("widths")) {
     h.clear_widths();
@@ -463,6 +480,12 @@ absl::StatusOr<v1::Hyperparameters> HyperparametersFromArgs(const Args& args) {
     }
   }
   return h;
+}
+
+// "mean_teacher" for OBJECTIVE_MEAN_TEACHER: the --objective spelling.
+std::string ObjectiveText(v1::Objective objective) {
+  if (objective == v1::OBJECTIVE_UNSPECIFIED) objective = v1::OBJECTIVE_MI;
+  return absl::AsciiStrToLower(absl::StripPrefix(v1::Objective_Name(objective), "OBJECTIVE_"));
 }
 
 // Where a running job's ranks train, for `train list`: "0:gpu-box/cuda:0 1:node-2/cpu".
@@ -486,8 +509,9 @@ void PrintJob(const Context& c, const v1::Job& j) {
                            j.resumes() ? absl::StrCat(" (resumed ", j.resumes(), "x)") : ""));
   Print(c, absl::StrFormat("studies     %d labeled, %d unlabeled, %d validation",
                            j.labeled_studies(), j.unlabeled_studies(), j.validation_studies()));
-  Print(c, absl::StrFormat("objective   w_mi %g, w_cons %g, mi window %d, lambda %g, ramp-up %d, %s",
-                           h.w_mi(), h.w_cons(), h.mi_window(), h.mi_lambda(), h.rampup_steps(),
+  Print(c, absl::StrFormat("objective   %s: w_mi %g, w_cons %g, mi window %d, lambda %g, ramp-up %d, %s",
+                           ObjectiveText(h.objective()), h.w_mi(), h.w_cons(), h.mi_window(),
+                           h.mi_lambda(), h.rampup_steps(),
                            h.consistency() == v1::CONSISTENCY_LOSS_KL ? "KL" : "MSE"));
   Print(c, absl::StrFormat("schedule    lr %g -> %g, warm-up %d, batches %d + %d, seed %d%s",
                            h.learning_rate(), h.min_learning_rate(), h.warmup_steps(),
@@ -681,7 +705,7 @@ absl::Status WriteTrainingPlot(Context& c, int64_t job_id, const std::string& pa
 absl::Status Train(Context& c, bool* job_failed) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
   if (verb == "start") {
-    std::set<std::string> allowed = {"config", "consistency", "widths", "watch"};
+    std::set<std::string> allowed = {"config", "consistency", "objective", "widths", "watch"};
     for (const HyperparameterFlag& f : HyperparameterFlags()) allowed.insert(f.flag);
     RETURN_IF_ERROR(c.args.Allow(allowed));
     ASSIGN_OR_RETURN(std::string dataset, WordArgument(c.args, 2, "miseg train start DATASET [--config FILE.json] [--steps N] ..."));
@@ -1046,6 +1070,8 @@ std::string Usage() {
     help += absl::StrFormat("  --%-20s %s\n", f.flag, f.help);
   }
   help +=
+      "  --objective NAME          mi (the method), labeled_only, entropy, mean_teacher,\n"
+      "                            consistency_only, mi_only\n"
       "  --consistency mse|kl      consistency loss\n"
       "  --widths 16,32,64,128,256 U-Net widths, one per level\n"
       "\n"

@@ -43,6 +43,29 @@ absl::Status ValidateModelSpec(const ModelSpec& spec) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Objective> ParseObjective(const std::string& name) {
+  for (Objective o : {Objective::kMutualInformation, Objective::kLabeledOnly,
+                      Objective::kEntropyMinimization, Objective::kMeanTeacher,
+                      Objective::kConsistencyOnly, Objective::kMutualInformationOnly}) {
+    if (name == ObjectiveName(o)) return o;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown objective '", name,
+      "' (one of mi, labeled_only, entropy, mean_teacher, consistency_only, mi_only)"));
+}
+
+const char* ObjectiveName(Objective objective) {
+  switch (objective) {
+    case Objective::kMutualInformation: return "mi";
+    case Objective::kLabeledOnly: return "labeled_only";
+    case Objective::kEntropyMinimization: return "entropy";
+    case Objective::kMeanTeacher: return "mean_teacher";
+    case Objective::kConsistencyOnly: return "consistency_only";
+    case Objective::kMutualInformationOnly: return "mi_only";
+  }
+  return "unknown";
+}
+
 absl::Status TrainerConfig::Validate() const {
   if (absl::Status s = ValidateModelSpec(model); !s.ok()) return s;
   if (device.empty()) return Bad("device", "must not be empty");
@@ -67,6 +90,8 @@ absl::Status TrainerConfig::Validate() const {
   if (!(weight_decay >= 0 && std::isfinite(weight_decay))) return Bad("weight_decay", "must be >= 0");
   if (!(w_mi >= 0 && std::isfinite(w_mi))) return Bad("w_mi", "must be >= 0");
   if (!(w_cons >= 0 && std::isfinite(w_cons))) return Bad("w_cons", "must be >= 0");
+  if (!(w_entropy >= 0 && std::isfinite(w_entropy))) return Bad("w_entropy", "must be >= 0");
+  if (!(ema_decay >= 0 && ema_decay < 1)) return Bad("ema_decay", "must be in [0, 1)");
   if (!(dice_weight >= 0 && std::isfinite(dice_weight))) return Bad("dice_weight", "must be >= 0");
   if ((w_mi > 0 || w_cons > 0) && unlabeled_batch == 0) {
     return Bad("unlabeled_batch", "must be > 0 when w_mi or w_cons is > 0");

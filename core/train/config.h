@@ -30,6 +30,31 @@ struct ModelSpec {
 
 enum class ConsistencyKind { kMeanSquaredError, kKullbackLeibler };
 
+// What the unlabeled slices add to the supervised loss (each term times the ramp-up w(t)).
+// The method and its ablations, and the rivals it is measured against (bench/RESULTS.md).
+enum class Objective {
+  // The method (docs/method.md): w_cons L_cons(p(T x), T p(x)) + w_mi L_mi.
+  kMutualInformation,
+  // The supervised loss alone; unlabeled slices are not drawn.
+  kLabeledOnly,
+  // Entropy minimisation (Grandvalet and Bengio 2005): w_entropy times the mean over
+  // unlabeled pixels of -sum_k p_k log p_k.
+  kEntropyMinimization,
+  // Mean teacher (Tarvainen and Valpola 2017): w_cons L_cons(p_student(T x),
+  // T p_teacher(x)), the teacher's weights an exponential moving average (ema_decay) of the
+  // student's, updated after every step; the student is the model trained and exported.
+  kMeanTeacher,
+  // The method without its MI term (w_mi taken as 0).
+  kConsistencyOnly,
+  // The method without its consistency term (w_cons taken as 0).
+  kMutualInformationOnly,
+};
+
+// "mi" (the method), "labeled_only", "entropy", "mean_teacher", "consistency_only",
+// "mi_only"; InvalidArgument for another name.
+absl::StatusOr<Objective> ParseObjective(const std::string& name);
+const char* ObjectiveName(Objective objective);
+
 struct TrainerConfig {
   ModelSpec model;
   std::string device = "cpu";  // any torch device string: "cpu", "cuda", "cuda:1"
@@ -59,6 +84,9 @@ struct TrainerConfig {
   double mi_lambda = 1.0;
   double mi_epsilon = 1e-8;
   ConsistencyKind consistency = ConsistencyKind::kMeanSquaredError;
+  Objective objective = Objective::kMutualInformation;
+  double w_entropy = 0.1;   // entropy minimisation's weight
+  double ema_decay = 0.99;  // mean teacher's EMA decay (alpha), as Tarvainen and Valpola
 
   // Perturbation T of the unlabeled branch (exact inverse on the pixel grid).
   double perturb_flip_probability = 0.8;  // each of the two flips, as the authors

@@ -47,6 +47,20 @@ torch::Tensor ConsistencyLoss(const torch::Tensor& c, const torch::Tensor& a,
   return (c - target).pow(2).mean();
 }
 
+torch::Tensor EntropyLoss(const torch::Tensor& probs, double epsilon) {
+  TORCH_CHECK(probs.dim() == 4, "EntropyLoss: probabilities must be B x K x H x W");
+  return -(probs * torch::log(torch::clamp_min(probs, epsilon))).sum(1).mean();
+}
+
+void UpdateMovingAverage(const std::vector<torch::Tensor>& teacher,
+                         const std::vector<torch::Tensor>& student, double alpha) {
+  TORCH_CHECK(teacher.size() == student.size(), "UpdateMovingAverage: models differ");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < teacher.size(); ++i) {
+    teacher[i].mul_(alpha).add_(student[i].detach(), 1.0 - alpha);
+  }
+}
+
 torch::Tensor SupervisedLoss(const torch::Tensor& logits, const torch::Tensor& labels,
                              double dice_weight) {
   torch::Tensor loss = torch::cross_entropy_loss(logits, labels);

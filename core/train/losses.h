@@ -6,6 +6,7 @@
 #define MISEG_CORE_TRAIN_LOSSES_H_
 
 #include <cstdint>
+#include <vector>
 
 #include <torch/types.h>
 
@@ -29,6 +30,16 @@ torch::Tensor MutualInformationLoss(const torch::Tensor& a, const torch::Tensor&
 // KL(stopgrad(a) || c) averaged over pixels.
 torch::Tensor ConsistencyLoss(const torch::Tensor& c, const torch::Tensor& a,
                               ConsistencyKind kind = ConsistencyKind::kMeanSquaredError);
+
+// Entropy minimisation's term (Grandvalet and Bengio 2005): the mean over pixels of the
+// Shannon entropy -sum_k p_k log p_k of probabilities B x K x H x W (classes on dim 1).
+// 0 for one-hot pixels, log K for uniform ones; gradients flow into probs.
+torch::Tensor EntropyLoss(const torch::Tensor& probs, double epsilon = 1e-8);
+
+// Mean teacher's update (Tarvainen and Valpola 2017): teacher = alpha teacher + (1 - alpha)
+// student, in place, tensor by tensor (same shapes, same order), outside autograd.
+void UpdateMovingAverage(const std::vector<torch::Tensor>& teacher,
+                         const std::vector<torch::Tensor>& student, double alpha);
 
 // Pixel-wise cross-entropy of logits (B x K x H x W) against int64 labels (B x H x W), plus
 // dice_weight times the soft Dice loss averaged over the foreground classes.

@@ -129,6 +129,7 @@ struct Trainer::State {
   TrainerConfig config;
   torch::Device device{torch::kCPU};
   UNet model{nullptr};
+  UNet teacher{nullptr};  // mean teacher only: the EMA of the model's weights
   std::unique_ptr<torch::optim::Adam> optimizer;
   int64_t step = 0;
   std::mt19937_64 rng;
@@ -151,9 +152,26 @@ struct Trainer::State {
 
   bool distributed() const { return parallel.world_size > 1; }
 
+  // The method's two weights as the objective takes them: (w_cons, w_mi).
+  std::pair<double, double> MethodWeights() const {
+    switch (config.objective) {
+      case Objective::kConsistencyOnly: return {config.w_cons, 0.0};
+      case Objective::kMutualInformationOnly: return {0.0, config.w_mi};
+      default: return {config.w_cons, config.w_mi};
+    }
+  }
+
   bool UnsupervisedActive() const {
-    return (config.w_mi > 0 || config.w_cons > 0) && config.unlabeled_batch > 0 &&
-           !unlabeled_slices.empty();
+    if (config.unlabeled_batch == 0 || unlabeled_slices.empty()) return false;
+    switch (config.objective) {
+      case Objective::kLabeledOnly: return false;
+      case Objective::kEntropyMinimization: return config.w_entropy > 0;
+      case Objective::kMeanTeacher: return config.w_cons > 0;
+      default: {
+        const auto [w_cons, w_mi] = MethodWeights();
+        return w_cons > 0 || w_mi > 0;
+      }
+    }
   }
 
   // This rank's `count` slices of the step. One rank: independent uniform draws. Data
@@ -210,6 +228,81 @@ struct Trainer::State {
     return {&shared, &local, &noise_generator};
   }
 
+  // This step's unlabeled slices x, and T x: each slice's dihedral transform T (its exact
+  // inverse exists on the pixel grid), then the intensity perturbation of T x.
+  struct UnlabeledBatch {
+    torch::Tensor x, perturbed;
+    std::vector<DihedralTransform> transforms;
+  };
+
+  UnlabeledBatch SampleUnlabeled(int64_t count, const StepRandom& random) {
+    UnlabeledBatch u;
+    Batch batch = Sample(unlabeled_slices, unlabeled, count, /*with_labels=*/false, random);
+    const bool square = batch.images.size(-1) == batch.images.size(-2);
+    for (int64_t i = 0; i < count; ++i) {
+      u.transforms.push_back(SampleDihedral(*random.local, config.perturb_flip_probability,
+                                            config.perturb_rotate90 && square));
+    }
+    u.x = batch.images.to(device);
+    u.perturbed = PerturbIntensity(ApplyDihedral(u.transforms, u.x), intensity_perturbation,
+                                   *random.local, *random.noise);
+    return u;
+  }
+
+  // The objective's unsupervised term, before the ramp-up weight; m gets its parts.
+  torch::Tensor UnsupervisedTerm(const UnlabeledBatch& u, StepMetrics& m) {
+    const TrainerConfig& c = config;
+    if (c.objective == Objective::kEntropyMinimization) {
+      const torch::Tensor entropy = EntropyLoss(torch::softmax(model->forward(u.x), 1));
+      m.entropy = entropy.item<double>();
+      return c.w_entropy * entropy;
+    }
+    if (c.objective == Objective::kMeanTeacher) {
+      torch::Tensor target;
+      {
+        torch::NoGradGuard no_grad;
+        target = ApplyDihedral(u.transforms, torch::softmax(teacher->forward(u.x), 1));
+      }
+      const torch::Tensor student = torch::softmax(model->forward(u.perturbed), 1);
+      const torch::Tensor cons = ConsistencyLoss(student, target, c.consistency);
+      m.consistency = cons.item<double>();
+      return c.w_cons * cons;
+    }
+    // The method: x and T x in one pass, so both branches share batch statistics.
+    const int64_t n = u.x.size(0);
+    const torch::Tensor probs =
+        torch::softmax(model->forward(torch::cat({u.x, u.perturbed}, 0)), 1);
+    const torch::Tensor a = ApplyDihedral(u.transforms, probs.narrow(0, 0, n));
+    const torch::Tensor cp = probs.narrow(0, n, n);
+    // Only the terms the objective weighs are computed (and reported): the MI's joint
+    // distributions cost as much as a forward pass.
+    const auto [w_cons, w_mi] = MethodWeights();
+    torch::Tensor term = torch::zeros({}, probs.options());
+    if (w_mi > 0) {
+      const torch::Tensor mi =
+          MutualInformationLoss(a, cp, {c.mi_window, c.mi_lambda, c.mi_epsilon});
+      m.mutual_information = mi.item<double>();
+      term = term + w_mi * mi;
+    }
+    if (w_cons > 0) {
+      const torch::Tensor cons = ConsistencyLoss(cp, a, c.consistency);
+      m.consistency = cons.item<double>();
+      term = term + w_cons * cons;
+    }
+    return term;
+  }
+
+  // Mean teacher: the teacher's weights follow the model's; alpha ramps up from 0 as in
+  // the authors' code (min(1 - 1/(step + 1), ema_decay)), so early teachers are not stuck
+  // at the random initialisation. Its batch-norm statistics are its own (it runs in train
+  // mode on x); with data parallelism rank 0's replace the others', as the model's do.
+  void UpdateTeacher() {
+    const double alpha =
+        std::min(1.0 - 1.0 / static_cast<double>(step + 1), config.ema_decay);
+    UpdateMovingAverage(teacher->parameters(), model->parameters(), alpha);
+    if (distributed()) BroadcastFromRankZero(teacher->buffers());
+  }
+
   StepMetrics TrainStep() {
     const TrainerConfig& c = config;
     std::mt19937_64 shared_rng, local_rng;
@@ -220,42 +313,18 @@ struct Trainer::State {
     const int64_t nl = c.labeled_batch;
     const int64_t nu = unsupervised ? c.unlabeled_batch : 0;
     const torch::Tensor labeled_input = labeled_batch.images.to(device);
-    torch::Tensor unlabeled_input;  // x and T x, one pass: both branches share statistics
-    std::vector<DihedralTransform> transforms;
-    if (unsupervised) {
-      Batch unlabeled_batch =
-          Sample(unlabeled_slices, unlabeled, nu, /*with_labels=*/false, random);
-      const bool square = unlabeled_batch.images.size(-1) == unlabeled_batch.images.size(-2);
-      for (int64_t i = 0; i < nu; ++i) {
-        transforms.push_back(SampleDihedral(*random.local, c.perturb_flip_probability,
-                                            c.perturb_rotate90 && square));
-      }
-      const torch::Tensor x = unlabeled_batch.images.to(device);
-      const torch::Tensor perturbed = PerturbIntensity(
-          ApplyDihedral(transforms, x), intensity_perturbation, *random.local, *random.noise);
-      unlabeled_input = torch::cat({x, perturbed}, 0);
-    }
+    UnlabeledBatch unlabeled_batch;
+    if (unsupervised) unlabeled_batch = SampleUnlabeled(nu, random);
     model->train();
     // Labeled slices get a forward pass of their own, so the batch-norm statistics the
     // supervised loss trains under are those of labeled data alone; concatenating them with
     // the unlabeled slices was measured to wreck eval-mode Dice on the phantom (bench/RESULTS.md).
-    torch::Tensor logits = model->forward(labeled_input);
-    if (unsupervised) logits = torch::cat({logits, model->forward(unlabeled_input)}, 0);
-    const torch::Tensor supervised =
-        SupervisedLoss(logits.narrow(0, 0, nl), labeled_batch.labels.to(device), c.dice_weight);
+    const torch::Tensor supervised = SupervisedLoss(
+        model->forward(labeled_input), labeled_batch.labels.to(device), c.dice_weight);
     torch::Tensor loss = supervised;
     StepMetrics m;
     m.unsupervised_weight = RampUpWeight(step, c.rampup_steps);
-    if (unsupervised) {
-      const torch::Tensor probs = torch::softmax(logits.narrow(0, nl, 2 * nu), 1);
-      const torch::Tensor a = ApplyDihedral(transforms, probs.narrow(0, 0, nu));
-      const torch::Tensor cp = probs.narrow(0, nu, nu);
-      const torch::Tensor mi = MutualInformationLoss(a, cp, {c.mi_window, c.mi_lambda, c.mi_epsilon});
-      const torch::Tensor cons = ConsistencyLoss(cp, a, c.consistency);
-      loss = loss + m.unsupervised_weight * (c.w_cons * cons + c.w_mi * mi);
-      m.mutual_information = mi.item<double>();
-      m.consistency = cons.item<double>();
-    }
+    if (unsupervised) loss = loss + m.unsupervised_weight * UnsupervisedTerm(unlabeled_batch, m);
     m.learning_rate =
         LearningRateAt(step, c.total_steps, c.warmup_steps, c.learning_rate, c.min_learning_rate);
     for (auto& group : optimizer->param_groups()) {
@@ -269,6 +338,7 @@ struct Trainer::State {
     }
     optimizer->step();
     ++step;
+    if (teacher) UpdateTeacher();
     if (parallel.verify_replicas) m.parameter_hash = VerifyReplicas();
     m.step = step;
     m.total_steps = c.total_steps;
@@ -347,6 +417,22 @@ struct Trainer::State {
   void BroadcastModel() {
     BroadcastFromRankZero(model->parameters());
     BroadcastFromRankZero(model->buffers());
+    if (teacher) {
+      BroadcastFromRankZero(teacher->parameters());
+      BroadcastFromRankZero(teacher->buffers());
+    }
+  }
+
+  // A new network with the model's weights and buffers (the mean teacher's start).
+  UNet CopyOfModel() const {
+    UNet copy(UNetOptionsFor(config.model));
+    copy->to(device);
+    torch::NoGradGuard no_grad;
+    const std::vector<torch::Tensor> from = model->parameters(), to = copy->parameters();
+    for (size_t i = 0; i < from.size(); ++i) to[i].copy_(from[i]);
+    const std::vector<torch::Tensor> from_b = model->buffers(), to_b = copy->buffers();
+    for (size_t i = 0; i < from_b.size(); ++i) to_b[i].copy_(from_b[i]);
+    return copy;
   }
 
   // Once the model is built. The ranks built the same weights from the same seed; the
@@ -560,6 +646,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
     state->model = UNet(UNetOptionsFor(config.model));
     state->model->InitializeParameters(init_generator);
     state->model->to(state->device);
+    if (config.objective == Objective::kMeanTeacher) state->teacher = state->CopyOfModel();
     state->optimizer = std::make_unique<torch::optim::Adam>(
         state->model->parameters(),
         torch::optim::AdamOptions(config.learning_rate).weight_decay(config.weight_decay));
@@ -649,6 +736,11 @@ absl::Status Trainer::SaveCheckpoint(const std::string& path) {
     archive.write("miseg/rng", c10::IValue(rng.str()));
     archive.write("miseg/noise_generator", s.noise_generator.get_state());
     archive.write("miseg/stream_seed", c10::IValue(static_cast<int64_t>(s.stream_seed)));
+    if (s.teacher) {
+      torch::serialize::OutputArchive teacher;
+      s.teacher->save(teacher);
+      archive.write("teacher", teacher);
+    }
     return absl::OkStatus();
   });
   if (!status.ok()) return status;
@@ -680,6 +772,10 @@ absl::Status Trainer::LoadCheckpointLocally(State& s, const std::string& path) {
         !step.isInt() || !rng_text.isString()) {
       return absl::DataLossError(absl::StrCat(path, " is not a complete training checkpoint"));
     }
+    torch::serialize::InputArchive teacher;
+    if (s.teacher && !archive->try_read("teacher", teacher)) {
+      return absl::DataLossError(absl::StrCat(path, " has no mean teacher"));
+    }
     torch::Tensor noise_state;
     archive->read("miseg/noise_generator", noise_state);
     std::istringstream rng_in(rng_text.toStringRef());
@@ -689,6 +785,10 @@ absl::Status Trainer::LoadCheckpointLocally(State& s, const std::string& path) {
     // Everything parsed: only now touch the live state.
     s.model->load(weights);
     s.model->to(s.device);
+    if (s.teacher) {
+      s.teacher->load(teacher);
+      s.teacher->to(s.device);
+    }
     s.optimizer->load(optimizer);
     // Optimizer state was read on the CPU; it must live where the parameters are.
     for (auto& entry : s.optimizer->state()) {

@@ -82,6 +82,7 @@ struct StepMetrics {
   double supervised = 0;          // L_sup
   double consistency = 0;         // L_cons (0 when its weight and w_mi are 0)
   double mutual_information = 0;  // L_mi (negative: -mean_t I_t)
+  double entropy = 0;             // entropy minimisation's term (that objective only)
   double unsupervised_weight = 0; // ramp-up w(step)
   double learning_rate = 0;
   double steps_per_second = 0;    // over the last log window

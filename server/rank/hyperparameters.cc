@@ -5,6 +5,20 @@
 #include "absl/strings/str_cat.h"
 
 namespace miseg {
+namespace {
+
+Objective ObjectiveOf(v1::Objective objective) {
+  switch (objective) {
+    case v1::OBJECTIVE_LABELED_ONLY: return Objective::kLabeledOnly;
+    case v1::OBJECTIVE_ENTROPY: return Objective::kEntropyMinimization;
+    case v1::OBJECTIVE_MEAN_TEACHER: return Objective::kMeanTeacher;
+    case v1::OBJECTIVE_CONSISTENCY_ONLY: return Objective::kConsistencyOnly;
+    case v1::OBJECTIVE_MI_ONLY: return Objective::kMutualInformationOnly;
+    default: return Objective::kMutualInformation;
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparameters& in,
                                                            int64_t classes) {
@@ -39,6 +53,12 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
   if (!h.has_validation_fraction()) h.set_validation_fraction(0.2);
   if (!h.has_checkpoint_every()) h.set_checkpoint_every(100);
   if (!h.has_ranks()) h.set_ranks(1);
+  if (h.objective() == v1::OBJECTIVE_UNSPECIFIED) h.set_objective(v1::OBJECTIVE_MI);
+  if (!v1::Objective_IsValid(h.objective())) {
+    return absl::InvalidArgumentError("objective: unknown objective");
+  }
+  if (!h.has_w_entropy()) h.set_w_entropy(d.w_entropy);
+  if (!h.has_ema_decay()) h.set_ema_decay(d.ema_decay);
   if (h.ranks() < 1 || h.ranks() > kMaxRanks) {
     return absl::InvalidArgumentError(absl::StrCat("ranks must be in [1, ", kMaxRanks, "]"));
   }
@@ -79,6 +99,9 @@ TrainerConfig ToTrainerConfig(const v1::Hyperparameters& h, int64_t classes) {
   c.consistency = h.consistency() == v1::CONSISTENCY_LOSS_KL ? ConsistencyKind::kKullbackLeibler
                                                              : ConsistencyKind::kMeanSquaredError;
   c.validate_every = h.validate_every();
+  c.objective = ObjectiveOf(h.objective());
+  c.w_entropy = h.w_entropy();
+  c.ema_decay = h.ema_decay();
   return c;
 }
 

@@ -1,5 +1,7 @@
 #include "server/rank/rank_runner.h"
 
+#include <sys/statvfs.h>
+
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -20,6 +22,30 @@ namespace {
 // Rank 0 may still be fetching studies when the others are ready: they wait this long for
 // its rendezvous before giving up (the collectives' own timeout starts after it).
 constexpr absl::Duration kRendezvousWait = absl::Minutes(30);
+
+// Below this much free space (or twice the last file written), a write that failed is
+// taken for a full disk.
+constexpr int64_t kLowDiskBytes = int64_t{16} << 20;
+
+// The directory of one attempt's files on this machine: the checkpoint and model are
+// written there under fixed names (an archive records its file's name, so a model's bytes
+// depend on its weights alone), and the directory goes when the rank ends.
+std::string AttemptDir(const v1::RankAssignment& rank, const RankRunnerOptions& options) {
+  return absl::StrCat(options.scratch_dir, "/job-", rank.job_id(), "-attempt-", rank.attempt(),
+                      "-rank-", rank.rank());
+}
+
+// A write into dir failed: when its filesystem is (nearly) full, the error becomes
+// ResourceExhausted, which retries the job later instead of failing it (LibTorch's writer
+// does not say why a write failed).
+absl::Status ClassifyWriteError(absl::Status error, const std::string& dir, int64_t last_size) {
+  struct statvfs fs;
+  if (error.ok() || ::statvfs(dir.c_str(), &fs) != 0) return error;
+  const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
+  if (free_bytes >= std::max(kLowDiskBytes, 2 * last_size)) return error;
+  return absl::ResourceExhaustedError(absl::StrCat("no space left on ", dir, " (", free_bytes,
+                                                   " bytes free): ", error.message()));
+}
 
 // One study from the job's files: the series, and its labels when class_names is given.
 absl::StatusOr<TrainingVolume> LoadStudy(const v1::RankAssignment& rank, RankIo& io,
@@ -130,6 +156,7 @@ v1::JobEvent StepEventOf(const StepMetrics& m, int32_t ranks) {
   s->set_allreduce_bytes(m.allreduce_bytes);
   s->set_ranks(ranks);
   for (double seconds : m.rank_compute_seconds) s->add_rank_compute_seconds(seconds);
+  s->set_entropy(m.entropy);
   return event;
 }
 
@@ -173,8 +200,7 @@ class RankTraining {
 
  private:
   std::string ScratchPath(const char* kind) const {
-    return absl::StrCat(options_.scratch_dir, "/job-", rank_.job_id(), "-attempt-",
-                        rank_.attempt(), ".", kind);
+    return absl::StrCat(AttemptDir(rank_, options_), "/", kind);
   }
 
   TrainerCallbacks Callbacks() {
@@ -208,18 +234,23 @@ class RankTraining {
     if (step >= 0 && options_.after_step_event) options_.after_step_event(rank_.job_id(), step);
   }
 
+  // A checkpoint that cannot be written (a full disk) fails this attempt cleanly: the
+  // committed checkpoint stays the job's, and RETRY_LATER resumes from it.
   absl::Status CommitCheckpoint() {
-    const std::string path = ScratchPath("ckpt");
-    RETURN_IF_ERROR(trainer_.SaveCheckpoint(path));
-    absl::Status committed = io_.CommitCheckpoint(rank_, trainer_.step(), path);
+    const std::string path = ScratchPath("checkpoint");
+    RETURN_IF_ERROR(ClassifyWriteError(trainer_.SaveCheckpoint(path), AttemptDir(rank_, options_),
+                                       last_checkpoint_bytes_));
     std::error_code ignored;
+    last_checkpoint_bytes_ = static_cast<int64_t>(std::filesystem::file_size(path, ignored));
+    absl::Status committed = io_.CommitCheckpoint(rank_, trainer_.step(), path);
     std::filesystem::remove(path, ignored);  // gone already when the commit moved it
     return committed;
   }
 
   absl::Status CommitModel() {
     const std::string path = ScratchPath("model");
-    RETURN_IF_ERROR(trainer_.ExportModel(path));
+    RETURN_IF_ERROR(ClassifyWriteError(trainer_.ExportModel(path), AttemptDir(rank_, options_),
+                                       last_checkpoint_bytes_));
     absl::StatusOr<int64_t> model =
         io_.CommitModel(rank_, trainer_.step(), path,
                         last_validation_ ? *last_validation_ : v1::ValidationEvent());
@@ -237,6 +268,7 @@ class RankTraining {
   const bool leader_;
   std::optional<v1::ValidationEvent> last_validation_;
   absl::Status event_error_;
+  int64_t last_checkpoint_bytes_ = 0;
 };
 
 absl::StatusOr<RankResult> RunRankOrError(const v1::RankAssignment& rank, RankIo& io,
@@ -261,9 +293,7 @@ absl::StatusOr<RankResult> RunRankOrError(const v1::RankAssignment& rank, RankIo
   parallel.verify_replicas = spec.verify_replicas();
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, data, parallel));
   if (spec.checkpoint_step() > 0) {
-    const std::string path = absl::StrCat(options.scratch_dir, "/job-", rank.job_id(),
-                                          "-attempt-", rank.attempt(), "-rank-", rank.rank(),
-                                          ".resume");
+    const std::string path = absl::StrCat(AttemptDir(rank, options), "/resume");
     RETURN_IF_ERROR(io.FetchCheckpoint(rank, path));
     absl::Status loaded = trainer->LoadCheckpoint(path);
     std::error_code ignored;
@@ -275,26 +305,38 @@ absl::StatusOr<RankResult> RunRankOrError(const v1::RankAssignment& rank, RankIo
   return training.Run(spec.checkpoint_step(), !data.validation.empty());
 }
 
-// Which failures a new attempt may cure: a lost peer, a lost coordinator, a superseded
-// attempt. Everything else (bad data, a bad config) fails the same way again.
-bool Retryable(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
-         code == absl::StatusCode::kAborted;
+// What a failure means for the job: a new attempt may cure a lost peer, a lost
+// coordinator or a superseded attempt (at once), and a full disk (after a pause: a
+// checkpoint or event that could not be written). Everything else (bad data, a bad
+// config) fails the same way again.
+v1::RankOutcome OutcomeOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kCancelled: return v1::RANK_OUTCOME_STOPPED;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted: return v1::RANK_OUTCOME_INTERRUPTED;
+    case absl::StatusCode::kResourceExhausted: return v1::RANK_OUTCOME_RETRY_LATER;
+    default: return v1::RANK_OUTCOME_FAILED;
+  }
 }
 
 }  // namespace
 
 RankResult RunRank(const v1::RankAssignment& rank, RankIo& io, const RankRunnerOptions& options,
                    std::atomic<bool>* stop) {
+  const std::string dir = AttemptDir(rank, options);
+  std::error_code ignored;
+  std::filesystem::create_directories(dir, ignored);
   absl::StatusOr<RankResult> result = RunRankOrError(rank, io, options, stop);
+  std::filesystem::remove_all(dir, ignored);
   if (result.ok()) return *result;
   const absl::Status& error = result.status();
-  if (error.code() == absl::StatusCode::kCancelled) {
-    return RankResult{v1::RANK_OUTCOME_STOPPED, std::string(error.message()), 0};
+  // Damaged data names its code, so the job's error says DATA_LOSS and which object.
+  std::string message(error.message());
+  if (absl::IsDataLoss(error) || absl::IsResourceExhausted(error)) {
+    message = absl::StrCat(absl::StatusCodeToString(error.code()), ": ", message);
   }
-  return RankResult{Retryable(error.code()) ? v1::RANK_OUTCOME_INTERRUPTED
-                                            : v1::RANK_OUTCOME_FAILED,
-                    std::string(error.message()), 0};
+  return RankResult{OutcomeOf(error.code()), std::move(message), 0};
 }
 
 }  // namespace miseg

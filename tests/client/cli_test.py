@@ -273,6 +273,8 @@ class CliTest(unittest.TestCase):
             self.fails(2, "train", "start", DATASET, "--ranks", ranks,
                        message="--ranks is the number of devices to train on at once, 1 to")
         self.fails(2, "train", "start", DATASET, "--ranks", "two", message="--ranks takes an integer")
+        self.fails(2, "train", "start", DATASET, "--objective", "pseudo_labels",
+                   message="--objective is mi, labeled_only, entropy, mean_teacher")
         zero_ranks = self.path("zero-ranks.json")
         with open(zero_ranks, "w") as f:
             json.dump({"ranks": 0}, f)

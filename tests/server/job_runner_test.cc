@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -226,8 +227,21 @@ class JobRunnerTest : public ::testing::Test {
   }
 
   std::string work_dir() const { return dir_.path() + "/work"; }
-  std::string checkpoint_path(int64_t job_id) const {
-    return absl::StrCat(work_dir(), "/checkpoints/job-", job_id, ".ckpt");
+  // Where the job's checkpoint of `step` is: job-<id>-step-<step>-<sha256>.ckpt.
+  std::string checkpoint_prefix(int64_t job_id, int64_t step) const {
+    return absl::StrCat(work_dir(), "/checkpoints/job-", job_id, "-step-", step, "-");
+  }
+  // The job's checkpoint files.
+  std::vector<std::string> checkpoint_files(int64_t job_id) const {
+    std::vector<std::string> found;
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(work_dir() + "/checkpoints", ec), end;
+         !ec && it != end; it.increment(ec)) {
+      if (absl::StartsWith(it->path().filename().string(), absl::StrCat("job-", job_id, "-"))) {
+        found.push_back(it->path().string());
+      }
+    }
+    return found;
   }
 
   testing::TempDir dir_;
@@ -293,7 +307,7 @@ TEST_F(JobRunnerTest, RunsAJobToSucceededWithOneEventPerStepAndAModel) {
   EXPECT_TRUE(model->active);  // the dataset's first model
   EXPECT_TRUE(std::filesystem::exists(model->path));
   EXPECT_GT(model->size_bytes, 0);
-  EXPECT_FALSE(std::filesystem::exists(checkpoint_path(id)));  // the model supersedes it
+  EXPECT_THAT(checkpoint_files(id), ::testing::IsEmpty());  // the model supersedes them
 }
 
 TEST_F(JobRunnerTest, CancelStopsARunningJobAtTheStepItWasCancelledAt) {
@@ -347,7 +361,7 @@ TEST_F(JobRunnerTest, StopCheckpointsAndRequeuesAndTheNextStartResumesExactly) {
   JobRecord job = GetJob(interrupted);
   EXPECT_EQ(job.state, StoredJobState::kQueued);
   EXPECT_EQ(job.step, 3);  // checkpointed where it stopped, not at checkpoint_every
-  EXPECT_EQ(job.checkpoint_path, checkpoint_path(interrupted));
+  EXPECT_THAT(job.checkpoint_path, ::testing::StartsWith(checkpoint_prefix(interrupted, 3)));
   EXPECT_TRUE(std::filesystem::exists(job.checkpoint_path));
   History history = ReadHistory(interrupted);
   EXPECT_THAT(history.StepNumbers(), ElementsAre(1, 2, 3));
@@ -464,6 +478,33 @@ TEST_F(JobRunnerTest, TwoJobsOnTwoWorkersAtOnceEqualTheSameJobsOneAfterTheOther)
   }
 }
 
+
+// The rival objectives run as jobs like the method: mean teacher reports its consistency,
+// entropy minimisation its entropy, and both yield a model.
+TEST_F(JobRunnerTest, RivalObjectivesRunAsJobs) {
+  v1::Hyperparameters teacher = Tiny(/*total_steps=*/3, /*checkpoint_every=*/2, /*seed=*/4);
+  teacher.set_objective(v1::OBJECTIVE_MEAN_TEACHER);
+  teacher.set_rampup_steps(0);
+  v1::Hyperparameters entropy = teacher;
+  entropy.set_objective(v1::OBJECTIVE_ENTROPY);
+  const int64_t a = Queue(teacher), b = Queue(entropy);
+  {
+    JobFollower follow_a(&hub_, a), follow_b(&hub_, b);
+    auto runner = MakeRunner({"cpu"});
+    ASSERT_TRUE(runner->Start().ok());
+    ASSERT_TRUE(follow_a.WaitFor(v1::JOB_STATE_SUCCEEDED)) << GetJob(a).error;
+    ASSERT_TRUE(follow_b.WaitFor(v1::JOB_STATE_SUCCEEDED)) << GetJob(b).error;
+    runner->Shutdown();
+  }
+  for (const v1::StepEvent& s : ReadHistory(a).steps) {
+    EXPECT_GT(s.consistency(), 0);
+    EXPECT_EQ(s.mutual_information(), 0);
+  }
+  for (const v1::StepEvent& s : ReadHistory(b).steps) {
+    EXPECT_GT(s.entropy(), 0);
+    EXPECT_EQ(s.consistency(), 0);
+  }
+}
 
 // A data-parallel job on the server's two devices: the ranks compare a hash of their
 // parameters after every step (verify_replicas: a mismatch fails the job), every step is

@@ -201,8 +201,9 @@ class Client:
         fields (w_mi, w_cons, dice_weight, rampup_steps, mi_window, mi_lambda, consistency
         ("mse" or "kl"), warmup_steps, learning_rate, min_learning_rate, weight_decay,
         labeled_batch, unlabeled_batch, crop_size, seed, grid_size, widths,
-        validate_every, validation_fraction, checkpoint_every, ranks); unset ones take the
-        method's defaults. w_mi=0, w_cons=0 trains on the labeled studies alone; ranks=N
+        validate_every, validation_fraction, checkpoint_every, ranks, objective, w_entropy,
+        ema_decay); unset ones take the method's defaults. objective is "mi" (the method),
+        "labeled_only", "entropy", "mean_teacher", "consistency_only" or "mi_only"; ranks=N
         trains on N devices at once (see workers()), each with the given batches.
         FailedPrecondition when the dataset has no labeled study."""
         values = dict(hyperparameters)

@@ -306,7 +306,13 @@ HyperparameterValue = Union[int, float, str, Sequence[int]]
 """A value for Client.train's keyword arguments: numbers, "mse"/"kl" for consistency, a
 list of ints for widths."""
 
-_CONSISTENCY = {"mse": pb.CONSISTENCY_LOSS_MSE, "kl": pb.CONSISTENCY_LOSS_KL}
+_CONSISTENCY: Dict[str, int] = {"mse": pb.CONSISTENCY_LOSS_MSE, "kl": pb.CONSISTENCY_LOSS_KL}
+_OBJECTIVES: Dict[str, int] = {"mi": pb.OBJECTIVE_MI, "labeled_only": pb.OBJECTIVE_LABELED_ONLY,
+               "entropy": pb.OBJECTIVE_ENTROPY, "mean_teacher": pb.OBJECTIVE_MEAN_TEACHER,
+               "consistency_only": pb.OBJECTIVE_CONSISTENCY_ONLY, "mi_only": pb.OBJECTIVE_MI_ONLY}
+# The enum fields, by name: what their strings mean, and the default of an unset one.
+_ENUMS: Dict[str, Tuple[Mapping[str, int], str]] = {
+    "consistency": (_CONSISTENCY, "mse"), "objective": (_OBJECTIVES, "mi")}
 _INTEGER_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
                   FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32)
 
@@ -333,10 +339,10 @@ def hyperparameters_to_proto(values: Mapping[str, HyperparameterValue]) -> pb.Hy
                 raise TypeError("%s takes a list of ints, not %r" % (name, value))
             getattr(message, name).extend(int(v) for v in value)
         elif f.type == FieldDescriptor.TYPE_ENUM:
-            if not isinstance(value, str) or value.lower() not in _CONSISTENCY:
-                raise ValueError("%s takes one of %s, not %r"
-                                 % (name, ", ".join(_CONSISTENCY), value))
-            setattr(message, name, _CONSISTENCY[value.lower()])
+            names = _ENUMS[name][0]
+            if not isinstance(value, str) or value.lower() not in names:
+                raise ValueError("%s takes one of %s, not %r" % (name, ", ".join(names), value))
+            setattr(message, name, names[value.lower()])
         elif f.type in _INTEGER_TYPES:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError("%s takes an int, not %r" % (name, value))
@@ -356,7 +362,8 @@ def hyperparameters_from_proto(h: pb.Hyperparameters) -> Dict[str, Hyperparamete
         if f.label == FieldDescriptor.LABEL_REPEATED:
             out[f.name] = [int(v) for v in value]
         elif f.type == FieldDescriptor.TYPE_ENUM:
-            out[f.name] = {v: k for k, v in _CONSISTENCY.items()}.get(value, "mse")
+            names, default = _ENUMS[f.name]
+            out[f.name] = {v: k for k, v in names.items()}.get(value, default)
         elif f.has_presence and not h.HasField(f.name):
             continue
         else:

@@ -176,6 +176,38 @@ TEST(ConsistencyLoss, KullbackLeiblerIsZeroOnlyForEqualMaps) {
   EXPECT_GT(ConsistencyLoss(q, p, ConsistencyKind::kKullbackLeibler).item<double>(), 1e-3);
 }
 
+TEST(EntropyLoss, ZeroForOneHotLogKForUniformAndTheMeanOfPixelEntropies) {
+  const torch::Tensor one_hot =
+      torch::tensor({1.0, 0.0, 0.0, 1.0}, torch::kFloat64).view({1, 2, 1, 2});
+  EXPECT_NEAR(EntropyLoss(one_hot).item<double>(), 0, 1e-9);
+  const torch::Tensor uniform = torch::full({2, 4, 3, 3}, 0.25, torch::kFloat64);
+  EXPECT_NEAR(EntropyLoss(uniform).item<double>(), std::log(4.0), 1e-12);
+  // Two pixels: (0.5, 0.5) and (0.9, 0.1).
+  const torch::Tensor mixed =
+      torch::tensor({0.5, 0.9, 0.5, 0.1}, torch::kFloat64).view({1, 2, 1, 2});
+  const double h2 = -(0.9 * std::log(0.9) + 0.1 * std::log(0.1));
+  EXPECT_NEAR(EntropyLoss(mixed).item<double>(), (std::log(2.0) + h2) / 2, 1e-12);
+}
+
+TEST(EntropyLoss, GradientSharpensTowardsTheLikelierClass) {
+  torch::Tensor logits = torch::tensor({1.0, 0.0}, torch::kFloat64).view({1, 2, 1, 1});
+  logits.requires_grad_(true);
+  EntropyLoss(torch::softmax(logits, 1)).backward();
+  // Descending the entropy raises the larger logit and lowers the smaller one.
+  EXPECT_LT(logits.grad()[0][0][0][0].item<double>(), 0);
+  EXPECT_GT(logits.grad()[0][1][0][0].item<double>(), 0);
+}
+
+TEST(UpdateMovingAverage, TeacherMovesByOneMinusAlphaTowardsTheStudent) {
+  std::vector<torch::Tensor> teacher = {torch::tensor({1.0, 2.0}, torch::kFloat64)};
+  const std::vector<torch::Tensor> student = {torch::tensor({3.0, -2.0}, torch::kFloat64)};
+  UpdateMovingAverage(teacher, student, 0.75);
+  EXPECT_NEAR(teacher[0][0].item<double>(), 0.75 * 1 + 0.25 * 3, 1e-12);
+  EXPECT_NEAR(teacher[0][1].item<double>(), 0.75 * 2 + 0.25 * -2, 1e-12);
+  UpdateMovingAverage(teacher, student, 0.0);  // alpha 0: the student itself
+  EXPECT_NEAR(teacher[0][1].item<double>(), -2, 1e-12);
+}
+
 TEST(SupervisedLoss, CrossEntropyAndOptionalDice) {
   const torch::Tensor logits = torch::tensor({2.0, 0.0, 0.0, 1.0}, torch::kFloat64).view({1, 2, 1, 2});
   const torch::Tensor labels = torch::tensor({0, 1}, torch::kInt64).view({1, 1, 2});

@@ -230,6 +230,72 @@ TEST(Trainer, LabeledOnlyAblationSkipsTheUnlabeledBranch) {
   }
 }
 
+// Every objective trains: finite losses, its own terms reported, the others zero.
+TEST(Trainer, EveryObjectiveTrainsAndReportsItsOwnTerms) {
+  for (Objective objective :
+       {Objective::kMutualInformation, Objective::kLabeledOnly, Objective::kEntropyMinimization,
+        Objective::kMeanTeacher, Objective::kConsistencyOnly, Objective::kMutualInformationOnly}) {
+    SCOPED_TRACE(ObjectiveName(objective));
+    TrainerConfig config = SmallConfig();
+    config.objective = objective;
+    config.total_steps = 3;
+    config.rampup_steps = 0;  // the unsupervised term at full weight from the first step
+    auto steps = TrainAndRecord(config, SmallData());
+    ASSERT_TRUE(steps.ok()) << steps.status();
+    ASSERT_EQ(steps->size(), 3u);
+    for (const StepMetrics& m : *steps) {
+      EXPECT_TRUE(std::isfinite(m.loss));
+      const bool mi = objective == Objective::kMutualInformation ||
+                      objective == Objective::kMutualInformationOnly;
+      const bool cons = objective == Objective::kMutualInformation ||
+                        objective == Objective::kConsistencyOnly ||
+                        objective == Objective::kMeanTeacher;
+      EXPECT_EQ(m.mutual_information != 0, mi);
+      EXPECT_EQ(m.consistency != 0, cons);
+      EXPECT_EQ(m.entropy != 0, objective == Objective::kEntropyMinimization);
+      if (objective == Objective::kLabeledOnly) EXPECT_DOUBLE_EQ(m.loss, m.supervised);
+    }
+  }
+}
+
+// A mean-teacher run resumed from a checkpoint continues exactly: the teacher's weights
+// are in the checkpoint.
+TEST(Trainer, MeanTeacherResumesExactly) {
+  TempDir dir;
+  TrainerConfig config = SmallConfig();
+  config.objective = Objective::kMeanTeacher;
+  config.total_steps = 6;
+  config.rampup_steps = 0;
+  const TrainingData data = SmallData();
+  auto uninterrupted = TrainAndRecord(config, data);
+  ASSERT_TRUE(uninterrupted.ok()) << uninterrupted.status();
+  std::vector<double> resumed;
+  {
+    auto first = Trainer::Create(config, data);
+    ASSERT_TRUE(first.ok());
+    ASSERT_TRUE((*first)->Run({[&](const StepMetrics& m) { resumed.push_back(m.loss); }},
+                              nullptr, /*max_steps=*/3).ok());
+    ASSERT_TRUE((*first)->SaveCheckpoint(dir.file("mt.ckpt")).ok());
+  }
+  auto second = Trainer::Create(config, data);
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE((*second)->LoadCheckpoint(dir.file("mt.ckpt")).ok());
+  ASSERT_TRUE((*second)->Run({[&](const StepMetrics& m) { resumed.push_back(m.loss); }}).ok());
+  ASSERT_EQ(resumed.size(), uninterrupted->size());
+  for (size_t i = 0; i < resumed.size(); ++i) {
+    EXPECT_EQ(resumed[i], (*uninterrupted)[i].loss) << "step " << i + 1;
+  }
+  // A checkpoint without a teacher cannot resume a mean-teacher run.
+  TrainerConfig method = config;
+  method.objective = Objective::kMutualInformation;
+  auto plain = Trainer::Create(method, data);
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE((*plain)->SaveCheckpoint(dir.file("plain.ckpt")).ok());
+  auto third = Trainer::Create(config, data);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ((*third)->LoadCheckpoint(dir.file("plain.ckpt")).code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(Trainer, ExportedModelSegmentsOnTheSourceGrid) {
   TempDir dir;
   TrainerConfig config = SmallConfig();
@@ -262,6 +328,14 @@ TEST(Trainer, RefusesBadConfigurationsAndData) {
   config = SmallConfig();
   config.device = "tpu:0";
   EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+  config = SmallConfig();
+  config.w_entropy = -0.1;
+  EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+  config = SmallConfig();
+  config.ema_decay = 1.0;  // a teacher that never learns
+  EXPECT_EQ(Trainer::Create(config, SmallData()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseObjective("mean_teacher").value(), Objective::kMeanTeacher);
+  EXPECT_EQ(ParseObjective("pseudo_labels").status().code(), absl::StatusCode::kInvalidArgument);
 
   TrainingData no_labels = SmallData();
   no_labels.labeled[1].labels.reset();
