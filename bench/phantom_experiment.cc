@@ -1,15 +1,21 @@
-// miseg-experiment: reproduces the paper's claim on the synthetic phantom. For one fixed
-// split of a phantom population (a few labeled subjects, many unlabeled, a held-out test
-// set) and several seeds it trains
-//   (a) labeled_only  the labeled subjects alone (w_mi = w_cons = 0),
-//   (b) full          the full objective with the unlabeled subjects,
-//   (c) all_labeled   every training subject labeled (the upper bound),
-// and prints held-out 3D Dice per class: mean and spread over seeds. Nothing is tuned on
-// the held-out subjects: they are only scored once, after the last step.
+// miseg-experiment: the method's claim measured as the paper measures it, on the
+// synthetic phantom. One population is split once: a pool of training subjects (the first
+// k of them labeled, the rest unlabeled), and held-out subjects that are scored once, after
+// the last step, and never used for any choice. For every labeled count k, every objective
+// and every seed it trains a model, and once per seed the all-labeled upper bound; then it
+// prints a Markdown table of held-out 3D Dice (mean +- sd over seeds, per class and mean),
+// the fraction of the labeled-only to all-labeled gap each objective closes, and draws Dice
+// against k per objective (--plot).
+//
+// Runs are appended to --results as they finish (one line each); a later invocation with
+// the same file skips what is there, so a grid too long for one sitting resumes, and the
+// table can be made from a partial grid.
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,34 +33,58 @@
 #include "core/train/dice.h"
 #include "core/train/inference.h"
 #include "core/train/trainer.h"
+#ifdef MISEG_EXPERIMENT_PLOT
+#include "client/render/plot.h"
+#include "client/render/png.h"
+#endif
 
-ABSL_FLAG(int, labeled, 4, "labeled training subjects");
-ABSL_FLAG(int, unlabeled, 40, "unlabeled training subjects");
+ABSL_FLAG(std::string, labeled_counts, "4", "labeled training subjects, comma separated");
+ABSL_FLAG(int, train_subjects, 44, "training subjects: the first k labeled, the rest unlabeled");
 ABSL_FLAG(int, heldout, 20, "held-out test subjects");
 ABSL_FLAG(std::string, seeds, "1,2,3", "training seeds, comma separated");
-ABSL_FLAG(std::string, configs, "labeled_only,full,all_labeled", "which runs");
+ABSL_FLAG(std::string, objectives, "labeled_only,mi",
+          "objectives: mi (the method), labeled_only, entropy, mean_teacher, consistency_only, "
+          "mi_only; all_labeled (the upper bound) is added once per seed");
+ABSL_FLAG(bool, all_labeled, true, "train the all-labeled upper bound per seed");
 ABSL_FLAG(int64_t, steps, 1500, "training steps per run");
 ABSL_FLAG(int64_t, size, 64, "model grid");
 ABSL_FLAG(std::string, widths, "16,32,64,128", "U-Net widths");
 ABSL_FLAG(int64_t, labeled_batch, 4, "labeled slices per step");
 ABSL_FLAG(int64_t, unlabeled_batch, 8, "unlabeled slices per step");
 ABSL_FLAG(double, learning_rate, 1e-3, "peak learning rate");
-ABSL_FLAG(double, w_mi, 0.1, "MI weight for the full run");
-ABSL_FLAG(double, w_cons, 5.0, "consistency weight for the full run");
+ABSL_FLAG(double, w_mi, 0.1, "MI weight");
+ABSL_FLAG(double, w_cons, 5.0, "consistency weight (the method's and mean teacher's)");
+ABSL_FLAG(double, w_entropy, 0.1, "entropy minimisation's weight");
+ABSL_FLAG(double, ema_decay, 0.99, "mean teacher's EMA decay");
 ABSL_FLAG(int64_t, rampup, 0, "ramp-up steps (0: a third of the run)");
 ABSL_FLAG(int, threads, 2, "CPU threads");
 ABSL_FLAG(std::string, device, "cpu", "torch device");
 ABSL_FLAG(uint64_t, population, 2026, "phantom population seed");
-ABSL_FLAG(int64_t, log_every, 100, "progress line every n steps (stderr)");
+ABSL_FLAG(int64_t, log_every, 250, "progress line every n steps (stderr)");
+ABSL_FLAG(std::string, results, "", "file of finished runs: appended to, and read to skip them");
+ABSL_FLAG(std::string, plot, "", "PNG of held-out mean Dice against the labeled count");
 
 namespace miseg {
 namespace {
+
+constexpr char kAllLabeled[] = "all_labeled";
 
 struct Subject {
   std::string id;
   ImageVolume image;
   LabelVolume labels;
 };
+
+// One finished run: held-out Dice per foreground class, mean over held-out subjects.
+struct RunKey {
+  std::string objective;
+  int labeled = 0;  // the pool size for all_labeled
+  uint64_t seed = 0;
+  bool operator<(const RunKey& o) const {
+    return std::tie(objective, labeled, seed) < std::tie(o.objective, o.labeled, o.seed);
+  }
+};
+using Results = std::map<RunKey, std::vector<double>>;
 
 std::vector<Subject> MakeSubjects(int first, int count) {
   std::vector<Subject> out;
@@ -65,154 +95,242 @@ std::vector<Subject> MakeSubjects(int first, int count) {
   return out;
 }
 
-TrainingVolume ToVolume(const Subject& s, bool labeled) {
-  TrainingVolume v{s.id, s.image, std::nullopt};
-  if (labeled) v.labels = s.labels;
-  return v;
+template <typename T>
+std::optional<std::vector<T>> ParseList(const std::string& text) {
+  std::vector<T> out;
+  for (absl::string_view s : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    T value;
+    if (!absl::SimpleAtoi(s, &value)) return std::nullopt;
+    out.push_back(value);
+  }
+  return out;
+}
+
+TrainerConfig ConfigFor(const std::string& objective, uint64_t seed) {
+  TrainerConfig c;
+  c.model.widths = *ParseList<int64_t>(absl::GetFlag(FLAGS_widths));
+  c.model.grid_size = absl::GetFlag(FLAGS_size);
+  c.total_steps = absl::GetFlag(FLAGS_steps);
+  c.warmup_steps = c.total_steps / 20;
+  const int64_t rampup = absl::GetFlag(FLAGS_rampup);
+  c.rampup_steps = rampup > 0 ? rampup : c.total_steps / 3;
+  c.learning_rate = absl::GetFlag(FLAGS_learning_rate);
+  c.labeled_batch = absl::GetFlag(FLAGS_labeled_batch);
+  c.unlabeled_batch = absl::GetFlag(FLAGS_unlabeled_batch);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.device = absl::GetFlag(FLAGS_device);
+  c.seed = seed;
+  c.validate_every = 0;
+  c.log_every = absl::GetFlag(FLAGS_log_every);
+  c.w_mi = absl::GetFlag(FLAGS_w_mi);
+  c.w_cons = absl::GetFlag(FLAGS_w_cons);
+  c.w_entropy = absl::GetFlag(FLAGS_w_entropy);
+  c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+  c.objective = objective == kAllLabeled ? Objective::kLabeledOnly : *ParseObjective(objective);
+  return c;
+}
+
+// Trains one run and scores it on the held-out subjects.
+absl::StatusOr<std::vector<double>> TrainAndScore(const RunKey& key,
+                                                  const std::vector<Subject>& pool,
+                                                  const std::vector<Subject>& heldout) {
+  const TrainerConfig c = ConfigFor(key.objective, key.seed);
+  TrainingData data;
+  for (size_t i = 0; i < pool.size(); ++i) {
+    const bool labeled = static_cast<int>(i) < key.labeled;
+    TrainingVolume v{pool[i].id, pool[i].image, std::nullopt};
+    if (labeled) v.labels = pool[i].labels;
+    (labeled ? data.labeled : data.unlabeled).push_back(std::move(v));
+  }
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(c, data);
+  if (!trainer.ok()) return trainer.status();
+  const std::string tag = absl::StrCat(key.objective, " k=", key.labeled, " seed ", key.seed);
+  absl::StatusOr<RunOutcome> outcome = (*trainer)->Run({[&](const StepMetrics& m) {
+    std::fprintf(stderr, "[%s] step %lld/%lld sup %.4f cons %.5f mi %.4f ent %.4f %.2f steps/s\n",
+                 tag.c_str(), static_cast<long long>(m.step), static_cast<long long>(m.total_steps),
+                 m.supervised, m.consistency, m.mutual_information, m.entropy, m.steps_per_second);
+  }});
+  if (!outcome.ok()) return outcome.status();
+  const std::string model = absl::StrCat("/tmp/miseg-experiment-", ::getpid(), ".model");
+  if (absl::Status s = (*trainer)->ExportModel(model); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<Segmenter>> segmenter = Segmenter::Load(model, {c.device, 16, false});
+  std::remove(model.c_str());
+  if (!segmenter.ok()) return segmenter.status();
+  std::vector<double> mean_per_class(PhantomClassNames().size() - 1, 0.0);
+  for (const Subject& s : heldout) {
+    auto predicted = (*segmenter)->Segment(s.image);
+    if (!predicted.ok()) return predicted.status();
+    auto dice = DicePerClass(*predicted, s.labels, static_cast<int64_t>(PhantomClassNames().size()));
+    if (!dice.ok()) return dice.status();
+    for (size_t k = 0; k < dice->size(); ++k) mean_per_class[k] += (*dice)[k] / heldout.size();
+  }
+  return mean_per_class;
+}
+
+// --results lines: "objective<TAB>labeled<TAB>seed<TAB>dice1,dice2,...".
+Results ReadResults(const std::string& path) {
+  Results results;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::vector<std::string> f = absl::StrSplit(line, '\t');
+    RunKey key;
+    if (f.size() != 4 || !absl::SimpleAtoi(f[1], &key.labeled) || !absl::SimpleAtoi(f[2], &key.seed)) {
+      continue;
+    }
+    key.objective = f[0];
+    std::vector<double> dice;
+    for (absl::string_view d : absl::StrSplit(f[3], ',')) {
+      double value;
+      if (absl::SimpleAtod(d, &value)) dice.push_back(value);
+    }
+    if (dice.size() == PhantomClassNames().size() - 1) results[key] = dice;
+  }
+  return results;
+}
+
+void AppendResult(const std::string& path, const RunKey& key, const std::vector<double>& dice) {
+  if (path.empty()) return;
+  std::ofstream out(path, std::ios::app);
+  out << key.objective << '\t' << key.labeled << '\t' << key.seed << '\t'
+      << absl::StrJoin(dice, ",", [](std::string* o, double d) { absl::StrAppend(o, absl::StrFormat("%.17g", d)); })
+      << '\n';
 }
 
 struct Stats {
   double mean = 0, stddev = 0;
+  size_t n = 0;
 };
 
 Stats Summarise(const std::vector<double>& v) {
   Stats s;
-  for (double x : v) s.mean += x / v.size();
+  s.n = v.size();
+  for (double x : v) s.mean += x / static_cast<double>(v.size());
   for (double x : v) s.stddev += (x - s.mean) * (x - s.mean);
-  s.stddev = v.size() > 1 ? std::sqrt(s.stddev / (v.size() - 1)) : 0;
+  s.stddev = v.size() > 1 ? std::sqrt(s.stddev / static_cast<double>(v.size() - 1)) : 0;
   return s;
 }
 
-int Main() {
-  std::vector<uint64_t> seeds;
-  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_seeds), ',', absl::SkipEmpty())) {
-    uint64_t seed;
-    if (!absl::SimpleAtoi(s, &seed)) {
-      std::cerr << "bad --seeds\n";
-      return 2;
-    }
-    seeds.push_back(seed);
+double MeanOf(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m += x / static_cast<double>(v.size());
+  return m;
+}
+
+// Per seed: the mean over classes of one (objective, k)'s runs.
+std::vector<double> SeedMeans(const Results& results, const std::string& objective, int labeled,
+                              size_t cls = SIZE_MAX) {
+  std::vector<double> out;
+  for (const auto& [key, dice] : results) {
+    if (key.objective != objective || key.labeled != labeled) continue;
+    out.push_back(cls == SIZE_MAX ? MeanOf(dice) : dice[cls]);
   }
-  std::vector<int64_t> widths;
-  for (absl::string_view w : absl::StrSplit(absl::GetFlag(FLAGS_widths), ',')) {
-    int64_t width;
-    if (!absl::SimpleAtoi(w, &width)) {
-      std::cerr << "bad --widths\n";
-      return 2;
-    }
-    widths.push_back(width);
-  }
-  const int nl = absl::GetFlag(FLAGS_labeled), nu = absl::GetFlag(FLAGS_unlabeled);
-  const std::vector<Subject> labeled = MakeSubjects(0, nl);
-  const std::vector<Subject> unlabeled = MakeSubjects(nl, nu);
-  const std::vector<Subject> heldout = MakeSubjects(nl + nu, absl::GetFlag(FLAGS_heldout));
-  const std::vector<std::string> configs = absl::StrSplit(absl::GetFlag(FLAGS_configs), ',');
+  return out;
+}
+
+void PrintTable(const Results& results, const std::vector<int>& counts,
+                const std::vector<std::string>& objectives, int pool) {
   const std::vector<std::string>& classes = PhantomClassNames();
-
-  // results[config][class - 1] = one mean-over-held-out Dice per seed
-  std::map<std::string, std::vector<std::vector<double>>> results;
-  const absl::Time started = absl::Now();
-  for (const std::string& name : configs) {
-    if (name != "labeled_only" && name != "full" && name != "all_labeled") {
-      std::cerr << "unknown config '" << name << "'\n";
-      return 2;
-    }
-    results[name].assign(classes.size() - 1, {});
-    for (uint64_t seed : seeds) {
-      TrainerConfig c;
-      c.model.widths = widths;
-      c.model.grid_size = absl::GetFlag(FLAGS_size);
-      c.total_steps = absl::GetFlag(FLAGS_steps);
-      c.warmup_steps = c.total_steps / 20;
-      c.rampup_steps = absl::GetFlag(FLAGS_rampup) > 0 ? absl::GetFlag(FLAGS_rampup) : c.total_steps / 3;
-      c.learning_rate = absl::GetFlag(FLAGS_learning_rate);
-      c.labeled_batch = absl::GetFlag(FLAGS_labeled_batch);
-      c.unlabeled_batch = absl::GetFlag(FLAGS_unlabeled_batch);
-      c.threads = absl::GetFlag(FLAGS_threads);
-      c.device = absl::GetFlag(FLAGS_device);
-      c.seed = seed;
-      c.validate_every = 0;
-      c.w_mi = name == "full" ? absl::GetFlag(FLAGS_w_mi) : 0;
-      c.w_cons = name == "full" ? absl::GetFlag(FLAGS_w_cons) : 0;
-      TrainingData data;
-      for (const Subject& s : labeled) data.labeled.push_back(ToVolume(s, true));
-      for (const Subject& s : unlabeled) {
-        if (name == "all_labeled") data.labeled.push_back(ToVolume(s, true));
-        if (name == "full") data.unlabeled.push_back(ToVolume(s, false));
+  std::printf("| labeled | objective | runs | %s | mean | gap closed |\n|---|---|---|",
+              absl::StrJoin(std::vector<std::string>(classes.begin() + 1, classes.end()), " | ").c_str());
+  for (size_t k = 1; k < classes.size(); ++k) std::printf("---|");
+  std::printf("---|---|\n");
+  const double upper = MeanOf(SeedMeans(results, kAllLabeled, pool));
+  for (int k : counts) {
+    const double lower = MeanOf(SeedMeans(results, "labeled_only", k));
+    for (const std::string& objective : objectives) {
+      const std::vector<double> means = SeedMeans(results, objective, k);
+      if (means.empty()) continue;
+      std::printf("| %d | %s | %zu |", k, objective.c_str(), means.size());
+      for (size_t c = 0; c + 1 < classes.size(); ++c) {
+        const Stats s = Summarise(SeedMeans(results, objective, k, c));
+        std::printf(" %.3f +- %.3f |", s.mean, s.stddev);
       }
-      auto trainer = Trainer::Create(c, data);
-      if (!trainer.ok()) {
-        std::cerr << trainer.status() << "\n";
-        return 1;
-      }
-      const int64_t log_every = absl::GetFlag(FLAGS_log_every);
-      double window_sup = 0, window_cons = 0, window_mi = 0;
-      auto outcome = (*trainer)->Run({[&](const StepMetrics& m) {
-        window_sup += m.supervised;
-        window_cons += m.consistency;
-        window_mi += m.mutual_information;
-        if (m.step % log_every == 0) {
-          std::fprintf(stderr, "[%s seed %llu] step %lld/%lld sup %.4f cons %.5f mi %.4f w %.3f lr %.2e %.2f steps/s\n",
-                       name.c_str(), static_cast<unsigned long long>(seed),
-                       static_cast<long long>(m.step), static_cast<long long>(m.total_steps),
-                       window_sup / log_every, window_cons / log_every, window_mi / log_every,
-                       m.unsupervised_weight, m.learning_rate, m.steps_per_second);
-          window_sup = window_cons = window_mi = 0;
-        }
-      }});
-      if (!outcome.ok()) {
-        std::cerr << outcome.status() << "\n";
-        return 1;
-      }
-      const std::string model = absl::StrCat("/tmp/miseg-experiment-", ::getpid(), ".model");
-      if (absl::Status s = (*trainer)->ExportModel(model); !s.ok()) {
-        std::cerr << s << "\n";
-        return 1;
-      }
-      auto segmenter = Segmenter::Load(model, {c.device, 16, false});
-      std::remove(model.c_str());
-      if (!segmenter.ok()) {
-        std::cerr << segmenter.status() << "\n";
-        return 1;
-      }
-      std::vector<double> mean_per_class(classes.size() - 1, 0.0);
-      for (const Subject& s : heldout) {
-        auto predicted = (*segmenter)->Segment(s.image);
-        auto dice = predicted.ok() ? DicePerClass(*predicted, s.labels, 4) : predicted.status();
-        if (!dice.ok()) {
-          std::cerr << dice.status() << "\n";
-          return 1;
-        }
-        for (size_t k = 0; k < dice->size(); ++k) mean_per_class[k] += (*dice)[k] / heldout.size();
-      }
-      for (size_t k = 0; k < mean_per_class.size(); ++k) results[name][k].push_back(mean_per_class[k]);
-      std::fprintf(stderr, "[%s seed %llu] held-out Dice %s (%.1f min so far)\n", name.c_str(),
-                   static_cast<unsigned long long>(seed),
-                   absl::StrJoin(mean_per_class, " ", [](std::string* out, double d) {
-                     absl::StrAppend(out, absl::StrFormat("%.3f", d));
-                   }).c_str(),
-                   absl::ToDoubleMinutes(absl::Now() - started));
+      const Stats m = Summarise(means);
+      const bool gap = upper > lower && !SeedMeans(results, "labeled_only", k).empty();
+      std::printf(" %.3f +- %.3f | %s |\n", m.mean, m.stddev,
+                  gap ? absl::StrFormat("%.0f %%", 100 * (m.mean - lower) / (upper - lower)).c_str()
+                      : "-");
     }
   }
+  const Stats u = Summarise(SeedMeans(results, kAllLabeled, pool));
+  if (u.n > 0) std::printf("| %d (all) | all_labeled | %zu | | | | %.3f +- %.3f | 100 %% |\n", pool, u.n, u.mean, u.stddev);
+}
 
-  std::printf("\nHeld-out 3D Dice (mean +- sd over %zu seeds; %d labeled, %d unlabeled, %d held-out subjects; %lld steps, grid %lld)\n\n",
-              seeds.size(), nl, nu, absl::GetFlag(FLAGS_heldout),
+void Plot(const Results& results, const std::vector<int>& counts,
+          const std::vector<std::string>& objectives, const std::string& path) {
+#ifdef MISEG_EXPERIMENT_PLOT
+  render::PlotPanel panel{"held-out mean Dice", "Dice", {}, std::nullopt};
+  for (const std::string& objective : objectives) {
+    render::Series series{objective, {}, std::nullopt};
+    for (int k : counts) {
+      const std::vector<double> means = SeedMeans(results, objective, k);
+      if (!means.empty()) series.points.emplace_back(k, MeanOf(means));
+    }
+    panel.series.push_back(std::move(series));
+  }
+  render::PlotSpec spec;
+  spec.title = "phantom: Dice against labeled subjects";
+  spec.x_label = "labeled subjects";
+  spec.panels = {panel};
+  absl::StatusOr<render::RgbImage> image = render::RenderPlot(spec);
+  absl::StatusOr<std::string> png = image.ok() ? render::EncodePng(*image) : image.status();
+  if (!png.ok()) {
+    std::cerr << "plot: " << png.status() << "\n";
+    return;
+  }
+  std::ofstream(path, std::ios::binary) << *png;
+#else
+  std::cerr << "plot: this build has no plotting (client/render)\n";
+#endif
+}
+
+int Main() {
+  const auto counts = ParseList<int>(absl::GetFlag(FLAGS_labeled_counts));
+  const auto seeds = ParseList<uint64_t>(absl::GetFlag(FLAGS_seeds));
+  if (!counts || !seeds || !ParseList<int64_t>(absl::GetFlag(FLAGS_widths))) {
+    std::cerr << "bad --labeled_counts, --seeds or --widths\n";
+    return 2;
+  }
+  const std::vector<std::string> objectives = absl::StrSplit(absl::GetFlag(FLAGS_objectives), ',');
+  for (const std::string& o : objectives) {
+    if (!ParseObjective(o).ok()) {
+      std::cerr << "unknown objective '" << o << "'\n";
+      return 2;
+    }
+  }
+  const int pool_size = absl::GetFlag(FLAGS_train_subjects);
+  const std::vector<Subject> pool = MakeSubjects(0, pool_size);
+  const std::vector<Subject> heldout = MakeSubjects(pool_size, absl::GetFlag(FLAGS_heldout));
+  const std::string results_path = absl::GetFlag(FLAGS_results);
+  Results results = ReadResults(results_path);
+  std::vector<RunKey> grid;
+  for (uint64_t seed : *seeds) {
+    if (absl::GetFlag(FLAGS_all_labeled)) grid.push_back({kAllLabeled, pool_size, seed});
+    for (int k : *counts) {
+      for (const std::string& o : objectives) grid.push_back({o, k, seed});
+    }
+  }
+  const absl::Time started = absl::Now();
+  for (const RunKey& key : grid) {
+    if (results.count(key)) continue;
+    absl::StatusOr<std::vector<double>> dice = TrainAndScore(key, pool, heldout);
+    if (!dice.ok()) {
+      std::cerr << dice.status() << "\n";
+      return 1;
+    }
+    results[key] = *dice;
+    AppendResult(results_path, key, *dice);
+    std::fprintf(stderr, "[%s k=%d seed %llu] held-out mean Dice %.3f (%.1f min so far)\n",
+                 key.objective.c_str(), key.labeled, static_cast<unsigned long long>(key.seed),
+                 MeanOf(*dice), absl::ToDoubleMinutes(absl::Now() - started));
+  }
+  std::printf("\nHeld-out 3D Dice (mean +- sd over seeds; %d training subjects, %d held out; "
+              "%lld steps, grid %lld)\n\n", pool_size, absl::GetFlag(FLAGS_heldout),
               static_cast<long long>(absl::GetFlag(FLAGS_steps)),
               static_cast<long long>(absl::GetFlag(FLAGS_size)));
-  std::printf("| run | %s | mean |\n|---|", absl::StrJoin(std::vector<std::string>(classes.begin() + 1, classes.end()), " | ").c_str());
-  for (size_t k = 1; k < classes.size(); ++k) std::printf("---|");
-  std::printf("---|\n");
-  for (const std::string& name : configs) {
-    std::printf("| %s |", name.c_str());
-    std::vector<double> per_seed_mean(seeds.size(), 0.0);
-    for (const std::vector<double>& per_seed : results[name]) {
-      const Stats s = Summarise(per_seed);
-      std::printf(" %.3f +- %.3f |", s.mean, s.stddev);
-      for (size_t i = 0; i < per_seed.size(); ++i) per_seed_mean[i] += per_seed[i] / results[name].size();
-    }
-    const Stats m = Summarise(per_seed_mean);
-    std::printf(" %.3f +- %.3f |\n", m.mean, m.stddev);
-  }
+  PrintTable(results, *counts, objectives, pool_size);
+  if (!absl::GetFlag(FLAGS_plot).empty()) Plot(results, *counts, objectives, absl::GetFlag(FLAGS_plot));
   std::printf("\nwall time %.1f min\n", absl::ToDoubleMinutes(absl::Now() - started));
   return 0;
 }
@@ -222,7 +340,9 @@ int Main() {
 
 int main(int argc, char** argv) {
   miseg::KeepFreedMemoryForReuse();
-  absl::SetProgramUsageMessage("miseg-experiment [flags]: labeled-only vs full objective vs all labeled on the phantom");
+  absl::SetProgramUsageMessage(
+      "miseg-experiment [flags]: every objective at several labeled counts on the phantom, "
+      "against the all-labeled upper bound");
   absl::ParseCommandLine(argc, argv);
   return miseg::Main();
 }
