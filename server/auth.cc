@@ -2,11 +2,14 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/dicom/dicom_text.h"
 #include "server/store/file_store.h"
 
 namespace miseg {
@@ -59,10 +62,15 @@ Authenticator Authenticator::AllowAll() { return Authenticator(); }
 absl::StatusOr<Authenticator> Authenticator::LoadTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadFileToString(path);
   if (!text.ok()) return text.status();
+  return ParseTokenFile(*text, path);
+}
+
+absl::StatusOr<Authenticator> Authenticator::ParseTokenFile(const std::string& text,
+                                                            const std::string& path) {
   Authenticator auth;
   auth.enabled_ = true;
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || absl::StartsWith(line, "#")) continue;
@@ -79,6 +87,16 @@ absl::StatusOr<Authenticator> Authenticator::LoadTokenFile(const std::string& pa
     if (!hex) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ":", line_number, ": the first field must be a token's SHA-256 in hex"));
+    }
+    // The name goes into logs and into messages sent to clients: no control characters
+    // (forged or hidden log lines) and valid UTF-8 (proto3 clients refuse anything else).
+    const std::string& name = fields[2];
+    const bool printable = std::none_of(name.begin(), name.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7F;
+    });
+    if (!printable || !IsValidUtf8(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ":", line_number, ": the name must be UTF-8 without control characters"));
     }
     absl::StatusOr<Role> role = ParseRole(fields[1]);
     if (!role.ok()) {

@@ -1,6 +1,6 @@
 // Bearer-token authentication and role-based authorisation. Tokens are never stored: the
 // token file holds their SHA-256, one line per token: "<hex sha256> <role> <name>" (blank
-// lines and "#" comments ignored). Roles, from least to most: reader (list, describe,
+// lines and "#" comments ignored; the name is UTF-8 without control characters). Roles, from least to most: reader (list, describe,
 // watch), segmenter (+ segment), uploader (+ upload), trainer (+ upload, segment, train,
 // promote), admin (+ create datasets, delete studies). Apart from these, worker: a
 // miseg-worker's token, which may register devices, train ranks of jobs and read the
@@ -35,6 +35,9 @@ class Authenticator {
   static Authenticator AllowAll();
   // InvalidArgument naming the line for a malformed file; NotFound for a missing one.
   static absl::StatusOr<Authenticator> LoadTokenFile(const std::string& path);
+  // The same from the file's text; `source` names it in messages (the path).
+  static absl::StatusOr<Authenticator> ParseTokenFile(const std::string& text,
+                                                      const std::string& source);
 
   bool enabled() const { return enabled_; }
   // authorization: the value of the "authorization" metadata ("Bearer <token>"), or empty.

@@ -82,6 +82,7 @@ v1::Study ToProto(const StudyRecord& r, const std::string& dataset_name) {
   s.set_segmentation_sop_instance_uid(r.segmentation_sop_instance_uid);
   s.set_created_unix_ms(r.created_unix_ms);
   s.set_series_description(r.series_description);
+  s.set_damage(r.damage);
   return s;
 }
 

@@ -372,6 +372,21 @@ absl::StatusOr<IngestResult> IngestFiles(Store& store, FileStore& files,
 
 // ------------------------------------------------------------------------------------------
 
+namespace {
+
+// A client's file name cut to 256 bytes at a character boundary: the name comes back in the
+// response, whose strings must stay UTF-8 (a cut inside a character would make the reply
+// one that proto3 clients refuse, after the upload was committed).
+std::string_view CutName(std::string_view name) {
+  constexpr size_t kMax = 256;
+  if (name.size() <= kMax) return name;
+  size_t n = kMax;
+  while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xC0) == 0x80) --n;  // continuation
+  return name.substr(0, n);
+}
+
+}  // namespace
+
 FileReceiver::FileReceiver(FileStore* files, ChunkLimits limits)
     : store_(files), limits_(limits) {}
 
@@ -392,7 +407,7 @@ absl::Status FileReceiver::AddChunk(std::string_view file_name, std::string_view
     return Fail(absl::ResourceExhaustedError(absl::StrCat(
         "request exceeds the server's limit of ", limits_.max_bytes, " bytes")));
   }
-  const std::string_view client_name = file_name.substr(0, 256);
+  const std::string_view client_name = CutName(file_name);
   if (current_ == nullptr) {
     if (static_cast<int64_t>(staged_.size()) >= limits_.max_files) {
       return Fail(absl::ResourceExhaustedError(
@@ -476,16 +491,22 @@ absl::StatusOr<IngestResult> IngestSession::Finish() {
 
 absl::StatusOr<LoadedStudy> LoadStoredStudy(const FileStore& files, const StudyRecord& study,
                                             const std::vector<std::string>& class_names) {
+  if (!study.damage.empty()) {
+    return absl::DataLossError(absl::StrCat("study ", study.series_instance_uid, " is damaged: ",
+                                            study.damage, "; delete it and upload it again"));
+  }
   std::vector<DicomBuffer> images;
   std::optional<DicomBuffer> seg;
   for (const InstanceRecord& instance : study.instances) {
     if (instance.is_segmentation && class_names.empty()) continue;  // images only
-    absl::StatusOr<std::string> bytes = files.Get(instance.object_hash);
+    absl::StatusOr<std::string> bytes = files.Get(instance.object_hash);  // hash checked
     if (!bytes.ok()) {
-      return absl::Status(bytes.status().code(),
-                          absl::StrCat("instance ", instance.sop_instance_uid, " of series ",
-                                       study.series_instance_uid, ": ",
-                                       bytes.status().message()));
+      // A stored instance whose file is gone is lost data too, not an unknown name.
+      const absl::StatusCode code = absl::IsNotFound(bytes.status()) ? absl::StatusCode::kDataLoss
+                                                                     : bytes.status().code();
+      return absl::Status(code, absl::StrCat("instance ", instance.sop_instance_uid,
+                                             " of series ", study.series_instance_uid, ": ",
+                                             bytes.status().message()));
     }
     DicomBuffer buffer{instance.sop_instance_uid, *std::move(bytes)};
     if (instance.is_segmentation) {

@@ -73,7 +73,8 @@ class FileReceiver {
   // Finished files, in order (the caller may commit them, or clear the vector to remove
   // them).
   std::vector<std::unique_ptr<StagedFile>>& files() { return staged_; }
-  // Their names: the client's, cut to 256 characters, or "file #3" when it sent none.
+  // Their names: the client's, cut to at most 256 bytes at a character boundary, or
+  // "file #3" when it sent none.
   const std::vector<std::string>& names() const { return names_; }
 
  private:

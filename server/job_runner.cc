@@ -35,6 +35,9 @@ JobRunner::JobRunner(Store* store, FileStore* files, ServerMetrics* metrics, Eve
       [this](int64_t job_id, int64_t step, v1::JobEvent event) {
         return AppendEvent(job_id, step, std::move(event));
       },
+      [this](int64_t job_id, int64_t step, const v1::JobEvent& event) {
+        hub_->Publish(job_id, step, event);
+      },
       host_options);
 }
 
@@ -42,6 +45,11 @@ JobRunner::~JobRunner() { Shutdown(); }
 
 absl::Status JobRunner::Start() {
   std::error_code ec;
+  // What a killed server's ranks were writing (attempt files, partial uploads of remote
+  // ranks) belongs to attempts that are over.
+  for (const char* dir : {"/scratch", "/incoming"}) {
+    std::filesystem::remove_all(options_.work_dir + dir, ec);
+  }
   for (const char* dir : {"/checkpoints", "/models", "/scratch", "/incoming"}) {
     std::filesystem::create_directories(options_.work_dir + dir, ec);
     if (ec) {

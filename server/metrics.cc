@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -146,11 +147,35 @@ class ProcessCollector : public prometheus::Collectable {
   const double start_time_seconds_;
 };
 
+// The data directory's filesystem, read when scraped: a disk filling up shows (and alerts,
+// deploy/prometheus) before uploads and checkpoints start failing.
+class DataDirCollector : public prometheus::Collectable {
+ public:
+  explicit DataDirCollector(std::string path) : path_(std::move(path)) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    struct statvfs fs;
+    if (::statvfs(path_.c_str(), &fs) != 0) return {};
+    const double unit = static_cast<double>(fs.f_frsize);
+    return {
+        OneSample("miseg_data_dir_free_bytes",
+                  "Bytes the server may still write on the data directory's filesystem.",
+                  prometheus::MetricType::Gauge, static_cast<double>(fs.f_bavail) * unit),
+        OneSample("miseg_data_dir_size_bytes", "Size of the data directory's filesystem.",
+                  prometheus::MetricType::Gauge, static_cast<double>(fs.f_blocks) * unit),
+    };
+  }
+
+ private:
+  const std::string path_;  // constant after construction
+};
+
 }  // namespace
 
 struct ServerMetrics::State {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::shared_ptr<ProcessCollector> process = std::make_shared<ProcessCollector>();
+  std::shared_ptr<DataDirCollector> data_dir;
   std::unique_ptr<prometheus::Exposer> exposer;
 
   prometheus::Family<prometheus::Counter>* rpcs = nullptr;
@@ -367,6 +392,12 @@ absl::StatusOr<int> ServerMetrics::Serve(const std::string& address) {
   std::vector<int> ports = state_->exposer->GetListeningPorts();
   if (ports.empty()) return absl::UnavailableError("metrics endpoint has no listening port");
   return ports.front();
+}
+
+void ServerMetrics::WatchDataDir(const std::string& path) {
+  if (!state_->exposer || state_->data_dir) return;
+  state_->data_dir = std::make_shared<DataDirCollector>(path);
+  state_->exposer->RegisterCollectable(state_->data_dir);
 }
 
 void ServerMetrics::ObserveRpc(const std::string& method, const std::string& code,

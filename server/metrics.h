@@ -29,6 +29,10 @@ class ServerMetrics {
   // Starts the HTTP endpoint (/metrics) on host:port; port 0 picks a free port. Returns
   // the bound port.
   absl::StatusOr<int> Serve(const std::string& address);
+  // The filesystem of the data directory, read (statvfs) at each scrape:
+  // miseg_data_dir_free_bytes (what the server may still write) and
+  // miseg_data_dir_size_bytes. Call once, after Serve.
+  void WatchDataDir(const std::string& path);
 
   // method: the RPC's short name ("Upload"); code: the gRPC status code name ("OK").
   void ObserveRpc(const std::string& method, const std::string& code, double seconds);

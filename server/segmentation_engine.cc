@@ -1,8 +1,10 @@
 #include "server/segmentation_engine.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <future>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/dicom/dicom_util.h"
@@ -17,6 +19,26 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A model file is named job-<id>-<sha256>.model: its bytes are checked before they are
+// loaded (DataLoss naming the file when they no longer match). Older names pass unchecked.
+absl::Status VerifyModelFile(const ModelRecord& model) {
+  const std::string name = std::filesystem::path(model.path).filename().string();
+  const size_t dash = name.rfind('-');
+  if (dash == std::string::npos || !absl::EndsWith(name, ".model")) return absl::OkStatus();
+  const std::string sha256 = name.substr(dash + 1, name.size() - dash - 1 - 6);
+  if (!IsObjectHash(sha256)) return absl::OkStatus();
+  absl::StatusOr<std::string> actual = Sha256OfFile(model.path);
+  if (!actual.ok()) {
+    return absl::DataLossError(absl::StrCat("model ", model.id, ": cannot read its file ",
+                                            model.path, ": ", actual.status().message()));
+  }
+  if (*actual != sha256) {
+    return absl::DataLossError(absl::StrCat("model ", model.id, ": its file ", model.path,
+                                            " is corrupt (its bytes no longer match its SHA-256)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -99,6 +121,7 @@ absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
     }
   }
   const auto start = Clock::now();
+  RETURN_IF_ERROR(VerifyModelFile(model));
   InferenceOptions inference;
   inference.device = options_.device;
   inference.batch_slices = options_.batch_slices;

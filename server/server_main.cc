@@ -37,8 +37,12 @@
 #include "core/common/allocator_tuning.h"
 #include "core/dicom/series_reader.h"
 #include "server/auth.h"
+#include "server/backup.h"
+#include "server/verify.h"
 #include "server/node/dicom_node.h"
 #include "server/event_hub.h"
+#include "server/health_endpoint.h"
+#include "server/log_bridges.h"
 #include "server/job_runner.h"
 #include "server/log.h"
 #include "server/metrics.h"
@@ -98,6 +102,11 @@ ABSL_FLAG(double, stream_idle_timeout_seconds, 30,
 ABSL_FLAG(int64_t, stream_min_progress_kib, 64,
           "Least data a client must send or take per idle window to keep its stream");
 ABSL_FLAG(int, ingest_threads, 2, "Threads that check and commit finished uploads");
+ABSL_FLAG(std::string, health_listen, "",
+          "Also serve grpc.health.v1.Health alone, in plain text, on this host:port (for "
+          "probes without TLS, e.g. Kubernetes grpc probes); empty: none");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, logfmt or json (one line per event, for aggregators)");
 ABSL_FLAG(int, stream_window_kib, 1024,
           "HTTP/2 receive window of each stream: the most a client's unread data may take");
 
@@ -129,6 +138,7 @@ int Run() {
   KeepFreedMemoryForReuse();
   // DCMTK logs two INFO lines per C-STORE by default; warnings and errors are enough.
   OFLog::configure(OFLogger::WARN_LOG_LEVEL);
+  InstallLogBridges();  // gRPC's and DCMTK's lines as records of --log_format
   RegisterDicomCodecs();
 
   // Signals go to the dedicated thread below, never to a worker.
@@ -206,6 +216,7 @@ int Run() {
     Log(std::string(metrics_port.status().message()));
     return 1;
   }
+  metrics.WatchDataDir(data_dir);  // miseg_data_dir_free_bytes, for the low-disk alert
 
   EventHub hub;
   JobRunnerOptions runner_options;
@@ -296,6 +307,19 @@ int Run() {
     return 1;
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  std::unique_ptr<HealthEndpoint> health;
+  if (!absl::GetFlag(FLAGS_health_listen).empty()) {
+    absl::StatusOr<std::unique_ptr<HealthEndpoint>> started =
+        HealthEndpoint::Start(absl::GetFlag(FLAGS_health_listen));
+    if (!started.ok()) {
+      Log(std::string(started.status().message()));
+      server->Shutdown();
+      runner.Shutdown();
+      return 1;
+    }
+    health = *std::move(started);
+    health->SetServing(true);
+  }
 
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
   if (!ready_file.empty()) {
@@ -306,7 +330,9 @@ int Run() {
   }
   Log(absl::StrCat("serving miseg.v1 on port ", grpc_port, (tls ? " (TLS)" : ""),
                    auth.enabled() ? " with bearer tokens" : " without authentication",
-                   "; metrics on port ", *metrics_port, "; data in ", data_dir));
+                   "; metrics on port ", *metrics_port,
+                   health ? absl::StrCat("; health on port ", health->port()) : "",
+                   "; data in ", data_dir));
 
   std::thread signal_thread([&] {
     int received = 0;
@@ -316,6 +342,7 @@ int Run() {
     runner.RequestStop();  // the running job checkpoints while calls drain
     if (node) node->Stop();
     server->GetHealthCheckService()->SetServingStatus(false);
+    if (health) health->SetServing(false);
     server->Shutdown(std::chrono::system_clock::now() +
                      std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   });
@@ -378,9 +405,19 @@ void PrintHelp() {
 
 int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "hash-token") return miseg::HashToken();
+  if (argc >= 2 && std::string(argv[1]) == "verify") return miseg::VerifyCommand(argc, argv);
+  if (argc >= 2 && (std::string(argv[1]) == "backup" || std::string(argv[1]) == "restore")) {
+    return miseg::BackupCommand(argc, argv, miseg::kVersion);
+  }
   absl::SetProgramUsageMessage(
       "miseg-server [flags]: trains and serves semi-supervised segmentation models.\n"
-      "  miseg-server hash-token < token   prints the SHA-256 line for a token file");
+      "  miseg-server hash-token < token   prints the SHA-256 line for a token file\n"
+      "  miseg-server verify --data_dir=DIR   checks the database and every stored file, "
+      "quarantines what is damaged (no server running; exit 1 when it found problems)\n"
+      "  miseg-server backup --data_dir=DIR --to=BACKUP_DIR   online backup, beside a running "
+      "server\n"
+      "  miseg-server restore --from=BACKUP_DIR --data_dir=DIR   into an empty directory, no "
+      "server running");
   absl::FlagsUsageConfig usage;
   usage.contains_helpshort_flags = miseg::IsOwnFlagFile;
   usage.contains_help_flags = miseg::IsOwnFlagFile;
@@ -391,5 +428,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   absl::ParseCommandLine(argc, argv);
+  if (!miseg::SetLogFormat(absl::GetFlag(FLAGS_log_format))) {
+    std::cerr << "miseg-server: --log_format must be text, logfmt or json\n";
+    return 2;
+  }
   return miseg::Run();
 }

@@ -21,6 +21,7 @@
 
 #include "absl/numeric/int128.h"
 #include "absl/strings/str_cat.h"
+#include "core/dicom/dicom_text.h"
 
 namespace miseg {
 namespace {
@@ -142,7 +143,9 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> CheckRead(std::unique_ptr<DcmFile
     OFString uid;
     if (file->getDataset() != nullptr &&
         file->getDataset()->findAndGetOFString(DCM_SOPInstanceUID, uid).good() && !uid.empty()) {
-      absl::StrAppend(&who, " (SOP Instance UID ", uid.c_str(), ")");
+      // Escaped: the message may reach a client or a log (issue 18), the bytes are anyone's.
+      absl::StrAppend(&who, " (SOP Instance UID ",
+                      SafeText(absl::string_view(uid.c_str(), uid.length()), 80), ")");
     }
     // Without the Part-10 "DICM" marker DCMTK guesses a bare dataset, and anything that is
     // not one fails that guess: say "not DICOM" rather than blame the stream.

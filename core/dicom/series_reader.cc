@@ -734,6 +734,53 @@ absl::StatusOr<NativePixels> DecodePixels(Instance& instance) {
   return pixels;
 }
 
+// Check-only decoding of compressed pixel data: every frame decoded in order (which
+// frame-wise decoding needs when a frame spans several fragments and the offset table is
+// empty), one at a time into one frame's buffer, with DecodePixels' messages. The proof costs
+// one decoded frame of memory, not the whole file's: a small compressed file may hold
+// thousands of frames of zeros that decode to gigabytes (issue 13).
+absl::Status CheckFramesDecode(Instance& instance) {
+  DcmDataset& ds = *instance.dataset;
+  const char* syntax = DcmXfer(ds.getOriginalXfer()).getXferName();
+  DcmElement* element = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, element).bad() || element == nullptr ||
+      element->ident() != EVR_PixelData) {
+    return Invalid(instance, "missing PixelData after decoding");
+  }
+  auto* pixel_data = static_cast<DcmPixelData*>(element);
+  const uint64_t frame_bytes = static_cast<uint64_t>(instance.rows) *
+                               static_cast<uint64_t>(instance.cols) *
+                               static_cast<uint64_t>(instance.format.bytes_per_sample());
+  Uint32 frame_size = 0;
+  const OFCondition sized = pixel_data->getUncompressedFrameSize(&ds, frame_size);
+  if (sized.bad()) {
+    return Invalid(instance,
+                   absl::StrCat("cannot decode pixel data (", syntax, "): ", sized.text()));
+  }
+  if (frame_size < frame_bytes) {
+    return Invalid(instance, absl::StrCat("cannot decode pixel data (", syntax, "): a frame is ",
+                                          frame_size, " bytes, ", frame_bytes, " expected"));
+  }
+  std::vector<Uint8> frame(frame_size + (frame_size & 1));  // the size must be even
+  Uint32 start_fragment = 0;
+  OFString colour_model;
+  for (int64_t f = 0; f < instance.frames; ++f) {
+    OFCondition decoded = EC_Normal;
+    try {
+      decoded = pixel_data->getUncompressedFrame(&ds, static_cast<Uint32>(f), start_fragment,
+                                                 frame.data(), static_cast<Uint32>(frame.size()),
+                                                 colour_model, nullptr);
+    } catch (const std::exception& e) {
+      return Invalid(instance, absl::StrCat("cannot decode pixel data: ", e.what()));
+    }
+    if (decoded.bad()) {
+      return Invalid(instance,
+                     absl::StrCat("cannot decode pixel data (", syntax, "): ", decoded.text()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Writes frame f of a decoded instance into slice slice_of_frame[f] of volume.
 void ConvertInstance(const Instance& instance, const NativePixels& pixels,
                      const std::vector<int64_t>& slice_of_frame, ImageVolume* volume) {
@@ -1024,9 +1071,14 @@ absl::Status DecodeSeries(const std::vector<Instance*>& instances, const Placeme
   absl::StatusOr<std::string> header;
   for (Instance* instance : instances) {
     RETURN_IF_ERROR(Reload(source, limits, instance));
-    ASSIGN_OR_RETURN(NativePixels pixels, DecodePixels(*instance));
-    if (mode == PixelMode::kVolume) {
-      ConvertInstance(*instance, pixels, slice_of_frame[instance], &series->image);
+    if (mode == PixelMode::kCheckOnly &&
+        DcmXfer(instance->dataset->getOriginalXfer()).isEncapsulated()) {
+      RETURN_IF_ERROR(CheckFramesDecode(*instance));
+    } else {
+      ASSIGN_OR_RETURN(NativePixels pixels, DecodePixels(*instance));
+      if (mode == PixelMode::kVolume) {
+        ConvertInstance(*instance, pixels, slice_of_frame[instance], &series->image);
+      }
     }
     // The decoded pixels are in the volume now (or were only checked); keep memory to one
     // copy.

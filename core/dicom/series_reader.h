@@ -62,9 +62,10 @@ absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesFromFiles(
 // ReadSeriesFromFiles without the voxels: every check ReadSeries makes, each file's pixel
 // data decoded on its own to prove it decodes and then freed, and the same results
 // (geometry, slices, UIDs, reference_header) except that image.voxels is empty
-// (image.consistent() is false). Memory: one file's pixel data at a time, decoded (all
-// frames of a multi-frame file), plus a few hundred bytes per frame of the series. For
-// checking an upload before it is committed; ReadSegmentation accepts the result.
+// (image.consistent() is false). Memory: one file's pixel data at a time (compressed pixel
+// data is decoded one frame at a time, so a small file of many compressed frames costs one
+// decoded frame), plus a few hundred bytes per frame of the series. For checking an upload
+// before it is committed; ReadSegmentation accepts the result.
 absl::StatusOr<std::vector<SeriesVolume>> CheckSeriesFiles(
     const std::vector<std::string>& paths, const std::vector<std::string>& names,
     std::vector<std::string>* skipped = nullptr, const SeriesReaderLimits& limits = {});

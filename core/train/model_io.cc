@@ -1,6 +1,10 @@
 // Model archive I/O and volume prediction.
 #include "core/train/model_io.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -54,13 +58,40 @@ void WriteModel(torch::serialize::OutputArchive& archive, const ModelSpec& spec,
   archive.write("model", weights);
 }
 
+// The archive goes to disk through a writer of ours rather than LibTorch's file writer:
+// that one, told of a failed write (a full disk), throws again from its destructor and
+// takes the process down. Ours takes every byte, remembers the first error, and reports it
+// (ENOSPC: ResourceExhausted) once LibTorch is done; the file is only renamed into place
+// when every byte reached the disk (fsync).
 absl::Status SaveArchiveAtomically(torch::serialize::OutputArchive& archive,
                                    const std::string& path) {
   const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot create ", temporary));
+  int write_errno = 0;
+  const auto writer = [&](const void* data, size_t size) -> size_t {
+    const char* p = static_cast<const char*>(data);
+    for (size_t left = size; left > 0 && write_errno == 0;) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        write_errno = errno;
+        break;
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+    return size;  // all taken, as far as LibTorch knows: the error is ours to report
+  };
   absl::Status saved = GuardTorch(absl::StrCat("writing ", path), absl::StatusCode::kInternal, [&] {
-    archive.save_to(temporary);
+    archive.save_to(writer);
     return absl::OkStatus();
   });
+  if (saved.ok() && write_errno == 0 && ::fsync(fd) != 0) write_errno = errno;
+  if (::close(fd) != 0 && saved.ok() && write_errno == 0) write_errno = errno;
+  if (saved.ok() && write_errno != 0) {
+    saved = absl::ErrnoToStatus(write_errno, absl::StrCat("cannot write ", path));
+  }
   if (!saved.ok()) {
     std::remove(temporary.c_str());
     return saved;

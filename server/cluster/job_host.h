@@ -27,6 +27,12 @@
 
 namespace miseg {
 
+// A committed checkpoint of a job, as its file is named.
+struct CheckpointFile {
+  int64_t step = 0;
+  std::string sha256;
+};
+
 struct JobHostOptions {
   std::string work_dir;  // checkpoints/ and models/ go here
   absl::Duration collective_timeout = absl::Seconds(60);
@@ -35,14 +41,19 @@ struct JobHostOptions {
 
 class JobHost {
  public:
-  // append stores and publishes an event (JobRunner::AppendEvent).
+  // append stores and publishes an event (JobRunner::AppendEvent); publish only publishes
+  // one the store already holds (to the watchers).
   using AppendEvent = std::function<absl::Status(int64_t job_id, int64_t step, v1::JobEvent)>;
+  using PublishEvent = std::function<void(int64_t job_id, int64_t step, const v1::JobEvent&)>;
   JobHost(Store* store, FileStore* files, Scheduler* scheduler, ServerMetrics* metrics,
-          AppendEvent append, JobHostOptions options);
+          AppendEvent append, PublishEvent publish, JobHostOptions options);
 
   // The job's resolved hyperparameters, classes and studies (labeled ones held out for
   // validation when the dataset has no validation studies, chosen by the seed so every
-  // attempt holds out the same ones).
+  // attempt holds out the same ones), and the step it resumes from: its last checkpoint
+  // when that file's bytes match their SHA-256, else the newest intact earlier one (the
+  // damaged file goes to quarantine/, the fallback into the job's history). DataLoss for
+  // a study `miseg-server verify` found damaged.
   absl::StatusOr<v1::RankSpec> Spec(const v1::RankAssignment& rank);
   // One of the job's files, verified against its hash (DataLoss). PermissionDenied for a
   // hash that is not one of the job's files.
@@ -54,7 +65,10 @@ class JobHost {
   // Rank 0. Stores events; true when the job must stop.
   absl::StatusOr<bool> AppendEvents(const v1::RankAssignment& rank,
                                     std::vector<v1::JobEvent> events);
-  // Rank 0. path (on this machine's work_dir filesystem) is moved into place.
+  // Rank 0. path (on this machine's work_dir filesystem) is moved into place as
+  // checkpoints/job-<id>-step-<step>-<sha256>.ckpt (fsynced) and recorded; the job's
+  // previous checkpoint is kept, older ones removed. A full disk is ResourceExhausted and
+  // leaves the previous checkpoint the job's.
   absl::Status CommitCheckpoint(const v1::RankAssignment& rank, int64_t step,
                                 const std::string& path);
   absl::StatusOr<int64_t> CommitModel(const v1::RankAssignment& rank, int64_t step,
@@ -66,6 +80,12 @@ class JobHost {
 
  private:
   absl::Status CheckAllowed(const v1::RankAssignment& rank, const std::string& sha256);
+  std::string CheckpointDir() const;
+  // The job's checkpoint files, newest first, with their paths.
+  std::vector<std::pair<CheckpointFile, std::string>> CheckpointsOf(int64_t job_id) const;
+  // Called with the scheduler's lock held (within WithCurrentAttempt).
+  absl::StatusOr<int64_t> VerifiedResumeStep(const JobRecord& job);
+  void QuarantineFile(const std::string& path);
   absl::Status RequireLeader(const v1::RankAssignment& rank) const;
   void ObserveStep(const v1::StepEvent& step);
 
@@ -74,6 +94,7 @@ class JobHost {
   Scheduler* const scheduler_;
   ServerMetrics* const metrics_;
   const AppendEvent append_;
+  const PublishEvent publish_;
   const JobHostOptions options_;
 
   absl::Mutex mutex_;

@@ -37,6 +37,7 @@ const char* OutcomeWord(v1::RankOutcome outcome) {
     case v1::RANK_OUTCOME_STOPPED: return "stopped";
     case v1::RANK_OUTCOME_FAILED: return "failed";
     case v1::RANK_OUTCOME_INTERRUPTED: return "interrupted";
+    case v1::RANK_OUTCOME_RETRY_LATER: return "ran out of a resource";
     default: return "ended";
   }
 }
@@ -77,6 +78,7 @@ void Scheduler::LeaseLoop() {
       if (mutex_.AwaitWithTimeout(absl::Condition(&stopping), options_.heartbeat_interval)) {
         return;
       }
+      RetryDeferredLocked();
     }
     ExpireLeases();
   }
@@ -189,7 +191,17 @@ void Scheduler::PlaceLocked() {
     return;
   }
   bool placed = false;
-  for (const JobRecord& job : *queued) placed |= TryPlaceLocked(job, RanksOf(job));
+  const absl::Time now = absl::Now();
+  std::map<int64_t, absl::Time> pausing;  // pauses of jobs still queued (cancelled: gone)
+  for (const JobRecord& job : *queued) {
+    auto pause = not_before_.find(job.id);
+    if (pause != not_before_.end() && pause->second > now) {
+      pausing.insert(*pause);  // still pausing after RETRY_LATER
+      continue;
+    }
+    placed |= TryPlaceLocked(job, RanksOf(job));
+  }
+  not_before_ = std::move(pausing);
   if (placed && events_.jobs_changed) events_.jobs_changed();
   PublishWorkerGaugesLocked();
 }
@@ -242,9 +254,9 @@ bool Scheduler::TryPlaceLocked(const JobRecord& job, int32_t ranks) {
   const std::string placement = absl::StrJoin(where, ",");
   absl::StatusOr<std::optional<JobRecord>> claimed = store_->ClaimJob(job.id, placement);
   if (!claimed.ok() || !claimed->has_value()) return false;
+  // The claim dropped the events of steps beyond the checkpoint: this attempt produces
+  // them again.
   const JobRecord& running = **claimed;
-  // Events of steps beyond the checkpoint will be produced again by this attempt.
-  (void)store_->TruncateJobEventsAfter(job.id, running.step);
 
   Attempt attempt;
   attempt.id = ++next_attempt_;
@@ -294,9 +306,13 @@ std::string Scheduler::DescribeRankLocked(const Attempt& attempt, int32_t rank) 
 }
 
 void Scheduler::StopAttemptLocked(Attempt& attempt, StopReason reason) {
-  // A failure decides the job's fate over an interruption, a user's cancel over both.
+  // A failure decides the job's fate over an interruption, a user's cancel over both; a
+  // resource that ran out over the peers it took down with it.
+  const bool overrides_interruption =
+      attempt.reason == StopReason::kPeerLost || attempt.reason == StopReason::kRetryLater;
   if (attempt.reason == StopReason::kNone || reason == StopReason::kUser ||
-      (reason == StopReason::kFailed && attempt.reason == StopReason::kPeerLost)) {
+      (reason == StopReason::kFailed && overrides_interruption) ||
+      (reason == StopReason::kRetryLater && attempt.reason == StopReason::kPeerLost)) {
     attempt.reason = reason;
   }
   for (size_t r = 0; r < attempt.ranks.size(); ++r) {
@@ -346,6 +362,8 @@ void Scheduler::EndRankLocked(Attempt& attempt, int32_t rank, v1::RankOutcome ou
   Log(absl::StrCat("job ", attempt.job_id, ": ", state.message));
   if (outcome == v1::RANK_OUTCOME_FAILED) {
     StopAttemptLocked(attempt, StopReason::kFailed);
+  } else if (outcome == v1::RANK_OUTCOME_RETRY_LATER) {
+    StopAttemptLocked(attempt, StopReason::kRetryLater);
   } else if (outcome == v1::RANK_OUTCOME_INTERRUPTED ||
              (outcome == v1::RANK_OUTCOME_STOPPED && attempt.reason == StopReason::kNone)) {
     StopAttemptLocked(attempt, StopReason::kPeerLost);
@@ -365,6 +383,9 @@ std::string Scheduler::WhyEnded(const Attempt& attempt) {
   const RankState* cause = first([](const RankState& r) { return r.lost; });
   if (!cause) cause = first([](const RankState& r) { return r.outcome == v1::RANK_OUTCOME_FAILED; });
   if (!cause) {
+    cause = first([](const RankState& r) { return r.outcome == v1::RANK_OUTCOME_RETRY_LATER; });
+  }
+  if (!cause) {
     cause = first([](const RankState& r) { return r.outcome == v1::RANK_OUTCOME_INTERRUPTED; });
   }
   if (!cause) cause = first([](const RankState& r) { return !r.message.empty(); });
@@ -379,6 +400,7 @@ void Scheduler::ResolveAttemptLocked(Attempt& attempt) {
   if (!job.ok() || job->state != StoredJobState::kRunning) {
     // Succeeded (rank 0 committed the model) or already settled.
     interruptions_.erase(job_id);
+    retries_.erase(job_id);
     if (events_.jobs_changed) events_.jobs_changed();
     PlaceLocked();
     return;
@@ -386,38 +408,99 @@ void Scheduler::ResolveAttemptLocked(Attempt& attempt) {
   const int64_t step = job->step;
   const std::string why = WhyEnded(ended);
   if (ended.reason == StopReason::kUser || job->cancel_requested) {
-    if (store_->CancelJob(job_id).ok() && events_.append) {
+    if (!store_->CancelJob(job_id).ok()) {
+      stranded_ = true;
+    } else if (events_.append) {
       events_.append(job_id, step, StateEvent(v1::JOB_STATE_CANCELLED, step, "cancelled"));
     }
   } else if (ended.reason == StopReason::kFailed) {
-    if (store_->FailJob(job_id, why).ok() && events_.append) {
+    if (!store_->FailJob(job_id, why).ok()) {
+      stranded_ = true;
+    } else if (events_.append) {
       events_.append(job_id, step, StateEvent(v1::JOB_STATE_FAILED, step, why));
     }
   } else if (stopping_ || ended.reason == StopReason::kShutdown) {
     RequeueLocked(ended, step, absl::StrCat("server shutting down: resumes from step ", step,
                                             " at the next start"));
+  } else if (ended.reason == StopReason::kRetryLater) {
+    RetryLaterLocked(ended, step, why);
   } else {
-    auto& [count, at_step] = interruptions_[job_id];
-    if (at_step != step) count = 0;  // progress since the last interruption
-    at_step = step;
-    if (++count > options_.max_interruptions) {
-      const std::string error = absl::StrCat("interrupted ", count, " times at step ", step,
-                                             " without progress; last: ", why);
-      if (store_->FailJob(job_id, error).ok() && events_.append) {
-        events_.append(job_id, step, StateEvent(v1::JOB_STATE_FAILED, step, error));
-      }
-    } else {
-      RequeueLocked(ended, step, absl::StrCat(why, "; resumes from step ", step));
-    }
+    InterruptedLocked(ended, step, why);
   }
   if (events_.jobs_changed) events_.jobs_changed();
   PlaceLocked();
 }
 
+void Scheduler::InterruptedLocked(const Attempt& attempt, int64_t step, const std::string& why) {
+  auto& [count, at_step] = interruptions_[attempt.job_id];
+  if (at_step != step) count = 0;  // progress since the last interruption
+  at_step = step;
+  if (++count <= options_.max_interruptions) {
+    RequeueLocked(attempt, step, absl::StrCat(why, "; resumes from step ", step));
+    return;
+  }
+  const std::string error = absl::StrCat("interrupted ", count, " times at step ", step,
+                                         " without progress; last: ", why);
+  if (!store_->FailJob(attempt.job_id, error).ok()) {
+    stranded_ = true;
+  } else if (events_.append) {
+    events_.append(attempt.job_id, step, StateEvent(v1::JOB_STATE_FAILED, step, error));
+  }
+}
+
+void Scheduler::RetryLaterLocked(const Attempt& attempt, int64_t step, const std::string& why) {
+  auto& [count, at_step] = retries_[attempt.job_id];
+  if (at_step != step) count = 0;  // progress since the last retry
+  at_step = step;
+  absl::Duration pause = options_.retry_later_first;
+  for (int i = 0; i < count && pause < options_.retry_later_ceiling; ++i) pause *= 2;
+  pause = std::min(pause, options_.retry_later_ceiling);
+  ++count;
+  not_before_[attempt.job_id] = absl::Now() + pause;
+  RequeueLocked(attempt, step,
+                absl::StrCat(why, "; retries in ", absl::FormatDuration(pause), " from step ",
+                             step));
+}
+
 void Scheduler::RequeueLocked(const Attempt& attempt, int64_t step, const std::string& message) {
-  if (store_->RequeueJob(attempt.job_id).ok() && events_.append) {
+  if (!store_->RequeueJob(attempt.job_id).ok()) {
+    stranded_ = true;  // still running in the store: RetryDeferredLocked tries again
+    return;
+  }
+  if (events_.append) {
     events_.append(attempt.job_id, step, StateEvent(v1::JOB_STATE_QUEUED, step, message));
   }
+}
+
+void Scheduler::RetryDeferredLocked() {
+  if (stopping_) return;
+  bool place = false;
+  const absl::Time now = absl::Now();
+  for (const auto& [job_id, when] : not_before_) place |= when <= now;
+  if (stranded_) {
+    absl::StatusOr<std::vector<JobRecord>> running =
+        store_->ListJobsInState(StoredJobState::kRunning);
+    if (running.ok()) {
+      stranded_ = false;
+      for (const JobRecord& job : *running) {
+        if (attempts_.count(job.id)) continue;
+        if (!store_->RequeueJob(job.id).ok()) {
+          stranded_ = true;
+          continue;
+        }
+        place = true;
+        if (events_.append) {
+          events_.append(job.id, job.step,
+                         StateEvent(v1::JOB_STATE_QUEUED, job.step,
+                                    absl::StrCat("requeued: its end could not be stored "
+                                                 "earlier; resumes from step ", job.step)));
+        }
+      }
+    }
+  }
+  if (!place) return;
+  if (events_.jobs_changed) events_.jobs_changed();
+  PlaceLocked();
 }
 
 bool Scheduler::CancelRunning(int64_t job_id) {

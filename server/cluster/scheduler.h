@@ -49,6 +49,11 @@ struct SchedulerOptions {
   absl::Duration heartbeat_interval = absl::Seconds(1);
   // A job interrupted this many times without a new checkpoint in between fails.
   int max_interruptions = 5;
+  // A job whose rank ran out of a resource (RANK_OUTCOME_RETRY_LATER: a full disk) waits
+  // this long before it is placed again, doubling with each retry without progress up to
+  // the ceiling; it never fails for it.
+  absl::Duration retry_later_first = absl::Seconds(1);
+  absl::Duration retry_later_ceiling = absl::Seconds(30);
 };
 
 // Where the scheduler reports what happens to jobs (the job runner: store + watchers).
@@ -154,7 +159,7 @@ class Scheduler {
     std::string message;     // "rank 1 on worker ... lost: ..."
     bool lost = false;       // its worker's lease ran out
   };
-  enum class StopReason { kNone, kUser, kShutdown, kPeerLost, kFailed };
+  enum class StopReason { kNone, kUser, kShutdown, kPeerLost, kRetryLater, kFailed };
   struct Attempt {
     int64_t id = 0;
     int64_t job_id = 0;
@@ -176,6 +181,16 @@ class Scheduler {
   void ResolveAttemptLocked(Attempt& attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void RequeueLocked(const Attempt& attempt, int64_t step, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The ends of an interrupted attempt: requeued at once (failed after max_interruptions
+  // without progress), or requeued after a pause (RETRY_LATER).
+  void InterruptedLocked(const Attempt& attempt, int64_t step, const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void RetryLaterLocked(const Attempt& attempt, int64_t step, const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Every lease tick: places jobs whose pause is over, and requeues jobs the store still
+  // shows running although no attempt runs them (a store write that failed, e.g. on a
+  // full disk, while an attempt ended).
+  void RetryDeferredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   Attempt* CurrentLocked(const v1::RankAssignment& rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   std::string DescribeRankLocked(const Attempt& attempt, int32_t rank)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -195,6 +210,12 @@ class Scheduler {
   std::map<int64_t, Attempt> attempts_ ABSL_GUARDED_BY(mutex_);         // current, by job id
   // Interruptions since the job's last new checkpoint: job id -> (count, checkpoint step).
   std::map<int64_t, std::pair<int, int64_t>> interruptions_ ABSL_GUARDED_BY(mutex_);
+  // RETRY_LATER ends since the job's last new checkpoint, as interruptions_.
+  std::map<int64_t, std::pair<int, int64_t>> retries_ ABSL_GUARDED_BY(mutex_);
+  // Queued jobs pausing after RETRY_LATER: not placed before this time.
+  std::map<int64_t, absl::Time> not_before_ ABSL_GUARDED_BY(mutex_);
+  // A job's end could not be written to the store: look for running jobs without attempt.
+  bool stranded_ ABSL_GUARDED_BY(mutex_) = false;
 
   absl::Mutex lease_thread_mutex_;
   std::unique_ptr<std::thread> lease_thread_ ABSL_GUARDED_BY(lease_thread_mutex_);

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <mutex>  // std::call_once
@@ -187,7 +188,13 @@ struct StorageScp::Impl : ScpShared {
   bool started = false;
   std::thread listener;
 
-  std::atomic<uint64_t> next_association_id{1};
+  // Unique across the process's restarts too (microseconds since the epoch at start): the
+  // DICOM node's inbox keeps association ids across a crash, and a new association must
+  // never pass for an ended one of the earlier process (its series would look complete).
+  std::atomic<uint64_t> next_association_id{static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count())};
   absl::Mutex mutex;
   // One per accepted connection.
   std::map<uint64_t, std::thread> threads ABSL_GUARDED_BY(mutex);
@@ -446,6 +453,24 @@ void StorageScp::Impl::RunConnection(uint64_t id, int fd, std::string peer_ip) {
   }
   const std::string calling = Trim(assoc->params->DULparams.callingAPTitle);
   const std::string called = Trim(assoc->params->DULparams.calledAPTitle);
+
+  // Who may not associate at all is refused before the limit is consulted (with the reject
+  // the worker's own checks would give): a flood of strangers, or of liars about their AE
+  // title, must not hold the slots of the peers, whom a transient "local limit exceeded"
+  // would turn away while the refused associations wind down (issue 13).
+  const bool called_us = called == Trim(options.ae_title);
+  if (!called_us || !IsAllowed(calling, peer_ip)) {
+    T_ASC_RejectParameters reject;
+    reject.result = ASC_RESULT_REJECTEDPERMANENT;
+    reject.source = ASC_SOURCE_SERVICEUSER;
+    reject.reason = called_us ? ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED
+                              : ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED;
+    ASC_rejectAssociation(assoc, &reject);
+    ASC_dropAssociation(assoc);
+    ASC_destroyAssociation(&assoc);
+    done();
+    return;
+  }
 
   bool admitted = false;
   {

@@ -9,7 +9,6 @@
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
 #include "core/dicom/instance_info.h"
-#include "google/protobuf/util/json_util.h"
 #include "server/convert.h"
 #include "server/dicom_node/dicom_network.h"
 #include "server/ingest.h"
@@ -18,99 +17,26 @@
 namespace miseg {
 namespace {
 
-absl::Status ValidateAeTitle(const std::string& title, const std::string& what) {
-  if (title.empty() || title.size() > 16) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": an AE title has 1 to 16 characters"));
-  }
-  for (char c : title) {
-    if (c < 0x20 || c > 0x7e || c == '\\') {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": AE title '", title,
-                                                     "' holds a character DICOM does not allow"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 bool Matches(const std::string& pattern, const std::string& value) {
   return pattern.empty() || pattern == value;
 }
 
-}  // namespace
-
-absl::StatusOr<server::DicomNodeConfig> LoadDicomNodeConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  server::DicomNodeConfig config;
-  google::protobuf::util::JsonParseOptions options;
-  const auto parsed = google::protobuf::util::JsonStringToMessage(text, &config, options);
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parsed.message().as_string()));
-  }
-  if (config.ae_title().empty()) config.set_ae_title("MISEG");
-  if (!config.has_port()) config.set_port(11112);
-  if (config.quiet_period_seconds() <= 0) config.set_quiet_period_seconds(10);
-  if (config.max_associations() <= 0) config.set_max_associations(8);
-  if (config.max_retry_interval_seconds() <= 0) config.set_max_retry_interval_seconds(300);
-  if (config.bind_address().empty()) config.set_bind_address("0.0.0.0");
-  RETURN_IF_ERROR(ValidateAeTitle(config.ae_title(), path));
-  if (config.port() < 0 || config.port() > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": port out of range"));
-  }
-  if (config.peers().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": no peers: nobody could connect"));
-  }
-  for (const server::AllowedPeer& peer : config.peers()) {
-    RETURN_IF_ERROR(ValidateAeTitle(peer.ae_title(), absl::StrCat(path, ": peer")));
-    if (peer.host().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": peer ", peer.ae_title(), " has no host"));
-    }
-  }
-  std::set<std::string> names;
-  for (server::Destination& d : *config.mutable_destinations()) {
-    if (d.name().empty() || !names.insert(d.name()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": destination names must be present and unique ('", d.name(), "')"));
-    }
-    if (d.has_dicom()) {
-      RETURN_IF_ERROR(ValidateAeTitle(d.dicom().ae_title(), absl::StrCat(path, ": destination ", d.name())));
-      if (d.dicom().host().empty() || d.dicom().port() <= 0 || d.dicom().port() > 65535) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": destination ", d.name(), " needs a host and a port"));
-      }
-    } else if (d.has_stow_rs()) {
-      if (d.stow_rs().url().rfind("http://", 0) != 0 && d.stow_rs().url().rfind("https://", 0) != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": destination ", d.name(), " needs an http(s) URL"));
-      }
-      if (!d.stow_rs().bearer_token_file().empty()) {
-        // Read once at load, so a missing file stops the server rather than every delivery.
-        ASSIGN_OR_RETURN(std::string token, ReadFileToString(d.stow_rs().bearer_token_file()));
-        (void)token;
-      }
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": destination ", d.name(), " is neither dicom nor stowRs"));
-    }
-  }
-  if (config.routes().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": no routes: nothing would happen"));
-  }
-  for (const server::Route& r : config.routes()) {
-    if (r.store_dataset().empty() && r.segment_dataset().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": a route must store or segment (storeDataset, segmentDataset)"));
-    }
-    if (!r.deliver_to().empty() && r.segment_dataset().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": a route delivers SEGs only when it segments (segmentDataset)"));
-    }
-    for (const std::string& to : r.deliver_to()) {
-      if (!names.count(to)) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": route delivers to unknown destination '", to, "'"));
-      }
-    }
-  }
-  return config;
+DeliveryRecord FailedDelivery(const InboxSeries& series, const server::Route& route,
+                              const std::string& destination, int64_t now,
+                              const std::string& error) {
+  DeliveryRecord d;
+  d.destination = destination;
+  d.dataset = route.segment_dataset();
+  d.source_series_instance_uid = series.series_instance_uid;
+  d.received_unix_ms = series.last_received_unix_ms;
+  d.created_unix_ms = now;
+  d.next_attempt_unix_ms = now;
+  d.state = DeliveryStateCode::kFailed;
+  d.last_error = error;
+  return d;
 }
+
+}  // namespace
 
 DicomNode::DicomNode(server::DicomNodeConfig config, std::unique_ptr<NodeStore> node_store,
                      DicomNodeDeps deps)
@@ -271,12 +197,17 @@ void DicomNode::ForgetEndedAssociations(const std::set<uint64_t>& ended_before_s
 }
 
 void DicomNode::ProcessSeries(const InboxSeries& series) {
+  // Every received file, its bytes checked against their hash: a damaged one fails the
+  // series (its deliveries say DATA_LOSS and which object) rather than segmenting the rest.
   std::vector<DicomBuffer> files;
+  absl::Status damaged;
   for (const InboxInstance& i : series.instances) {
     absl::StatusOr<std::string> bytes = deps_.files->Get(i.object_hash);
     if (!bytes.ok()) {
-      Log(absl::StrCat("series ", series.series_instance_uid, ": ", bytes.status().ToString()));
-      continue;
+      damaged = absl::DataLossError(absl::StrCat("instance ", i.sop_instance_uid, ": ",
+                                                 bytes.status().message()));
+      Log(absl::StrCat("series ", series.series_instance_uid, ": ", damaged.ToString()));
+      break;
     }
     files.push_back({i.sop_instance_uid, *std::move(bytes)});
   }
@@ -286,6 +217,12 @@ void DicomNode::ProcessSeries(const InboxSeries& series) {
   for (const server::Route& route : config_.routes()) {
     if (!Matches(route.called_ae_title(), series.called_ae_title) ||
         !Matches(route.calling_ae_title(), series.calling_ae_title)) {
+      continue;
+    }
+    if (!damaged.ok()) {
+      for (const std::string& destination : route.deliver_to()) {
+        deliveries.push_back(FailedDelivery(series, route, destination, now, damaged.ToString()));
+      }
       continue;
     }
     if (!route.store_dataset().empty()) {

@@ -18,7 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "server/node/node_config.pb.h"
+#include "server/node/node_config.h"
 #include "server/node/node_store.h"
 #include "server/metrics.h"
 #include "server/segmentation_engine.h"
@@ -29,10 +29,6 @@ namespace miseg {
 
 class StorageScp;
 struct ReceivedInstance;
-
-// Reads and checks a JSON configuration; fills the defaults. InvalidArgument naming the
-// problem (unknown destination in a route, bad AE title, unreadable token file).
-absl::StatusOr<server::DicomNodeConfig> LoadDicomNodeConfig(const std::string& path);
 
 struct DicomNodeDeps {
   Store* store = nullptr;

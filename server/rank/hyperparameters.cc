@@ -62,7 +62,7 @@ absl::StatusOr<v1::Hyperparameters> ResolveHyperparameters(const v1::Hyperparame
   if (h.ranks() < 1 || h.ranks() > kMaxRanks) {
     return absl::InvalidArgumentError(absl::StrCat("ranks must be in [1, ", kMaxRanks, "]"));
   }
-  if (h.validation_fraction() < 0 || h.validation_fraction() >= 1) {
+  if (!(h.validation_fraction() >= 0 && h.validation_fraction() < 1)) {  // NaN too
     return absl::InvalidArgumentError("validation_fraction must be in [0, 1)");
   }
   if (h.checkpoint_every() < 1) {

@@ -1,7 +1,5 @@
 #include "server/rank/rank_runner.h"
 
-#include <sys/statvfs.h>
-
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -23,28 +21,11 @@ namespace {
 // its rendezvous before giving up (the collectives' own timeout starts after it).
 constexpr absl::Duration kRendezvousWait = absl::Minutes(30);
 
-// Below this much free space (or twice the last file written), a write that failed is
-// taken for a full disk.
-constexpr int64_t kLowDiskBytes = int64_t{16} << 20;
-
-// The directory of one attempt's files on this machine: the checkpoint and model are
-// written there under fixed names (an archive records its file's name, so a model's bytes
-// depend on its weights alone), and the directory goes when the rank ends.
+// The directory of one attempt's files on this machine: its checkpoints and model are
+// written there before they are committed, and the directory goes when the rank ends.
 std::string AttemptDir(const v1::RankAssignment& rank, const RankRunnerOptions& options) {
   return absl::StrCat(options.scratch_dir, "/job-", rank.job_id(), "-attempt-", rank.attempt(),
                       "-rank-", rank.rank());
-}
-
-// A write into dir failed: when its filesystem is (nearly) full, the error becomes
-// ResourceExhausted, which retries the job later instead of failing it (LibTorch's writer
-// does not say why a write failed).
-absl::Status ClassifyWriteError(absl::Status error, const std::string& dir, int64_t last_size) {
-  struct statvfs fs;
-  if (error.ok() || ::statvfs(dir.c_str(), &fs) != 0) return error;
-  const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
-  if (free_bytes >= std::max(kLowDiskBytes, 2 * last_size)) return error;
-  return absl::ResourceExhaustedError(absl::StrCat("no space left on ", dir, " (", free_bytes,
-                                                   " bytes free): ", error.message()));
 }
 
 // One study from the job's files: the series, and its labels when class_names is given.
@@ -234,23 +215,21 @@ class RankTraining {
     if (step >= 0 && options_.after_step_event) options_.after_step_event(rank_.job_id(), step);
   }
 
-  // A checkpoint that cannot be written (a full disk) fails this attempt cleanly: the
-  // committed checkpoint stays the job's, and RETRY_LATER resumes from it.
+  // A checkpoint that cannot be written (a full disk: ResourceExhausted) fails this
+  // attempt cleanly: the committed checkpoint stays the job's, and RETRY_LATER resumes
+  // from it.
   absl::Status CommitCheckpoint() {
     const std::string path = ScratchPath("checkpoint");
-    RETURN_IF_ERROR(ClassifyWriteError(trainer_.SaveCheckpoint(path), AttemptDir(rank_, options_),
-                                       last_checkpoint_bytes_));
-    std::error_code ignored;
-    last_checkpoint_bytes_ = static_cast<int64_t>(std::filesystem::file_size(path, ignored));
+    RETURN_IF_ERROR(trainer_.SaveCheckpoint(path));
     absl::Status committed = io_.CommitCheckpoint(rank_, trainer_.step(), path);
+    std::error_code ignored;
     std::filesystem::remove(path, ignored);  // gone already when the commit moved it
     return committed;
   }
 
   absl::Status CommitModel() {
     const std::string path = ScratchPath("model");
-    RETURN_IF_ERROR(ClassifyWriteError(trainer_.ExportModel(path), AttemptDir(rank_, options_),
-                                       last_checkpoint_bytes_));
+    RETURN_IF_ERROR(trainer_.ExportModel(path));
     absl::StatusOr<int64_t> model =
         io_.CommitModel(rank_, trainer_.step(), path,
                         last_validation_ ? *last_validation_ : v1::ValidationEvent());
@@ -268,7 +247,6 @@ class RankTraining {
   const bool leader_;
   std::optional<v1::ValidationEvent> last_validation_;
   absl::Status event_error_;
-  int64_t last_checkpoint_bytes_ = 0;
 };
 
 absl::StatusOr<RankResult> RunRankOrError(const v1::RankAssignment& rank, RankIo& io,

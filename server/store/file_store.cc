@@ -74,9 +74,16 @@ absl::Status FsyncDirectory(const std::string& dir) {
 }
 
 bool IsHash(absl::string_view hash) {
-  return hash.size() == 64 && std::all_of(hash.begin(), hash.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
+  return IsObjectHash(std::string_view(hash.data(), hash.size()));
+}
+
+// A stored copy of an object that can stand for these bytes: present, of their size and
+// hashing to their name. Costs a read of the copy, only when the same bytes arrive again.
+bool IsIntactObject(const std::string& path, const std::string& hash, int64_t size) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != size) return false;
+  absl::StatusOr<std::string> actual = Sha256OfFile(path);
+  return actual.ok() && *actual == hash;
 }
 
 absl::Status CheckHash(absl::string_view hash) {
@@ -143,6 +150,30 @@ absl::Status EmptyDirectory(const fs::path& dir) {
 std::string Sha256Hex(const std::string& bytes) {
   Sha256 sha;
   sha.Update(bytes);
+  return sha.Final();
+}
+
+bool IsObjectHash(std::string_view text) {
+  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  Fd file(fd);
+  Sha256 sha;
+  std::string buffer(size_t{1} << 20, '\0');
+  while (true) {
+    ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "cannot read", path);
+    }
+    if (n == 0) break;
+    sha.Update(std::string_view(buffer.data(), static_cast<size_t>(n)));
+  }
   return sha.Final();
 }
 
@@ -272,9 +303,9 @@ absl::StatusOr<std::string> FileStore::Commit(StagedFile& file) {
   std::error_code ec;
   fs::create_directories(shard, ec);
   if (ec) return FsError(ec, "cannot create directory", shard.string());
-  struct stat st;
-  // Same name means same bytes (as in Put); a truncated object is replaced.
-  if (::stat(target.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == file.size_) {
+  // Same name means same bytes (as in Put) when the present copy is intact; a damaged
+  // one (truncated, flipped bits) is replaced by the new copy.
+  if (IsIntactObject(target, file.hash_, file.size_)) {
     if (::unlink(file.path_.c_str()) != 0 && errno != ENOENT) {
       return ErrnoError(errno, "cannot remove", file.path_);
     }
@@ -295,14 +326,44 @@ std::string FileStore::PathOf(const std::string& hash) const {
 absl::StatusOr<std::string> FileStore::Put(const std::string& bytes) {
   std::string hash = Sha256Hex(bytes);
   const std::string path = PathOf(hash);
-  struct stat st;
-  // Same name means same bytes; a size mismatch (a truncated file) is rewritten instead.
-  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-      static_cast<uint64_t>(st.st_size) == bytes.size()) {
-    return hash;
-  }
+  // Same name means same bytes; a damaged copy is rewritten instead.
+  if (IsIntactObject(path, hash, static_cast<int64_t>(bytes.size()))) return hash;
   RETURN_IF_ERROR(WriteFileAtomically(path, bytes));
   return hash;
+}
+
+absl::Status FileStore::Verify(const std::string& hash) const {
+  RETURN_IF_ERROR(CheckHash(hash));
+  absl::StatusOr<std::string> actual = Sha256OfFile(PathOf(hash));
+  if (absl::IsNotFound(actual.status())) {
+    return absl::NotFoundError(absl::StrCat("object ", hash, " not found"));
+  }
+  if (!actual.ok()) return actual.status();
+  if (*actual != hash) {
+    return absl::DataLossError(
+        absl::StrCat("object ", hash, " is corrupt: its bytes no longer match its hash"));
+  }
+  return absl::OkStatus();
+}
+
+std::string FileStore::QuarantineDir() const { return (fs::path(root_) / "quarantine").string(); }
+
+absl::StatusOr<std::string> FileStore::Quarantine(const std::string& hash) {
+  RETURN_IF_ERROR(CheckHash(hash));
+  std::error_code ec;
+  fs::create_directories(QuarantineDir(), ec);
+  if (ec) return FsError(ec, "cannot create directory", QuarantineDir());
+  std::string target = (fs::path(QuarantineDir()) / hash).string();
+  for (int n = 1; fs::exists(target, ec); ++n) {
+    target = absl::StrCat((fs::path(QuarantineDir()) / hash).string(), ".", n);
+  }
+  const std::string source = PathOf(hash);
+  if (::rename(source.c_str(), target.c_str()) != 0) {
+    return ErrnoError(errno, "cannot move to quarantine", source);
+  }
+  RETURN_IF_ERROR(FsyncDirectory(QuarantineDir()));
+  RETURN_IF_ERROR(FsyncDirectory(fs::path(source).parent_path().string()));
+  return target;
 }
 
 absl::StatusOr<std::string> FileStore::Get(const std::string& hash) const {

@@ -22,6 +22,11 @@ namespace miseg {
 
 // Lowercase hex SHA-256 of bytes.
 std::string Sha256Hex(const std::string& bytes);
+// Lowercase hex SHA-256 of a file's bytes, read 1 MiB at a time (the disk's errors:
+// NotFound for a missing file).
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+// True for 64 lowercase hex characters (the form of every object name).
+bool IsObjectHash(std::string_view text);
 
 // Writes bytes to path through path + ".<random>.tmp", fsync, rename, fsync of the
 // directory. Creates missing parent directories.
@@ -73,26 +78,33 @@ class FileStore {
   // A new empty file under staging/. Thread safe.
   absl::StatusOr<std::unique_ptr<StagedFile>> Stage();
   // Moves a finished staged file to objects/<hash> (rename, then fsync of the directory; if
-  // the object is present already, the temporary is dropped instead). Returns the hash.
+  // the object is present already and intact, the temporary is dropped instead; a damaged
+  // one is replaced). Returns the hash.
   // FailedPrecondition for a file not finished or already committed. Thread safe for
   // distinct files.
   absl::StatusOr<std::string> Commit(StagedFile& file);
 
   // Stores bytes under their hash and returns the hash; storing the same bytes twice is a
-  // no-op. The object is durable when this returns.
+  // no-op (a damaged copy is rewritten). The object is durable when this returns.
   absl::StatusOr<std::string> Put(const std::string& bytes);
   // NotFound for an unknown hash; InvalidArgument for a string that is not a hash;
-  // DataLoss when the bytes no longer match their hash.
+  // DataLoss when the bytes no longer match their hash (the message names the object).
   absl::StatusOr<std::string> Get(const std::string& hash) const;
   bool Contains(const std::string& hash) const;
   // Where an object's file is, for streaming it out (the reader verifies the hash).
   // InvalidArgument for a string that is not a hash; NotFound for an unknown one.
   absl::StatusOr<std::string> ObjectPath(const std::string& hash) const;
+  // Reads the object and checks its bytes against its name: OK, NotFound, DataLoss.
+  absl::Status Verify(const std::string& hash) const;
   absl::Status Remove(const std::string& hash);
+  // Moves an object's file (a damaged one) to quarantine/<hash> (<hash>.1, .2, ... when
+  // taken), out of the store but kept for inspection; returns its new path.
+  absl::StatusOr<std::string> Quarantine(const std::string& hash);
   // Every stored hash (for garbage collection against the metadata store).
   absl::StatusOr<std::vector<std::string>> List() const;
 
   const std::string& root() const { return root_; }
+  std::string QuarantineDir() const;
 
  private:
   explicit FileStore(std::string root) : root_(std::move(root)) {}

@@ -18,6 +18,18 @@
 
 namespace miseg::sqlite {
 
+// The status code of a failed SQLite call: a full disk is ResourceExhausted (the caller
+// may retry once space is freed: an upload is refused, a job step retried later), a
+// damaged file DataLoss, anything else Internal.
+inline absl::StatusCode SqliteCode(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_FULL: return absl::StatusCode::kResourceExhausted;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return absl::StatusCode::kDataLoss;
+    default: return absl::StatusCode::kInternal;
+  }
+}
+
 inline absl::Status SqliteError(sqlite3* db, int rc, absl::string_view what) {
   // A uniqueness violation that slipped past the explicit checks is still a conflict.
   if ((rc & 0xff) == SQLITE_CONSTRAINT &&
@@ -25,9 +37,9 @@ inline absl::Status SqliteError(sqlite3* db, int rc, absl::string_view what) {
     return absl::AlreadyExistsError(
         absl::StrCat("store: ", what, ": ", sqlite3_errmsg(db)));
   }
-  return absl::InternalError(absl::StrCat("store: SQLite error in ", what, ": ",
-                                          sqlite3_errmsg(db), " (", sqlite3_errstr(rc),
-                                          ")"));
+  return absl::Status(SqliteCode(rc), absl::StrCat("store: SQLite error in ", what, ": ",
+                                                   sqlite3_errmsg(db), " (",
+                                                   sqlite3_errstr(rc), ")"));
 }
 
 inline absl::Status Exec(sqlite3* db, const char* sql) {
@@ -36,9 +48,9 @@ inline absl::Status Exec(sqlite3* db, const char* sql) {
   if (rc == SQLITE_OK) return absl::OkStatus();
   std::string text = message != nullptr ? message : sqlite3_errstr(rc);
   sqlite3_free(message);
-  return absl::InternalError(
-      absl::StrCat("store: SQLite error in \"", absl::string_view(sql).substr(0, 40),
-                   "\": ", text));
+  return absl::Status(SqliteCode(rc),
+                      absl::StrCat("store: SQLite error in \"",
+                                   absl::string_view(sql).substr(0, 40), "\": ", text));
 }
 
 // A prepared statement. Values are only ever bound, never spliced into SQL. Bind errors

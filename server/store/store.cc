@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <set>
 #include <utility>
@@ -21,7 +22,7 @@
 namespace miseg {
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // Ids use AUTOINCREMENT so a deleted study's id is never handed out again (a client may
 // still hold it). active_model_id and model_id use 0 for "none" rather than NULL so the
@@ -107,6 +108,11 @@ CREATE TABLE models (
   created_unix_ms INTEGER NOT NULL,
   UNIQUE (dataset_id, version)
 );
+CREATE TABLE IF NOT EXISTS quarantined_objects (
+  object_hash TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  quarantined_unix_ms INTEGER NOT NULL
+);
 )sql";
 
 int64_t NowUnixMs() {
@@ -176,10 +182,15 @@ DatasetRecord ReadDataset(const Stmt& s) {
   return d;
 }
 
+// Column 12: why the study cannot be used (one of its objects is quarantined), or ''.
 constexpr const char* kStudySelect = R"sql(
 SELECT s.id, s.dataset_id, s.role, s.study_instance_uid, s.series_instance_uid,
   s.modality, s.num_slices, s.num_rows, s.num_columns, s.segmentation_sop_instance_uid,
-  s.created_unix_ms, s.series_description
+  s.created_unix_ms, s.series_description,
+  COALESCE((SELECT 'instance ' || i.sop_instance_uid || ' (object ' || q.object_hash ||
+                   '): ' || q.reason
+            FROM instances i JOIN quarantined_objects q ON q.object_hash = i.object_hash
+            WHERE i.study_id = s.id LIMIT 1), '')
 FROM studies s )sql";
 
 StudyRecord ReadStudy(const Stmt& s) {
@@ -196,6 +207,7 @@ StudyRecord ReadStudy(const Stmt& s) {
   r.segmentation_sop_instance_uid = s.Text(9);
   r.created_unix_ms = s.Int(10);
   r.series_description = s.Text(11);
+  r.damage = s.Text(12);
   return r;
 }
 
@@ -390,6 +402,48 @@ absl::StatusOr<bool> RequeueRunningLocked(sqlite3* db, const JobRecord& job) {
   return true;
 }
 
+// Assigns the events the job's next sequences (never reused) and inserts them.
+absl::Status AppendEventsLocked(sqlite3* db, int64_t job_id, std::vector<JobEventRecord>& events) {
+  int64_t next = 1;
+  {
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "SELECT last_event_sequence + 1 FROM jobs "
+                                               "WHERE id = ?1"));
+    s.Bind(1, job_id);
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row) next = s.Int(0);
+  }
+  {
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "UPDATE jobs SET last_event_sequence = ?2 "
+                                               "WHERE id = ?1"));
+    s.Bind(1, job_id).Bind(2, next + static_cast<int64_t>(events.size()) - 1);
+    RETURN_IF_ERROR(s.Run());
+  }
+  const int64_t now = NowUnixMs();
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                         "INSERT INTO job_events (job_id, sequence, step, "
+                                         "unix_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)"));
+  for (JobEventRecord& event : events) {
+    event.job_id = job_id;
+    event.sequence = next++;
+    if (event.unix_ms == 0) event.unix_ms = now;
+    s.Reset();
+    s.Bind(1, job_id)
+        .Bind(2, event.sequence)
+        .Bind(3, event.step)
+        .Bind(4, event.unix_ms)
+        .BindBlob(5, event.payload);
+    RETURN_IF_ERROR(s.Run());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeleteEventsAfterLocked(sqlite3* db, int64_t job_id, int64_t step) {
+  ASSIGN_OR_RETURN(Stmt s,
+                   Stmt::Prepare(db, "DELETE FROM job_events WHERE job_id = ?1 AND step > ?2"));
+  s.Bind(1, job_id).Bind(2, step);
+  return s.Run();
+}
+
 }  // namespace
 
 // --- Open / close. ---
@@ -399,6 +453,9 @@ const std::vector<const char*>& Migrations() {
   static const auto* const migrations = new std::vector<const char*>{
       // 1 -> 2: the series description (decoded to UTF-8) shown in listings.
       "ALTER TABLE studies ADD COLUMN series_description TEXT NOT NULL DEFAULT ''",
+      // 2 -> 3: objects `miseg-server verify` found damaged and moved to quarantine/.
+      "CREATE TABLE IF NOT EXISTS quarantined_objects (object_hash TEXT PRIMARY KEY, "
+      "reason TEXT NOT NULL, quarantined_unix_ms INTEGER NOT NULL)",
   };
   return *migrations;
 }
@@ -563,6 +620,14 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
           .Bind(6, static_cast<int64_t>(instance.is_segmentation ? 1 : 0));
       RETURN_IF_ERROR(insert.Run());
     }
+    // The ingest stored (and checked) these objects anew: a quarantined hash is whole again.
+    ASSIGN_OR_RETURN(Stmt healed, Stmt::Prepare(db_, "DELETE FROM quarantined_objects "
+                                                     "WHERE object_hash = ?1"));
+    for (const InstanceRecord& instance : study.instances) {
+      healed.Reset();
+      healed.BindText(1, instance.object_hash);
+      RETURN_IF_ERROR(healed.Run());
+    }
     ASSIGN_OR_RETURN(inserted, LoadStudy(db_, study.dataset_id, study.series_instance_uid));
     return absl::OkStatus();
   }));
@@ -644,6 +709,13 @@ absl::StatusOr<std::vector<std::string>> Store::DeleteStudy(int64_t dataset_id,
       s.BindText(1, hash);
       ASSIGN_OR_RETURN(bool row, s.Step());
       if (!row) orphans.push_back(hash);
+    }
+    ASSIGN_OR_RETURN(Stmt forget, Stmt::Prepare(db_, "DELETE FROM quarantined_objects "
+                                                     "WHERE object_hash = ?1"));
+    for (const std::string& hash : orphans) {
+      forget.Reset();
+      forget.BindText(1, hash);
+      RETURN_IF_ERROR(forget.Run());
     }
     return absl::OkStatus();
   }));
@@ -731,7 +803,9 @@ absl::StatusOr<std::optional<JobRecord>> Store::ClaimJob(int64_t id, const std::
         .Bind(4, id);
     RETURN_IF_ERROR(s.Run());
     ASSIGN_OR_RETURN(claimed, LoadJob(db_, id));
-    return absl::OkStatus();
+    // In the same transaction: a claim that commits has always dropped the events it will
+    // produce again, even when the disk fills right after it.
+    return DeleteEventsAfterLocked(db_, id, claimed->step);
   }));
   return claimed;
 }
@@ -853,7 +927,9 @@ absl::Status Store::CancelJob(int64_t id) {
 }
 
 absl::StatusOr<ModelRecord> Store::FinishJobWithModel(int64_t job_id, const ModelRecord& model,
-                                                      bool activate) {
+                                                      bool activate,
+                                                      const TerminalEventFor& terminal_event,
+                                                      JobEventRecord* stored_event) {
   absl::MutexLock lock(&mutex_);
   ModelRecord inserted;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
@@ -911,6 +987,10 @@ absl::StatusOr<ModelRecord> Store::FinishJobWithModel(int64_t job_id, const Mode
       RETURN_IF_ERROR(s.Run());
     }
     ASSIGN_OR_RETURN(inserted, LoadModel(db_, model_id));
+    if (!terminal_event) return absl::OkStatus();
+    std::vector<JobEventRecord> events = {terminal_event(inserted)};
+    RETURN_IF_ERROR(AppendEventsLocked(db_, job_id, events));
+    if (stored_event != nullptr) *stored_event = events.front();
     return absl::OkStatus();
   }));
   return inserted;
@@ -926,39 +1006,7 @@ absl::StatusOr<std::vector<JobEventRecord>> Store::AppendJobEvents(
     exists.Bind(1, job_id);
     ASSIGN_OR_RETURN(bool found, exists.Step());
     if (!found) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
-    int64_t next = 1;
-    {
-      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "SELECT last_event_sequence + 1 FROM jobs "
-                                             "WHERE id = ?1"));
-      s.Bind(1, job_id);
-      ASSIGN_OR_RETURN(bool row, s.Step());
-      if (row) next = s.Int(0);
-    }
-    {
-      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "UPDATE jobs SET last_event_sequence = ?2 "
-                                             "WHERE id = ?1"));
-      s.Bind(1, job_id).Bind(2, next + static_cast<int64_t>(events.size()) - 1);
-      RETURN_IF_ERROR(s.Run());
-    }
-    const int64_t now = NowUnixMs();
-    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                           "INSERT INTO job_events (job_id, sequence, step, "
-                                           "unix_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)"));
-    for (JobEventRecord& event : events) {
-      event.job_id = job_id;
-      event.sequence = next++;
-      if (event.unix_ms == 0) event.unix_ms = now;
-      s.Reset();
-      s.Bind(1, job_id)
-          .Bind(2, event.sequence)
-          .Bind(3, event.step)
-          .Bind(4, event.unix_ms)
-          .BindBlob(5, event.payload);
-      RETURN_IF_ERROR(s.Run());
-    }
-    return absl::OkStatus();
+    return AppendEventsLocked(db_, job_id, events);
   }));
   return events;
 }
@@ -996,11 +1044,70 @@ absl::Status Store::TruncateJobEventsAfter(int64_t job_id, int64_t step) {
     exists.Bind(1, job_id);
     ASSIGN_OR_RETURN(bool found, exists.Step());
     if (!found) return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
-    ASSIGN_OR_RETURN(Stmt s,
-                     Stmt::Prepare(db_, "DELETE FROM job_events WHERE job_id = ?1 AND step > ?2"));
-    s.Bind(1, job_id).Bind(2, step);
-    return s.Run();
+    return DeleteEventsAfterLocked(db_, job_id, step);
   });
+}
+
+absl::Status Store::FallBackToCheckpoint(int64_t job_id, int64_t step,
+                                         const std::string& checkpoint_path) {
+  absl::MutexLock lock(&mutex_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                           "UPDATE jobs SET step = ?1, checkpoint_path = ?2 "
+                                           "WHERE id = ?3"));
+    s.Bind(1, step).BindText(2, checkpoint_path).Bind(3, job_id);
+    RETURN_IF_ERROR(s.Run());
+    if (sqlite3_changes(db_) == 0) {
+      return absl::NotFoundError(absl::StrCat("job ", job_id, " not found"));
+    }
+    return DeleteEventsAfterLocked(db_, job_id, step);
+  });
+}
+
+absl::StatusOr<std::vector<JobRecord>> Store::ListJobsInState(StoredJobState state) {
+  absl::MutexLock lock(&mutex_);
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, absl::StrCat(kJobSelect,
+                                                           "WHERE j.state = ?1 ORDER BY j.id")
+                                                  .c_str()));
+  s.Bind(1, static_cast<int64_t>(state));
+  return sqlite::ReadRows(s, [](const Stmt& row) { return ReadJob(row); });
+}
+
+// --- Integrity (miseg-server verify). ---
+
+absl::StatusOr<std::vector<std::string>> Store::IntegrityCheck() {
+  absl::MutexLock lock(&mutex_);
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, "PRAGMA integrity_check"));
+  ASSIGN_OR_RETURN(std::vector<std::string> rows, sqlite::ReadStrings(s));
+  if (rows.size() == 1 && rows.front() == "ok") rows.clear();
+  return rows;
+}
+
+absl::StatusOr<std::vector<StudyRecord>> Store::QuarantineObject(const std::string& hash,
+                                                                 const std::string& reason) {
+  absl::MutexLock lock(&mutex_);
+  std::vector<StudyRecord> affected;
+  RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                           "INSERT INTO quarantined_objects (object_hash, "
+                                           "reason, quarantined_unix_ms) VALUES (?1, ?2, ?3) "
+                                           "ON CONFLICT (object_hash) DO UPDATE SET reason = "
+                                           "?2, quarantined_unix_ms = ?3"));
+    s.BindText(1, hash).BindText(2, reason).Bind(3, NowUnixMs());
+    RETURN_IF_ERROR(s.Run());
+    ASSIGN_OR_RETURN(Stmt studies,
+                     Stmt::Prepare(db_, absl::StrCat(kStudySelect,
+                                                     "WHERE s.id IN (SELECT study_id FROM "
+                                                     "instances WHERE object_hash = ?1) "
+                                                     "ORDER BY s.id")
+                                            .c_str()));
+    studies.BindText(1, hash);
+    ASSIGN_OR_RETURN(affected, sqlite::ReadRows(studies, [](const Stmt& row) {
+                       return ReadStudy(row);
+                     }));
+    return absl::OkStatus();
+  }));
+  return affected;
 }
 
 // --- Models. ---

@@ -9,6 +9,7 @@
 #define MISEG_SERVER_STORE_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -69,6 +70,10 @@ struct StudyRecord {
   std::string segmentation_sop_instance_uid;  // empty for unlabeled
   int64_t created_unix_ms = 0;
   std::string series_description;  // valid UTF-8 (decoded or escaped), may be empty
+  // Filled on reads: empty when whole; else which instance's object `miseg-server verify`
+  // quarantined and why (the study cannot be trained on or segmented until it is deleted or
+  // the object is stored again).
+  std::string damage;
   std::vector<InstanceRecord> instances;  // images and (if any) the SEG
 };
 
@@ -155,8 +160,11 @@ class Store {
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int64_t dataset_id);
   // Queued jobs, oldest first.
   absl::StatusOr<std::vector<JobRecord>> ListQueuedJobs();
+  // Jobs in one state, oldest first.
+  absl::StatusOr<std::vector<JobRecord>> ListJobsInState(StoredJobState state);
   // Atomically takes this job if it is still queued (state -> running, device, started
-  // time); nullopt when it is not queued any more (cancelled meanwhile).
+  // time) and drops the events of the steps after its checkpoint, which it will produce
+  // again; nullopt when it is not queued any more (cancelled meanwhile).
   absl::StatusOr<std::optional<JobRecord>> ClaimJob(int64_t id, const std::string& device);
   // After a crash: running jobs go back to queued (resumes + 1). Returns how many.
   absl::StatusOr<int> RequeueRunningJobs();
@@ -170,11 +178,16 @@ class Store {
   absl::Status SetJobStudyCounts(int64_t id, int32_t labeled, int32_t unlabeled,
                                  int32_t validation);
   // Terminal states. FinishJobWithModel inserts the model and sets the job succeeded in
-  // one transaction; activate makes it the dataset's active model.
+  // one transaction; activate makes it the dataset's active model. With terminal_event,
+  // the same transaction also appends the event it makes of the model (its sequence in
+  // *stored_event), so the job's history holds its end whenever a crash comes.
   absl::Status FailJob(int64_t id, const std::string& error);
   absl::Status CancelJob(int64_t id);
+  using TerminalEventFor = std::function<JobEventRecord(const ModelRecord& model)>;
   absl::StatusOr<ModelRecord> FinishJobWithModel(int64_t job_id, const ModelRecord& model,
-                                                 bool activate);
+                                                 bool activate,
+                                                 const TerminalEventFor& terminal_event = nullptr,
+                                                 JobEventRecord* stored_event = nullptr);
 
   // Job events. AppendJobEvents assigns sequences and inserts in one transaction.
   absl::StatusOr<std::vector<JobEventRecord>> AppendJobEvents(
@@ -186,11 +199,24 @@ class Store {
   // On resume from a checkpoint at `step`: events of later steps are deleted, since they
   // will be produced again (the history stays one consistent run).
   absl::Status TruncateJobEventsAfter(int64_t job_id, int64_t step);
+  // The job's last checkpoint proved damaged: an earlier one (path empty and step 0: none,
+  // the job starts over) becomes its checkpoint, and the events after its step go, in one
+  // transaction.
+  absl::Status FallBackToCheckpoint(int64_t job_id, int64_t step,
+                                    const std::string& checkpoint_path);
 
   // Models.
   absl::StatusOr<ModelRecord> GetModel(int64_t id);
   absl::StatusOr<std::vector<ModelRecord>> ListModels(int64_t dataset_id);  // 0: all
   absl::StatusOr<ModelRecord> PromoteModel(int64_t id);
+
+  // PRAGMA integrity_check: its complaints, empty when the database is sound.
+  absl::StatusOr<std::vector<std::string>> IntegrityCheck();
+  // An object was found damaged and moved to quarantine: every study holding it reports
+  // `reason` as its damage until it is deleted or the object is stored again. Returns the
+  // studies it affects (without their instances).
+  absl::StatusOr<std::vector<StudyRecord>> QuarantineObject(const std::string& hash,
+                                                            const std::string& reason);
 
   // Counts of jobs per state (for metrics).
   absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> CountJobsByState();

@@ -1,5 +1,7 @@
 #include "server/worker/worker.h"
 
+#include "server/log.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,14 +57,9 @@ absl::Status ResetDirectory(const fs::path& dir) {
 
 }  // namespace
 
-void LogWorkerLine(const std::string& message) {
-  char stamp[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm utc;
-  gmtime_r(&now, &utc);
-  std::strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  std::cerr << (std::string(stamp) + " miseg-worker: " + message + "\n") << std::flush;
-}
+// Through server/log.h: the form (--log_format) is the process's; miseg-worker's main names
+// the component.
+void LogWorkerLine(const std::string& message) { miseg::Log(message); }
 
 std::string DefaultWorkerCacheDir() {
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg == '/') {

@@ -26,6 +26,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "server/log.h"
+#include "server/log_bridges.h"
 #include "server/rank/rank_runner.h"
 #include "server/store/file_store.h"
 #include "server/worker/worker.h"
@@ -49,6 +51,8 @@ ABSL_FLAG(std::string, tls_ca, "",
           "too, as in the miseg CLI)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, when the coordinator asks for one");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of tls_cert");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text, logfmt or json (one line per event, for aggregators)");
 ABSL_FLAG(std::string, tls_server_name, "",
           "Name expected in the coordinator's certificate, if not the host of --coordinator");
 
@@ -282,5 +286,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> storage;
   miseg::AcceptCliSpellings(argc, argv, &storage);
   absl::ParseCommandLine(argc, argv);
+  miseg::SetLogComponent("miseg-worker");
+  if (!miseg::SetLogFormat(absl::GetFlag(FLAGS_log_format))) {
+    std::cerr << "miseg-worker: --log_format must be text, logfmt or json\n";
+    return 2;
+  }
+  miseg::InstallLogBridges();
   return miseg::Run();
 }

@@ -1,5 +1,6 @@
 #include "tests/server/server_process.h"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -14,8 +15,12 @@
 namespace miseg::testing {
 namespace {
 
+// The build's miseg-server, or MISEG_TEST_SERVER_BINARY (a copy that a rebuild in a shared
+// build folder cannot replace while a long run restarts it).
 std::vector<std::string> CommandLine(const std::vector<std::string>& flags) {
-  std::vector<std::string> args = {MISEG_SERVER_BINARY};
+  const char* binary = std::getenv("MISEG_TEST_SERVER_BINARY");
+  std::vector<std::string> args = {binary != nullptr && *binary != '\0' ? binary
+                                                                       : MISEG_SERVER_BINARY};
   args.insert(args.end(), flags.begin(), flags.end());
   return args;
 }
@@ -35,8 +40,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   std::unique_ptr<ServerProcess> server(new ServerProcess(*std::move(child)));
   // The ready file is renamed into place before the "serving" line is logged.
   if (!server->WaitForLog("serving miseg.v1 on port", std::chrono::seconds(60))) {
+    // Exited (its output closed): its status; still silent after 60 s: -1.
+    const int status = server->child_->WaitExit(std::chrono::seconds(0));
     server->Kill();
-    return absl::UnavailableError(absl::StrCat("miseg-server did not start:\n", server->log()));
+    return absl::UnavailableError(absl::StrCat("miseg-server did not start (exit status ",
+                                               status, "):\n", server->log()));
   }
   std::ifstream ready(ready_file);
   std::string line;
