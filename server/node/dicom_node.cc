@@ -196,21 +196,37 @@ void DicomNode::ForgetEndedAssociations(const std::set<uint64_t>& ended_before_s
   }
 }
 
-void DicomNode::ProcessSeries(const InboxSeries& series) {
-  // Every received file, its bytes checked against their hash: a damaged one fails the
-  // series (its deliveries say DATA_LOSS and which object) rather than segmenting the rest.
+// The series' received files, each checked against its hash: DataLoss when one is damaged
+// or gone (the series fails); any other error is the disk's (the series is retried).
+absl::StatusOr<std::vector<DicomBuffer>> DicomNode::LoadSeriesFiles(const InboxSeries& series) {
   std::vector<DicomBuffer> files;
-  absl::Status damaged;
   for (const InboxInstance& i : series.instances) {
     absl::StatusOr<std::string> bytes = deps_.files->Get(i.object_hash);
-    if (!bytes.ok()) {
-      damaged = absl::DataLossError(absl::StrCat("instance ", i.sop_instance_uid, ": ",
-                                                 bytes.status().message()));
-      Log(absl::StrCat("series ", series.series_instance_uid, ": ", damaged.ToString()));
-      break;
+    if (absl::IsDataLoss(bytes.status()) || absl::IsNotFound(bytes.status())) {
+      return absl::DataLossError(
+          absl::StrCat("instance ", i.sop_instance_uid, ": ", bytes.status().message()));
     }
+    if (!bytes.ok()) return bytes.status();
     files.push_back({i.sop_instance_uid, *std::move(bytes)});
   }
+  return files;
+}
+
+void DicomNode::ProcessSeries(const InboxSeries& series) {
+  // A damaged file fails the series (its deliveries say DATA_LOSS and which object) rather
+  // than segmenting the rest.
+  absl::StatusOr<std::vector<DicomBuffer>> loaded = LoadSeriesFiles(series);
+  if (!loaded.ok()) {
+    Log(absl::StrCat("series ", series.series_instance_uid, ": ", loaded.status().ToString()));
+  }
+  if (!loaded.ok() && !absl::IsDataLoss(loaded.status())) {
+    absl::MutexLock lock(&mutex_);
+    retry_after_[series.series_instance_uid] = NowUnixMs() + 5000;  // the disk, not the data
+    return;
+  }
+  const absl::Status damaged = loaded.status();
+  std::vector<DicomBuffer> files;
+  if (loaded.ok()) files = *std::move(loaded);
   std::vector<DeliveryRecord> deliveries;
   const int64_t now = NowUnixMs();
   bool retry_later = false;

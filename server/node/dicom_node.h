@@ -69,6 +69,7 @@ class DicomNode {
                                const std::vector<InboxSeries>& pending)
       ABSL_LOCKS_EXCLUDED(mutex_);
   void DeliveryLoop() ABSL_LOCKS_EXCLUDED(mutex_);
+  absl::StatusOr<std::vector<DicomBuffer>> LoadSeriesFiles(const InboxSeries& series);
   void ProcessSeries(const InboxSeries& series) ABSL_LOCKS_EXCLUDED(mutex_);
   absl::Status Deliver(const DeliveryRecord& delivery);
   void RefreshDeliveryGauges();
