@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "tests/server/child_process.h"
 #include "tests/server/api_client.h"
 #include "tests/server/test_studies.h"
 
@@ -20,23 +21,6 @@ namespace miseg::chaos {
 namespace {
 
 using miseg::testing::ApiClient;
-
-// A port the kernel picks on 127.0.0.1, free again when this returns (miseg binds it next;
-// the DICOM node's port stays the same across restarts, as a PACS expects).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
-}
 
 uint64_t SeedOf(const ChaosOptions& options) {
   if (options.seed != 0) return options.seed;
@@ -107,7 +91,7 @@ absl::Status Harness::SetUp() {
     std::filesystem::create_directories(root_);
   }
   data_ = root_ + "/data";
-  node_port_ = FreePort();
+  node_port_ = testing::FreeLoopbackPort();
   clients_.node_port = node_port_;
   absl::StatusOr<std::unique_ptr<testing::OrthancProcess>> orthanc =
       testing::OrthancProcess::Start(root_ + "/orthanc", {});

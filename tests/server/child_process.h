@@ -65,6 +65,11 @@ class ChildProcess {
   bool closed_ = false;
 };
 
+// A TCP port the kernel picks on 127.0.0.1, free again when this returns, for a process the
+// test starts next (the DICOM node's port must be known before the server starts, and stay
+// the same across its restarts, as a PACS expects). 0 when none could be had.
+int FreeLoopbackPort();
+
 }  // namespace miseg::testing
 
 #endif  // MISEG_TESTS_SERVER_CHILD_PROCESS_H_

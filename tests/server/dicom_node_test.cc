@@ -21,6 +21,7 @@
 #include "core/dicom/instance_info.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 #include "server/dicom_node/dicom_network.h"
+#include "tests/server/child_process.h"
 #include "tests/server/api_client.h"
 #include "tests/server/orthanc_process.h"
 #include "tests/server/raw_association.h"
@@ -33,27 +34,10 @@ namespace {
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 
-// A port the kernel picks on 127.0.0.1, free again when this returns (miseg binds it next).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 class DicomNodeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    node_port_ = FreePort();
+    node_port_ = FreeLoopbackPort();
     OrthancOptions options;
     options.dicom_aet = "ORTHANC";
     options.modalities["miseg"] = OrthancModality{"MISEG", "127.0.0.1", node_port_};

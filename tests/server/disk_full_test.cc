@@ -38,22 +38,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// A port the kernel picks on 127.0.0.1, free again when this returns (the node binds it).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // Files in a folder (recursively), by path.
 std::vector<std::string> FilesUnder(const std::string& dir) {
   std::vector<std::string> found;
@@ -212,7 +196,7 @@ TEST_F(DiskFullTest, UploadsAreRefusedWholeWhileFullAndStoredOnceSpaceIsFreed) {
 }
 
 TEST_F(DiskFullTest, CStoresAreRefusedWithOutOfResourcesAndAcceptedOnceSpaceIsFreed) {
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   const std::string config = dir_.path() + "/node.json";
   std::ofstream(config) << absl::StrCat(R"({"aeTitle": "MISEG", "bindAddress": "127.0.0.1",
     "port": )",

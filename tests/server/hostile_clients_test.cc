@@ -51,6 +51,7 @@
 #include "core/dicom/instance_info.h"
 #include "core/dicom/series_reader.h"
 #include "miseg/v1/miseg.grpc.pb.h"
+#include "tests/server/child_process.h"
 #include "tests/server/api_client.h"
 #include "tests/server/raw_association.h"
 #include "tests/server/server_process.h"
@@ -59,10 +60,7 @@
 namespace miseg::testing {
 namespace {
 
-using ::testing::AllOf;
 using ::testing::HasSubstr;
-using ::testing::Not;
-using ::testing::StartsWith;
 
 // How much a hostile client may grow the server's resident set (peak and after).
 constexpr int64_t kMemoryBoundKib = 64 << 10;
@@ -461,9 +459,10 @@ TEST_F(HostileClientsTest, AnEnormousMetadataHeaderIsResourceExhausted) {
 }
 
 TEST_F(HostileClientsTest, MillionsOfTinyChunksAssembleTheFilesWithBoundedMemory) {
-  // One KiB of progress rearms the idle cut (--stream_idle_timeout_seconds): one-byte
-  // chunks are slow progress, but progress, on any machine.
-  StartServer({"--stream_min_progress_kib=1"});
+  // One KiB of progress within ten minutes keeps the stream from the idle cut
+  // (--stream_idle_timeout_seconds, --stream_min_progress_kib): one-byte chunks are slow
+  // progress, but progress, on any machine.
+  StartServer({"--stream_min_progress_kib=1", "--stream_idle_timeout_seconds=600"});
   // A full-size phantom study (about 0.5 to 1.5 MB), one byte per chunk with an empty
   // chunk after each: over a million messages.
   const PhantomSubject subject = GeneratePhantomSubject(137, 0, PhantomOptions{});
@@ -552,7 +551,9 @@ TEST_F(HostileClientsTest, FileNamesWithPathSeparatorsOrNulAreOnlyLabels) {
     EXPECT_LE(echoed.size(), 256u);
     EXPECT_TRUE(absl::StartsWith(sent, echoed));
     EXPECT_EQ(echoed, sent.substr(0, std::min<size_t>(sent.size(), echoed.size())));
-    if (sent.size() <= 256) EXPECT_EQ(echoed, sent);
+    if (sent.size() <= 256) {
+      EXPECT_EQ(echoed, sent);
+    }
   }
   EXPECT_EQ(response.results(3).file_name().size(), 256u - 1);  // the é at 255..256 dropped
   EXPECT_EQ(response.results(2).file_name(), names[2]);         // NUL kept
@@ -653,28 +654,13 @@ AssociationOutcome Associate(int port, const std::string& calling, const std::st
   return out;
 }
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 TEST_F(HostileClientsTest, ACStoreFromAnAeThatLiesAboutItsTitleIsRejectedAtAssociation) {
   // ORTHANC is a peer at 127.0.0.2; this test connects from 127.0.0.1, where only
   // MODALITY may associate. Whoever says "ORTHANC" here lies. The liars are refused before
   // they take one of the node's association slots (maxAssociations, 8 by default): when
   // they did, a few hundred refusals in a row on a loaded machine turned into transient
   // "local limit exceeded" rejections, which an honest peer would get too.
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   ASSERT_GT(port, 0);
   const std::string config = dir_.path() + "/node.json";
   std::ofstream(config) << absl::StrCat(R"({
