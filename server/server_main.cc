@@ -44,6 +44,7 @@
 #include "server/health_endpoint.h"
 #include "server/log_bridges.h"
 #include "server/job_runner.h"
+#include "server/flag_help.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/segmentation_engine.h"
@@ -366,40 +367,6 @@ int HashToken() {
   return 0;
 }
 
-// The flags of this file (the lead's and every later one) are miseg-server's own; Abseil's
-// (--flagfile, --fromenv, ...) are listed by --helpfull only.
-bool IsOwnFlagFile(absl::string_view file) { return absl::EndsWith(file, "server_main.cc"); }
-
-// Abseil 20220623 exits 1 after --help; ours prints the same list and exits 0, as --help
-// does in every other command.
-bool AsksForHelp(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-help" || arg == "--helpshort" || arg == "-helpshort") {
-      return true;
-    }
-  }
-  return false;
-}
-
-void PrintHelp() {
-  std::vector<const absl::CommandLineFlag*> own;
-  for (const auto& [name, flag] : absl::GetAllFlags()) {
-    if (IsOwnFlagFile(flag->Filename())) own.push_back(flag);
-  }
-  std::sort(own.begin(), own.end(), [](const absl::CommandLineFlag* a,
-                                       const absl::CommandLineFlag* b) {
-    return a->Name() < b->Name();
-  });
-  std::cout << absl::ProgramUsageMessage() << "\n\nFlags (--helpfull adds Abseil's own):\n";
-  for (const absl::CommandLineFlag* flag : own) {
-    const std::string value = flag->DefaultValue();
-    std::cout << "  --" << flag->Name() << " (default: "
-              << (flag->IsOfType<std::string>() ? absl::StrCat("\"", value, "\"") : value)
-              << ")\n      " << flag->Help() << "\n";
-  }
-}
-
 }  // namespace
 }  // namespace miseg
 
@@ -418,13 +385,8 @@ int main(int argc, char** argv) {
       "server\n"
       "  miseg-server restore --from=BACKUP_DIR --data_dir=DIR   into an empty directory, no "
       "server running");
-  absl::FlagsUsageConfig usage;
-  usage.contains_helpshort_flags = miseg::IsOwnFlagFile;
-  usage.contains_help_flags = miseg::IsOwnFlagFile;
-  usage.version_string = [] { return absl::StrCat("miseg-server ", miseg::kVersion, "\n"); };
-  absl::SetFlagsUsageConfig(usage);
-  if (miseg::AsksForHelp(argc, argv)) {
-    miseg::PrintHelp();
+  if (miseg::HandleHelp(argc, argv, "server_main.cc",
+                        absl::StrCat("miseg-server ", miseg::kVersion, "\n"))) {
     return 0;
   }
   absl::ParseCommandLine(argc, argv);

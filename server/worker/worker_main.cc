@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "server/flag_help.h"
 #include "server/log.h"
 #include "server/log_bridges.h"
 #include "server/rank/rank_runner.h"
@@ -218,36 +219,6 @@ int Run() {
   return 0;
 }
 
-bool IsOwnFlagFile(absl::string_view file) { return absl::EndsWith(file, "worker_main.cc"); }
-
-bool AsksForHelp(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-help" || arg == "--helpshort" || arg == "-helpshort") {
-      return true;
-    }
-  }
-  return false;
-}
-
-void PrintHelp() {
-  std::vector<const absl::CommandLineFlag*> own;
-  for (const auto& [name, flag] : absl::GetAllFlags()) {
-    if (IsOwnFlagFile(flag->Filename())) own.push_back(flag);
-  }
-  std::sort(own.begin(), own.end(), [](const absl::CommandLineFlag* a,
-                                       const absl::CommandLineFlag* b) {
-    return a->Name() < b->Name();
-  });
-  std::cout << absl::ProgramUsageMessage() << "\n\nFlags (--helpfull adds Abseil's own):\n";
-  for (const absl::CommandLineFlag* flag : own) {
-    const std::string value = flag->DefaultValue();
-    std::cout << "  --" << flag->Name() << " (default: "
-              << (flag->IsOfType<std::string>() ? absl::StrCat("\"", value, "\"") : value)
-              << ")\n      " << flag->Help() << "\n";
-  }
-}
-
 // The CLI's spelling --tls-ca (a name Abseil flags cannot have) as --tls_ca.
 void AcceptCliSpellings(int argc, char** argv, std::vector<std::string>* storage) {
   storage->reserve(argc);
@@ -274,13 +245,8 @@ int main(int argc, char** argv) {
       "miseg-worker --coordinator=HOST:PORT [flags]: trains ranks of miseg-server's jobs on "
       "this machine's devices.\n"
       "  The token (--token_file or MISEG_TOKEN) needs role worker on the coordinator.");
-  absl::FlagsUsageConfig usage;
-  usage.contains_helpshort_flags = miseg::IsOwnFlagFile;
-  usage.contains_help_flags = miseg::IsOwnFlagFile;
-  usage.version_string = [] { return absl::StrCat("miseg-worker ", miseg::kVersion, "\n"); };
-  absl::SetFlagsUsageConfig(usage);
-  if (miseg::AsksForHelp(argc, argv)) {
-    miseg::PrintHelp();
+  if (miseg::HandleHelp(argc, argv, "worker_main.cc",
+                        absl::StrCat("miseg-worker ", miseg::kVersion, "\n"))) {
     return 0;
   }
   std::vector<std::string> storage;
