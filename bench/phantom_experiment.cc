@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,15 @@
 ABSL_FLAG(std::string, labeled_counts, "4", "labeled training subjects, comma separated");
 ABSL_FLAG(int, train_subjects, 44, "training subjects: the first k labeled, the rest unlabeled");
 ABSL_FLAG(int, heldout, 20, "held-out test subjects");
+ABSL_FLAG(int, validation, 0,
+          "validation subjects (after the pool, before the held-out ones): the only data "
+          "--search scores on");
+ABSL_FLAG(std::string, search, "",
+          "hyperparameters searched per objective on the validation subjects, e.g. "
+          "'w_mi=0.03,0.1,0.3;w_cons=1,5,20;w_entropy=0.01,0.1;ema_decay=0.99,0.999': each "
+          "objective tries every combination of the ones it uses, the rest at their flags");
+ABSL_FLAG(int, search_labeled, 4, "labeled subjects during the search");
+ABSL_FLAG(uint64_t, search_seed, 1000, "training seed of the search runs (not an evaluation seed)");
 ABSL_FLAG(std::string, seeds, "1,2,3", "training seeds, comma separated");
 ABSL_FLAG(std::string, objectives, "labeled_only,mi",
           "objectives: mi (the method), labeled_only, entropy, mean_teacher, consistency_only, "
@@ -106,7 +116,27 @@ std::optional<std::vector<T>> ParseList(const std::string& text) {
   return out;
 }
 
-TrainerConfig ConfigFor(const std::string& objective, uint64_t seed) {
+// Hyperparameter values by name (w_mi, w_cons, w_entropy, ema_decay); a name not set keeps
+// its flag's value.
+using Setting = std::map<std::string, double>;
+
+std::string SettingName(const Setting& setting) {
+  return absl::StrJoin(setting, ",", [](std::string* out, const auto& kv) {
+    absl::StrAppend(out, kv.first, "=", absl::StrFormat("%g", kv.second));
+  });
+}
+
+// The hyperparameters each objective's loss actually reads.
+std::vector<std::string> HyperparametersOf(const std::string& objective) {
+  if (objective == "mi") return {"w_cons", "w_mi"};
+  if (objective == "mi_only") return {"w_mi"};
+  if (objective == "consistency_only") return {"w_cons"};
+  if (objective == "mean_teacher") return {"ema_decay", "w_cons"};
+  if (objective == "entropy") return {"w_entropy"};
+  return {};
+}
+
+TrainerConfig ConfigFor(const std::string& objective, uint64_t seed, const Setting& setting) {
   TrainerConfig c;
   c.model.widths = *ParseList<int64_t>(absl::GetFlag(FLAGS_widths));
   c.model.grid_size = absl::GetFlag(FLAGS_size);
@@ -122,29 +152,47 @@ TrainerConfig ConfigFor(const std::string& objective, uint64_t seed) {
   c.seed = seed;
   c.validate_every = 0;
   c.log_every = absl::GetFlag(FLAGS_log_every);
-  c.w_mi = absl::GetFlag(FLAGS_w_mi);
-  c.w_cons = absl::GetFlag(FLAGS_w_cons);
-  c.w_entropy = absl::GetFlag(FLAGS_w_entropy);
-  c.ema_decay = absl::GetFlag(FLAGS_ema_decay);
+  const auto value = [&](const char* name, double flag) {
+    auto it = setting.find(name);
+    return it == setting.end() ? flag : it->second;
+  };
+  c.w_mi = value("w_mi", absl::GetFlag(FLAGS_w_mi));
+  c.w_cons = value("w_cons", absl::GetFlag(FLAGS_w_cons));
+  c.w_entropy = value("w_entropy", absl::GetFlag(FLAGS_w_entropy));
+  c.ema_decay = value("ema_decay", absl::GetFlag(FLAGS_ema_decay));
   c.objective = objective == kAllLabeled ? Objective::kLabeledOnly : *ParseObjective(objective);
   return c;
 }
 
-// Trains one run and scores it on the held-out subjects.
-absl::StatusOr<std::vector<double>> TrainAndScore(const RunKey& key,
+// Mean Dice per foreground class of `segmenter` over `subjects`.
+absl::StatusOr<std::vector<double>> ScoreOn(Segmenter& segmenter,
+                                            const std::vector<Subject>& subjects) {
+  std::vector<double> mean_per_class(PhantomClassNames().size() - 1, 0.0);
+  for (const Subject& s : subjects) {
+    auto predicted = segmenter.Segment(s.image);
+    if (!predicted.ok()) return predicted.status();
+    auto dice = DicePerClass(*predicted, s.labels, static_cast<int64_t>(PhantomClassNames().size()));
+    if (!dice.ok()) return dice.status();
+    for (size_t k = 0; k < dice->size(); ++k) mean_per_class[k] += (*dice)[k] / subjects.size();
+  }
+  return mean_per_class;
+}
+
+// Trains on the pool (its first `labeled` subjects labeled) and scores on `scored`: the
+// held-out subjects for the table, the validation subjects for the search.
+absl::StatusOr<std::vector<double>> TrainAndScore(const TrainerConfig& c, int labeled,
+                                                  const std::string& tag,
                                                   const std::vector<Subject>& pool,
-                                                  const std::vector<Subject>& heldout) {
-  const TrainerConfig c = ConfigFor(key.objective, key.seed);
+                                                  const std::vector<Subject>& scored) {
   TrainingData data;
   for (size_t i = 0; i < pool.size(); ++i) {
-    const bool labeled = static_cast<int>(i) < key.labeled;
+    const bool is_labeled = static_cast<int>(i) < labeled;
     TrainingVolume v{pool[i].id, pool[i].image, std::nullopt};
-    if (labeled) v.labels = pool[i].labels;
-    (labeled ? data.labeled : data.unlabeled).push_back(std::move(v));
+    if (is_labeled) v.labels = pool[i].labels;
+    (is_labeled ? data.labeled : data.unlabeled).push_back(std::move(v));
   }
   absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(c, data);
   if (!trainer.ok()) return trainer.status();
-  const std::string tag = absl::StrCat(key.objective, " k=", key.labeled, " seed ", key.seed);
   absl::StatusOr<RunOutcome> outcome = (*trainer)->Run({[&](const StepMetrics& m) {
     std::fprintf(stderr, "[%s] step %lld/%lld sup %.4f cons %.5f mi %.4f ent %.4f %.2f steps/s\n",
                  tag.c_str(), static_cast<long long>(m.step), static_cast<long long>(m.total_steps),
@@ -156,15 +204,7 @@ absl::StatusOr<std::vector<double>> TrainAndScore(const RunKey& key,
   absl::StatusOr<std::unique_ptr<Segmenter>> segmenter = Segmenter::Load(model, {c.device, 16, false});
   std::remove(model.c_str());
   if (!segmenter.ok()) return segmenter.status();
-  std::vector<double> mean_per_class(PhantomClassNames().size() - 1, 0.0);
-  for (const Subject& s : heldout) {
-    auto predicted = (*segmenter)->Segment(s.image);
-    if (!predicted.ok()) return predicted.status();
-    auto dice = DicePerClass(*predicted, s.labels, static_cast<int64_t>(PhantomClassNames().size()));
-    if (!dice.ok()) return dice.status();
-    for (size_t k = 0; k < dice->size(); ++k) mean_per_class[k] += (*dice)[k] / heldout.size();
-  }
-  return mean_per_class;
+  return ScoreOn(**segmenter, scored);
 }
 
 // --results lines: "objective<TAB>labeled<TAB>seed<TAB>dice1,dice2,...".
@@ -285,52 +325,180 @@ void Plot(const Results& results, const std::vector<int>& counts,
 #endif
 }
 
-int Main() {
+using SearchSpace = std::map<std::string, std::vector<double>>;
+
+absl::StatusOr<SearchSpace> ParseSearch(const std::string& text) {
+  SearchSpace space;
+  for (absl::string_view part : absl::StrSplit(text, ';', absl::SkipEmpty())) {
+    const std::vector<std::string> name_values = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    const std::set<std::string> known = {"w_mi", "w_cons", "w_entropy", "ema_decay"};
+    if (name_values.size() != 2 || !known.count(name_values[0])) {
+      return absl::InvalidArgumentError(absl::StrCat("--search: bad part '", part, "'"));
+    }
+    for (absl::string_view v : absl::StrSplit(name_values[1], ',', absl::SkipEmpty())) {
+      double value;
+      if (!absl::SimpleAtod(v, &value)) {
+        return absl::InvalidArgumentError(absl::StrCat("--search: bad value '", v, "'"));
+      }
+      space[name_values[0]].push_back(value);
+    }
+  }
+  return space;
+}
+
+// Every combination of the searched values of the hyperparameters `objective` uses.
+std::vector<Setting> CandidatesFor(const std::string& objective, const SearchSpace& space) {
+  std::vector<Setting> candidates = {{}};
+  for (const std::string& name : HyperparametersOf(objective)) {
+    auto it = space.find(name);
+    if (it == space.end()) continue;
+    std::vector<Setting> extended;
+    for (const Setting& base : candidates) {
+      for (double value : it->second) {
+        Setting s = base;
+        s[name] = value;
+        extended.push_back(std::move(s));
+      }
+    }
+    candidates = std::move(extended);
+  }
+  return candidates;
+}
+
+// Runs `key` unless the results file has it; false (after printing why) on an error.
+bool EnsureRun(const RunKey& key, const TrainerConfig& config, int labeled,
+               const std::vector<Subject>& pool, const std::vector<Subject>& scored,
+               const std::string& results_path, Results& results, absl::Time started) {
+  if (results.count(key)) return true;
+  const std::string tag = absl::StrCat(key.objective, " k=", key.labeled, " seed ", key.seed);
+  absl::StatusOr<std::vector<double>> dice = TrainAndScore(config, labeled, tag, pool, scored);
+  if (!dice.ok()) {
+    std::cerr << dice.status() << "\n";
+    return false;
+  }
+  results[key] = *dice;
+  AppendResult(results_path, key, *dice);
+  std::fprintf(stderr, "[%s] mean Dice %.3f (%.1f min so far)\n", tag.c_str(), MeanOf(*dice),
+               absl::ToDoubleMinutes(absl::Now() - started));
+  return true;
+}
+
+// The search: for each objective, every candidate trained once (--search_seed, at
+// --search_labeled) and scored on the validation subjects only; the best mean Dice wins (the
+// first on a tie, so the choice is reproducible). Held-out subjects play no part.
+std::optional<std::map<std::string, Setting>> Search(
+    const std::vector<std::string>& objectives, const SearchSpace& space,
+    const std::vector<Subject>& pool, const std::vector<Subject>& validation,
+    const std::string& results_path, Results& results, absl::Time started) {
+  std::map<std::string, Setting> chosen;
+  const int labeled = absl::GetFlag(FLAGS_search_labeled);
+  const uint64_t seed = absl::GetFlag(FLAGS_search_seed);
+  bool printed_header = false;
+  for (const std::string& objective : objectives) {
+    const std::vector<Setting> candidates = CandidatesFor(objective, space);
+    if (candidates.size() < 2) continue;
+    double best = -1;
+    for (const Setting& setting : candidates) {
+      const RunKey key{absl::StrCat("search:", objective, ":", SettingName(setting)), labeled, seed};
+      if (!EnsureRun(key, ConfigFor(objective, seed, setting), labeled, pool, validation,
+                     results_path, results, started)) {
+        return std::nullopt;
+      }
+      const double dice = MeanOf(results[key]);
+      if (!printed_header) {
+        std::printf("Search on %zu validation subjects (%d labeled, seed %llu):\n\n"
+                    "| objective | setting | validation mean Dice |\n|---|---|---|\n",
+                    validation.size(), labeled, static_cast<unsigned long long>(seed));
+        printed_header = true;
+      }
+      std::printf("| %s | %s | %.3f |\n", objective.c_str(), SettingName(setting).c_str(), dice);
+      if (dice > best) {
+        best = dice;
+        chosen[objective] = setting;
+      }
+    }
+  }
+  for (const auto& [objective, setting] : chosen) {
+    std::printf("chosen for %s: %s\n", objective.c_str(), SettingName(setting).c_str());
+  }
+  return chosen;
+}
+
+struct Plan {
+  std::vector<int> counts;
+  std::vector<uint64_t> seeds;
+  std::vector<std::string> objectives;
+  SearchSpace space;
+};
+
+std::optional<Plan> ReadPlan() {
+  Plan plan;
   const auto counts = ParseList<int>(absl::GetFlag(FLAGS_labeled_counts));
   const auto seeds = ParseList<uint64_t>(absl::GetFlag(FLAGS_seeds));
   if (!counts || !seeds || !ParseList<int64_t>(absl::GetFlag(FLAGS_widths))) {
     std::cerr << "bad --labeled_counts, --seeds or --widths\n";
-    return 2;
+    return std::nullopt;
   }
-  const std::vector<std::string> objectives = absl::StrSplit(absl::GetFlag(FLAGS_objectives), ',');
-  for (const std::string& o : objectives) {
+  plan.counts = *counts;
+  plan.seeds = *seeds;
+  plan.objectives = absl::StrSplit(absl::GetFlag(FLAGS_objectives), ',');
+  for (const std::string& o : plan.objectives) {
     if (!ParseObjective(o).ok()) {
       std::cerr << "unknown objective '" << o << "'\n";
-      return 2;
+      return std::nullopt;
     }
   }
+  absl::StatusOr<SearchSpace> space = ParseSearch(absl::GetFlag(FLAGS_search));
+  if (!space.ok()) {
+    std::cerr << space.status().message() << "\n";
+    return std::nullopt;
+  }
+  if (!space->empty() && absl::GetFlag(FLAGS_validation) <= 0) {
+    std::cerr << "--search scores on validation subjects: give --validation\n";
+    return std::nullopt;
+  }
+  plan.space = *std::move(space);
+  return plan;
+}
+
+int Main() {
+  const std::optional<Plan> plan = ReadPlan();
+  if (!plan) return 2;
   const int pool_size = absl::GetFlag(FLAGS_train_subjects);
+  const int validation_size = absl::GetFlag(FLAGS_validation);
   const std::vector<Subject> pool = MakeSubjects(0, pool_size);
-  const std::vector<Subject> heldout = MakeSubjects(pool_size, absl::GetFlag(FLAGS_heldout));
+  const std::vector<Subject> validation = MakeSubjects(pool_size, validation_size);
+  const std::vector<Subject> heldout =
+      MakeSubjects(pool_size + validation_size, absl::GetFlag(FLAGS_heldout));
   const std::string results_path = absl::GetFlag(FLAGS_results);
   Results results = ReadResults(results_path);
-  std::vector<RunKey> grid;
-  for (uint64_t seed : *seeds) {
-    if (absl::GetFlag(FLAGS_all_labeled)) grid.push_back({kAllLabeled, pool_size, seed});
-    for (int k : *counts) {
-      for (const std::string& o : objectives) grid.push_back({o, k, seed});
-    }
-  }
   const absl::Time started = absl::Now();
-  for (const RunKey& key : grid) {
-    if (results.count(key)) continue;
-    absl::StatusOr<std::vector<double>> dice = TrainAndScore(key, pool, heldout);
-    if (!dice.ok()) {
-      std::cerr << dice.status() << "\n";
-      return 1;
+  const std::optional<std::map<std::string, Setting>> chosen =
+      Search(plan->objectives, plan->space, pool, validation, results_path, results, started);
+  if (!chosen) return 1;
+  for (uint64_t seed : plan->seeds) {
+    std::vector<RunKey> runs;
+    if (absl::GetFlag(FLAGS_all_labeled)) runs.push_back({kAllLabeled, pool_size, seed});
+    for (int k : plan->counts) {
+      for (const std::string& o : plan->objectives) runs.push_back({o, k, seed});
     }
-    results[key] = *dice;
-    AppendResult(results_path, key, *dice);
-    std::fprintf(stderr, "[%s k=%d seed %llu] held-out mean Dice %.3f (%.1f min so far)\n",
-                 key.objective.c_str(), key.labeled, static_cast<unsigned long long>(key.seed),
-                 MeanOf(*dice), absl::ToDoubleMinutes(absl::Now() - started));
+    for (const RunKey& key : runs) {
+      auto setting = chosen->find(key.objective);
+      const TrainerConfig config =
+          ConfigFor(key.objective, seed, setting == chosen->end() ? Setting{} : setting->second);
+      if (!EnsureRun(key, config, key.labeled, pool, heldout, results_path, results, started)) {
+        return 1;
+      }
+    }
   }
   std::printf("\nHeld-out 3D Dice (mean +- sd over seeds; %d training subjects, %d held out; "
               "%lld steps, grid %lld)\n\n", pool_size, absl::GetFlag(FLAGS_heldout),
               static_cast<long long>(absl::GetFlag(FLAGS_steps)),
               static_cast<long long>(absl::GetFlag(FLAGS_size)));
-  PrintTable(results, *counts, objectives, pool_size);
-  if (!absl::GetFlag(FLAGS_plot).empty()) Plot(results, *counts, objectives, absl::GetFlag(FLAGS_plot));
+  PrintTable(results, plan->counts, plan->objectives, pool_size);
+  if (!absl::GetFlag(FLAGS_plot).empty()) {
+    Plot(results, plan->counts, plan->objectives, absl::GetFlag(FLAGS_plot));
+  }
   std::printf("\nwall time %.1f min\n", absl::ToDoubleMinutes(absl::Now() - started));
   return 0;
 }

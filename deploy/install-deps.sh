@@ -27,6 +27,8 @@ build_packages=(
   # server, client, DICOM
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev libdcmtk-dev
   prometheus-cpp-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev zlib1g-dev
+  # JPEG 2000 decoding in core/dicom
+  libopenjp2-7-dev
 )
 packages=("${build_packages[@]}")
 if [[ $mode == all ]]; then
@@ -39,6 +41,8 @@ if [[ $mode == all ]]; then
     python3-protobuf python3-numpy python3-pandas python3-matplotlib python3-tqdm python3-venv
     python3-setuptools python3-wheel python3-pytest mypy mypy-protobuf jupyter-nbconvert
     python3-nbformat python3-ipykernel
+    # PyTorch eager reference (bench/reference) and exported-model tests; JPEG 2000 tools
+    python3-torch libopenjp2-tools
     # the CLI on a real terminal (tests/client/cli_screen_e2e_test.py)
     tmux
     # containers (deploy/container, deploy/compose and their tests): podman with runc
