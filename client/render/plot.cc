@@ -207,43 +207,34 @@ void DrawSeries(RgbImage& image, const PanelLayout& p, const Series& series, Rgb
   }
 }
 
-}  // namespace
+// Sizes that follow from the text scale, the same for every panel.
+struct Bands {
+  int s = 1, char_height = 0, pad = 0, tick_length = 0;
+  int title = 0, panel_title = 0, x_label = 0, plot_height = 0;
+  int64_t total_height = 0;
+};
 
-Rgb SeriesColor(int index) {
-  const size_t n = kPalette.size();
-  return kPalette[((index % static_cast<int>(n)) + n) % n];
-}
-
-std::vector<double> NiceTicks(double low, double high, int target_count) {
-  if (!std::isfinite(low) || !std::isfinite(high) || !(high > low) || !std::isfinite(high - low)) {
-    return {};
-  }
-  return TicksWithStep(low, high, NiceStep((high - low) / std::max(1, target_count - 1)));
-}
-
-absl::StatusOr<RgbImage> RenderPlot(const PlotSpec& spec) {
-  if (absl::Status status = Validate(spec); !status.ok()) return status;
-  const int s = spec.text_scale;
-  const int char_height = kGlyphHeight * s;
-  const int pad = 6 * s;
-  const int tick_length = 3 * s;
-
+Bands BandsFor(const PlotSpec& spec) {
+  Bands b;
+  b.s = spec.text_scale;
+  b.char_height = kGlyphHeight * b.s;
+  b.pad = 6 * b.s;
+  b.tick_length = 3 * b.s;
   // Vertical bands: title, then per panel (panel title, plot, x tick labels), then x label.
-  const int title_band = spec.title.empty() ? pad : TextHeight(spec.title, s + 1) + 2 * pad;
-  const int panel_title_band = char_height + 2 * pad;
-  const int x_ticks_band = tick_length + 2 * s + char_height + pad;
-  const int x_label_band = spec.x_label.empty() ? pad : char_height + 2 * pad;
-  const int plot_height = spec.panel_height - panel_title_band - x_ticks_band;
-  const int64_t total_height = static_cast<int64_t>(title_band) +
-                               static_cast<int64_t>(spec.panels.size()) * spec.panel_height +
-                               x_label_band;
-  if (total_height > kMaxImageSide) {
-    return absl::InvalidArgumentError(absl::StrCat("RenderPlot: ", spec.panels.size(),
-                                                   " panels make the image ", total_height,
-                                                   " pixels tall, over ", kMaxImageSide));
-  }
+  b.title = spec.title.empty() ? b.pad : TextHeight(spec.title, b.s + 1) + 2 * b.pad;
+  b.panel_title = b.char_height + 2 * b.pad;
+  const int x_ticks_band = b.tick_length + 2 * b.s + b.char_height + b.pad;
+  b.x_label = spec.x_label.empty() ? b.pad : b.char_height + 2 * b.pad;
+  b.plot_height = spec.panel_height - b.panel_title - x_ticks_band;
+  b.total_height = static_cast<int64_t>(b.title) +
+                   static_cast<int64_t>(spec.panels.size()) * spec.panel_height + b.x_label;
+  return b;
+}
 
-  // Ranges and ticks first: the left margin depends on the widest y tick label.
+// Ranges and y ticks per panel; also the widest y tick label and legend name, which the
+// left and right margins depend on.
+std::vector<PanelLayout> RangesAndTicks(const PlotSpec& spec, const Bands& b, int* widest_y_label,
+                                        int* widest_legend) {
   std::vector<PanelLayout> layouts(spec.panels.size());
   std::optional<Range> shared_x;
   for (const PlotPanel& panel : spec.panels) {
@@ -253,9 +244,7 @@ absl::StatusOr<RgbImage> RenderPlot(const PlotSpec& spec) {
                           : extent->x;
     }
   }
-  const int target_y_ticks = std::clamp(plot_height / (22 * s), 2, 10);
-  int widest_y_label = 0;
-  int widest_legend = 0;
+  const int target_y_ticks = std::clamp(b.plot_height / (22 * b.s), 2, 10);
   for (size_t i = 0; i < spec.panels.size(); ++i) {
     const PlotPanel& panel = spec.panels[i];
     PanelLayout& p = layouts[i];
@@ -272,101 +261,136 @@ absl::StatusOr<RgbImage> RenderPlot(const PlotSpec& spec) {
     p.y_step = NiceStep((p.y.high - p.y.low) / std::max(1, target_y_ticks - 1));
     p.y_ticks = TicksWithStep(p.y.low, p.y.high, p.y_step);
     for (double tick : p.y_ticks) {
-      widest_y_label = std::max(widest_y_label, TextWidth(TickLabel(tick, p.y_step), s));
+      *widest_y_label = std::max(*widest_y_label, TextWidth(TickLabel(tick, p.y_step), b.s));
     }
     for (const Series& series : panel.series) {
-      widest_legend = std::max(widest_legend, TextWidth(series.name, s));
+      *widest_legend = std::max(*widest_legend, TextWidth(series.name, b.s));
     }
   }
+  return layouts;
+}
+
+// Grid and ticks with their labels, under the curves.
+void DrawGridAndTicks(RgbImage& image, const PanelLayout& p, const Bands& b) {
+  const int s = b.s;
+  const int plot_right = p.plot_left + p.plot_width - 1;
+  const int plot_bottom = p.plot_top + p.plot_height - 1;
+  for (double tick : p.x_ticks) {
+    const int x = p.plot_left + static_cast<int>(std::lround((tick - p.x.low) / (p.x.high - p.x.low) *
+                                                            (p.plot_width - 1)));
+    DrawLine(image, x, p.plot_top, x, plot_bottom, kGrid);
+    DrawLine(image, x, plot_bottom + 1, x, plot_bottom + b.tick_length, kFrame);
+    const std::string label = TickLabel(tick, p.x_step);
+    DrawText(image, x - TextWidth(label, s) / 2, plot_bottom + b.tick_length + 2 * s, label, kInk,
+             s);
+  }
+  for (double tick : p.y_ticks) {
+    const int y = p.plot_top + static_cast<int>(std::lround((p.y.high - tick) / (p.y.high - p.y.low) *
+                                                           (p.plot_height - 1)));
+    DrawLine(image, p.plot_left, y, plot_right, y, kGrid);
+    DrawLine(image, p.plot_left - b.tick_length, y, p.plot_left - 1, y, kFrame);
+    const std::string label = TickLabel(tick, p.y_step);
+    DrawText(image, p.plot_left - b.tick_length - 2 * s - TextWidth(label, s),
+             y - b.char_height / 2, label, kInk, s);
+  }
+}
+
+// A coloured dash and the name per series, top-down beside the plot.
+void DrawLegend(RgbImage& image, const PlotPanel& panel, const PanelLayout& p, const Bands& b) {
+  const int legend_swatch = 2 * kCharAdvance * b.s;
+  const int plot_right = p.plot_left + p.plot_width - 1;
+  int legend_y = p.plot_top;
+  for (size_t k = 0; k < panel.series.size(); ++k) {
+    const Series& series = panel.series[k];
+    if (series.name.empty()) continue;  // unnamed: a curve without an entry
+    const int x = plot_right + 1 + b.pad;
+    FillRect(image, x, legend_y + b.char_height / 2 - b.s, legend_swatch, 2 * b.s,
+             series.color.value_or(SeriesColor(static_cast<int>(k))));
+    DrawText(image, x + legend_swatch + 2 * b.s, legend_y, series.name, kInk, b.s);
+    legend_y += b.char_height + 2 * b.pad / 3;
+  }
+}
+
+void DrawPanel(RgbImage& image, const PlotPanel& panel, const PanelLayout& p, const Bands& b) {
+  const int s = b.s;
+  DrawGridAndTicks(image, p, b);
+  for (size_t k = 0; k < panel.series.size(); ++k) {
+    const Series& series = panel.series[k];
+    DrawSeries(image, p, series, series.color.value_or(SeriesColor(static_cast<int>(k))));
+  }
+  if (!p.has_data) {
+    const std::string message = "no data";
+    DrawText(image, p.plot_left + (p.plot_width - TextWidth(message, s)) / 2,
+             p.plot_top + (p.plot_height - b.char_height) / 2, message, kMuted, s);
+  }
+  // The frame over the curves.
+  DrawRect(image, p.plot_left - 1, p.plot_top - 1, p.plot_width + 2, p.plot_height + 2, kFrame);
+  DrawText(image, p.plot_left, p.top + b.pad, panel.title, kInk, s);
+  if (!panel.y_label.empty()) {
+    DrawTextVertical(image, b.pad, p.plot_top + (p.plot_height - TextWidth(panel.y_label, s)) / 2,
+                     panel.y_label, kInk, s);
+  }
+  DrawLegend(image, panel, p, b);
+}
+
+}  // namespace
+
+Rgb SeriesColor(int index) {
+  const size_t n = kPalette.size();
+  return kPalette[((index % static_cast<int>(n)) + n) % n];
+}
+
+std::vector<double> NiceTicks(double low, double high, int target_count) {
+  if (!std::isfinite(low) || !std::isfinite(high) || !(high > low) || !std::isfinite(high - low)) {
+    return {};
+  }
+  return TicksWithStep(low, high, NiceStep((high - low) / std::max(1, target_count - 1)));
+}
+
+absl::StatusOr<RgbImage> RenderPlot(const PlotSpec& spec) {
+  if (absl::Status status = Validate(spec); !status.ok()) return status;
+  const Bands b = BandsFor(spec);
+  const int s = b.s;
+  if (b.total_height > kMaxImageSide) {
+    return absl::InvalidArgumentError(absl::StrCat("RenderPlot: ", spec.panels.size(),
+                                                   " panels make the image ", b.total_height,
+                                                   " pixels tall, over ", kMaxImageSide));
+  }
+  int widest_y_label = 0;
+  int widest_legend = 0;
+  std::vector<PanelLayout> layouts = RangesAndTicks(spec, b, &widest_y_label, &widest_legend);
 
   // Horizontal bands: y label, y tick labels, plot, legend (names capped to a third).
   const int legend_swatch = 2 * kCharAdvance * s;
-  const int left = pad + char_height + pad + widest_y_label + 2 * s + tick_length;
+  const int left = b.pad + b.char_height + b.pad + widest_y_label + 2 * s + b.tick_length;
   const int right = widest_legend > 0
-                        ? std::min(2 * pad + legend_swatch + 2 * s + widest_legend, spec.width / 3)
-                        : 2 * pad;
+                        ? std::min(2 * b.pad + legend_swatch + 2 * s + widest_legend, spec.width / 3)
+                        : 2 * b.pad;
   const int plot_width = spec.width - left - right;
-  if (plot_width < 40 || plot_height < 40) {
+  if (plot_width < 40 || b.plot_height < 40) {
     return absl::InvalidArgumentError(
         absl::StrCat("RenderPlot: ", spec.width, "x", spec.panel_height, " panels leave a ",
-                     plot_width, "x", plot_height, " plot area next to their labels"));
+                     plot_width, "x", b.plot_height, " plot area next to their labels"));
   }
   const int target_x_ticks = std::clamp(plot_width / (12 * kCharAdvance * s), 2, 10);
 
-  RgbImage image(spec.width, static_cast<int>(total_height), kWhite);
+  RgbImage image(spec.width, static_cast<int>(b.total_height), kWhite);
   if (!spec.title.empty()) {
-    DrawText(image, (spec.width - TextWidth(spec.title, s + 1)) / 2, pad, spec.title, kInk, s + 1);
+    DrawText(image, (spec.width - TextWidth(spec.title, s + 1)) / 2, b.pad, spec.title, kInk, s + 1);
   }
-
   for (size_t i = 0; i < spec.panels.size(); ++i) {
-    const PlotPanel& panel = spec.panels[i];
     PanelLayout& p = layouts[i];
-    p.top = title_band + static_cast<int>(i) * spec.panel_height;
+    p.top = b.title + static_cast<int>(i) * spec.panel_height;
     p.plot_left = left;
-    p.plot_top = p.top + panel_title_band;
+    p.plot_top = p.top + b.panel_title;
     p.plot_width = plot_width;
-    p.plot_height = plot_height;
+    p.plot_height = b.plot_height;
     p.x_step = NiceStep((p.x.high - p.x.low) / std::max(1, target_x_ticks - 1));
     p.x_ticks = TicksWithStep(p.x.low, p.x.high, p.x_step);
-    const int plot_right = p.plot_left + p.plot_width - 1;
-    const int plot_bottom = p.plot_top + p.plot_height - 1;
-    auto x_pixel = [&](double x) {
-      return p.plot_left + static_cast<int>(std::lround((x - p.x.low) / (p.x.high - p.x.low) *
-                                                        (p.plot_width - 1)));
-    };
-    auto y_pixel = [&](double y) {
-      return p.plot_top + static_cast<int>(std::lround((p.y.high - y) / (p.y.high - p.y.low) *
-                                                       (p.plot_height - 1)));
-    };
-
-    // Grid and ticks under the curves, frame over them.
-    for (double tick : p.x_ticks) {
-      const int x = x_pixel(tick);
-      DrawLine(image, x, p.plot_top, x, plot_bottom, kGrid);
-      DrawLine(image, x, plot_bottom + 1, x, plot_bottom + tick_length, kFrame);
-      const std::string label = TickLabel(tick, p.x_step);
-      DrawText(image, x - TextWidth(label, s) / 2, plot_bottom + tick_length + 2 * s, label, kInk,
-               s);
-    }
-    for (double tick : p.y_ticks) {
-      const int y = y_pixel(tick);
-      DrawLine(image, p.plot_left, y, plot_right, y, kGrid);
-      DrawLine(image, p.plot_left - tick_length, y, p.plot_left - 1, y, kFrame);
-      const std::string label = TickLabel(tick, p.y_step);
-      DrawText(image, p.plot_left - tick_length - 2 * s - TextWidth(label, s), y - char_height / 2,
-               label, kInk, s);
-    }
-    for (size_t k = 0; k < panel.series.size(); ++k) {
-      const Series& series = panel.series[k];
-      DrawSeries(image, p, series, series.color.value_or(SeriesColor(static_cast<int>(k))));
-    }
-    if (!p.has_data) {
-      const std::string message = "no data";
-      DrawText(image, p.plot_left + (p.plot_width - TextWidth(message, s)) / 2,
-               p.plot_top + (p.plot_height - char_height) / 2, message, kMuted, s);
-    }
-    DrawRect(image, p.plot_left - 1, p.plot_top - 1, p.plot_width + 2, p.plot_height + 2, kFrame);
-
-    DrawText(image, p.plot_left, p.top + pad, panel.title, kInk, s);
-    if (!panel.y_label.empty()) {
-      DrawTextVertical(image, pad, p.plot_top + (p.plot_height - TextWidth(panel.y_label, s)) / 2,
-                       panel.y_label, kInk, s);
-    }
-    // Legend: a coloured dash and the name per series, top-down beside the plot.
-    int legend_y = p.plot_top;
-    for (size_t k = 0; k < panel.series.size(); ++k) {
-      const Series& series = panel.series[k];
-      if (series.name.empty()) continue;  // unnamed: a curve without an entry
-      const int x = plot_right + 1 + pad;
-      FillRect(image, x, legend_y + char_height / 2 - s, legend_swatch, 2 * s,
-               series.color.value_or(SeriesColor(static_cast<int>(k))));
-      DrawText(image, x + legend_swatch + 2 * s, legend_y, series.name, kInk, s);
-      legend_y += char_height + 2 * pad / 3;
-    }
+    DrawPanel(image, spec.panels[i], p, b);
   }
-
   if (!spec.x_label.empty()) {
-    const int y = title_band + static_cast<int>(spec.panels.size()) * spec.panel_height;
+    const int y = b.title + static_cast<int>(spec.panels.size()) * spec.panel_height;
     DrawText(image, left + (plot_width - TextWidth(spec.x_label, s)) / 2, y, spec.x_label, kInk, s);
   }
   return image;

@@ -604,8 +604,8 @@ Grid DrawGrid(PortableRandom& rng, const PhantomOptions& options) {
   return grid;
 }
 
-SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_level) {
-  SubjectAnatomy s;
+// The subject's heart: size, contraction, wall, RV, papillary muscles, trabeculae, extent.
+void DrawHeartShape(PortableRandom& rng, const Grid& grid, SubjectAnatomy& s) {
   // --- Heart shape. Size and contraction state (end-diastole .. end-systole) are separate
   // draws so that cavity and wall thickness are only loosely coupled.
   const double contraction = rng.Chance(0.5) ? rng.Uniform(0.0, 0.25) : rng.Uniform(0.4, 1.0);
@@ -658,7 +658,11 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
   s.t_last = rng.Uniform(0.95, 1.02);
   const double t_step = grid.slices > 1 ? (s.t_last - s.t_first) / (grid.slices - 1) : 1.0;
   s.basal_gap_until_t = s.t_first + 0.5 * t_step;
+}
 
+// The heart's place in the field of view: off-centre but entirely inside. Returns the LV's
+// outer radius, which the aorta keeps clear of.
+double PlaceHeart(PortableRandom& rng, const Grid& grid, SubjectAnatomy& s) {
   // --- Place the heart in the field of view: off-centre but entirely inside.
   const double fov_u = grid.cols * grid.pixel_mm, fov_v = grid.rows * grid.pixel_mm;
   s.drift_u = rng.Uniform(-8.0, 8.0);
@@ -670,7 +674,16 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
   s.lv_u = rng.Uniform(-room_u, room_u) + 12.0 * std::min(1.0, room_u / 20.0);
   s.lv_v = rng.Uniform(-room_v, room_v);
   s.lv_u = Clamp(s.lv_u, -room_u, room_u);
+  return lv_outer;
+}
 
+// Where the chest lies relative to the heart; what the later drawings need of it.
+struct ChestFrame {
+  double body_cu = 0, body_cv = 0, fat_ap = 0;
+};
+
+// Body outline, subcutaneous fat, ribcage, mediastinum, lungs and the diaphragm.
+ChestFrame DrawChest(PortableRandom& rng, SubjectAnatomy& s) {
   // --- Chest. The heart sits anterior and to the patient's left (image right) of the
   // body centre.
   const double body_cu = s.lv_u - rng.Uniform(10.0, 40.0);
@@ -696,6 +709,10 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
   }
   s.diaphragm_t[0] = rng.Uniform(0.3, 0.7);  // patient right: the liver dome rises higher
   s.diaphragm_t[1] = rng.Uniform(0.6, 1.0);
+  return {body_cu, body_cv, fat_ap};
+}
+
+void DrawPulmonaryVessels(PortableRandom& rng, SubjectAnatomy& s) {
   const int vessel_count = rng.UniformInt(8, 20);
   for (int i = 0; i < vessel_count; ++i) {
     const RotatedEllipse& lung = s.lungs[i % 2];
@@ -710,6 +727,12 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
                                    rng.Uniform(1.3, 3.5)});
     s.vessel_drift.emplace_back(rng.Uniform(-15.0, 15.0), rng.Uniform(-15.0, 15.0));
   }
+}
+
+// Vertebra, spinal canal, descending aorta (clear of the heart) and posterior mediastinum.
+void DrawSpineAndAorta(PortableRandom& rng, const ChestFrame& chest, double lv_outer,
+                       SubjectAnatomy& s) {
+  const double body_cu = chest.body_cu, body_cv = chest.body_cv, fat_ap = chest.fat_ap;
   const double vertebra_radius = rng.Uniform(13.0, 19.0);
   s.vertebra = {body_cu + rng.Uniform(-6.0, 6.0),
                 body_cv + s.body.b - fat_ap - rng.Uniform(48.0, 65.0) - vertebra_radius,
@@ -737,6 +760,10 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
                              1.0, 0.0};
   s.aorta_drift_u = rng.Uniform(-6.0, 6.0);
   s.aorta_drift_v = rng.Uniform(-6.0, 6.0);
+}
+
+void DrawLiverAndStomach(PortableRandom& rng, const ChestFrame& chest, SubjectAnatomy& s) {
+  const double body_cu = chest.body_cu, body_cv = chest.body_cv;
   s.liver.cu = body_cu - s.ribcage.a * rng.Uniform(0.25, 0.45);
   s.liver.cv = body_cv + s.ribcage.b * rng.Uniform(0.0, 0.25);
   s.liver.a = s.ribcage.a * rng.Uniform(0.5, 0.7);
@@ -750,7 +777,9 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
   s.stomach.b = rng.Uniform(18.0, 35.0);
   s.stomach_start_t = rng.Uniform(0.5, 0.85);
   s.stomach_gas_fraction = rng.Chance(0.5) ? rng.Uniform(0.0, 0.5) : 0.0;
+}
 
+void DrawAppearance(PortableRandom& rng, const Grid& grid, double noise_level, SubjectAnatomy& s) {
   // --- Appearance: SSFP contrast (blood and fat bright, muscle dark, lung and air black),
   // with the blood/myocardium ratio and everything else varying per subject.
   const double blood = rng.Uniform(350.0, 1300.0);
@@ -797,6 +826,18 @@ SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_l
     s.slice_factor[static_cast<size_t>(k)] =
         rng.Chance(0.5) ? rng.Uniform(0.8, 0.92) : rng.Uniform(1.08, 1.2);
   }
+}
+
+// The draws happen in a fixed order: every subject of a population is reproducible.
+SubjectAnatomy DrawAnatomy(PortableRandom& rng, const Grid& grid, double noise_level) {
+  SubjectAnatomy s;
+  DrawHeartShape(rng, grid, s);
+  const double lv_outer = PlaceHeart(rng, grid, s);
+  const ChestFrame chest = DrawChest(rng, s);
+  DrawPulmonaryVessels(rng, s);
+  DrawSpineAndAorta(rng, chest, lv_outer, s);
+  DrawLiverAndStomach(rng, chest, s);
+  DrawAppearance(rng, grid, noise_level, s);
   return s;
 }
 
