@@ -363,6 +363,75 @@ struct SliceAnatomy {
 
 double Clamp(double x, double low, double high) { return std::min(high, std::max(low, x)); }
 
+// Two papillary muscles inside the LV cavity, against its wall.
+void PlacePapillaryMuscles(const SubjectAnatomy& s, double lv_profile, SliceAnatomy& slice) {
+  slice.papillary_count = 2;
+  const double radius = s.papillary_radius * std::min(1.0, lv_profile * 1.1);
+  for (int i = 0; i < 2; ++i) {
+    double ps = 0.0, pc = 0.0;
+    PortableSinCos(s.papillary_angle[i], &ps, &pc);
+    const double ce = pc * slice.ellipse_cos + ps * slice.ellipse_sin;
+    const double se = -pc * slice.ellipse_sin + ps * slice.ellipse_cos;
+    const double wall = slice.cavity_shape.Factor(pc, ps) /
+                        std::sqrt((ce / slice.cavity_a) * (ce / slice.cavity_a) +
+                                  (se / slice.cavity_b) * (se / slice.cavity_b));
+    const double distance = std::max(0.0, wall - 0.75 * radius);
+    const double x = distance * pc, y = distance * ps;
+    slice.papillary[i].cu = slice.lv_u + x * slice.axis_cos - y * slice.axis_sin;
+    slice.papillary[i].cv = slice.lv_v + x * slice.axis_sin + y * slice.axis_cos;
+    slice.papillary[i].radius = radius;
+  }
+}
+
+void SliceRightVentricle(const SubjectAnatomy& s, double tc, double mean_outer,
+                         SliceAnatomy& slice) {
+  // RV: a crescent over the septal side of the LV epicardium; it shrinks faster than the
+  // LV and is gone beyond rv_end_t (before the last slice).
+  const double rv_profile_arg = 1.0 - PortablePow(std::max(tc, 0.0) / s.rv_end_t, s.rv_power);
+  const double rv_profile = rv_profile_arg > 0.0 ? rv_profile_arg : 0.0;
+  slice.has_rv = slice.has_lv && rv_profile > 0.03;
+  if (slice.has_rv) {
+    slice.rv_depth = s.rv_depth * rv_profile;
+    slice.rv_shape_linearity = s.rv_shape_linearity;
+    slice.rv_wall = s.rv_wall;
+    slice.rv_wobble = &s.rv_wobble;
+    for (int side = 0; side < 2; ++side) {
+      // The crescent also narrows towards the apex.
+      const double half = s.rv_half_angle[side] * (0.65 + 0.35 * std::sqrt(rv_profile));
+      const double wall_extra = slice.rv_wall / std::max(mean_outer, 1.0);
+      const double margin_extra = (slice.rv_wall + slice.margin) / std::max(mean_outer, 1.0);
+      slice.rv_cos_half[side] = PortableCos(half);
+      slice.rv_wall_cos_half[side] = PortableCos(std::min(half + wall_extra, kPi));
+      slice.rv_margin_cos_half[side] = PortableCos(std::min(half + margin_extra, kPi));
+    }
+  }
+}
+
+// Chest organs that change along the stack.
+void SliceChestOrgans(const SubjectAnatomy& s, double tc, double centred, SliceAnatomy& slice) {
+  for (int side = 0; side < 2; ++side) {
+    const double shrink = Clamp(1.0 - 1.6 * std::max(0.0, tc - s.diaphragm_t[side]), 0.25, 1.0);
+    slice.lungs[side] = s.lungs[side].Scaled(shrink);
+  }
+  slice.vessels = s.pulmonary_vessels;
+  for (size_t i = 0; i < slice.vessels.size(); ++i) {
+    slice.vessels[i].cu += s.vessel_drift[i].first * centred;
+    slice.vessels[i].cv += s.vessel_drift[i].second * centred;
+  }
+  slice.aorta = s.aorta;
+  slice.aorta.cu += s.aorta_drift_u * centred;
+  slice.aorta.cv += s.aorta_drift_v * centred;
+  if (tc > s.liver_start_t) {
+    slice.has_liver = true;
+    slice.liver = s.liver.Scaled(std::sqrt(std::min(1.0, (tc - s.liver_start_t) / 0.35)));
+  }
+  if (s.has_stomach && tc > s.stomach_start_t) {
+    slice.has_stomach = true;
+    slice.stomach = s.stomach.Scaled(std::sqrt(std::min(1.0, (tc - s.stomach_start_t) / 0.3)));
+    slice.stomach_gas_v = slice.stomach.cv - slice.stomach.b * (1.0 - 2.0 * s.stomach_gas_fraction);
+  }
+}
+
 SliceAnatomy BuildSlice(const SubjectAnatomy& s, double t) {
   SliceAnatomy slice;
   slice.subject = &s;
@@ -391,22 +460,7 @@ SliceAnatomy BuildSlice(const SubjectAnatomy& s, double t) {
 
   slice.trabecular_depth = s.trabecular_depth * (0.4 + 0.6 * Clamp(tc, 0.0, 1.0));
   if (slice.has_lv && tc > s.papillary_start_t && tc < s.papillary_end_t) {
-    slice.papillary_count = 2;
-    const double radius = s.papillary_radius * std::min(1.0, lv_profile * 1.1);
-    for (int i = 0; i < 2; ++i) {
-      double ps = 0.0, pc = 0.0;
-      PortableSinCos(s.papillary_angle[i], &ps, &pc);
-      const double ce = pc * slice.ellipse_cos + ps * slice.ellipse_sin;
-      const double se = -pc * slice.ellipse_sin + ps * slice.ellipse_cos;
-      const double wall = slice.cavity_shape.Factor(pc, ps) /
-                          std::sqrt((ce / slice.cavity_a) * (ce / slice.cavity_a) +
-                                    (se / slice.cavity_b) * (se / slice.cavity_b));
-      const double distance = std::max(0.0, wall - 0.75 * radius);
-      const double x = distance * pc, y = distance * ps;
-      slice.papillary[i].cu = slice.lv_u + x * slice.axis_cos - y * slice.axis_sin;
-      slice.papillary[i].cv = slice.lv_v + x * slice.axis_sin + y * slice.axis_cos;
-      slice.papillary[i].radius = radius;
-    }
+    PlacePapillaryMuscles(s, lv_profile, slice);
   }
 
   if (s.partial_base && t <= s.basal_gap_until_t) {
@@ -416,26 +470,7 @@ SliceAnatomy BuildSlice(const SubjectAnatomy& s, double t) {
     slice.atrium_depth = s.base_atrium_depth;
   }
 
-  // RV: a crescent over the septal side of the LV epicardium; it shrinks faster than the
-  // LV and is gone beyond rv_end_t (before the last slice).
-  const double rv_profile_arg = 1.0 - PortablePow(std::max(tc, 0.0) / s.rv_end_t, s.rv_power);
-  const double rv_profile = rv_profile_arg > 0.0 ? rv_profile_arg : 0.0;
-  slice.has_rv = slice.has_lv && rv_profile > 0.03;
-  if (slice.has_rv) {
-    slice.rv_depth = s.rv_depth * rv_profile;
-    slice.rv_shape_linearity = s.rv_shape_linearity;
-    slice.rv_wall = s.rv_wall;
-    slice.rv_wobble = &s.rv_wobble;
-    for (int side = 0; side < 2; ++side) {
-      // The crescent also narrows towards the apex.
-      const double half = s.rv_half_angle[side] * (0.65 + 0.35 * std::sqrt(rv_profile));
-      const double wall_extra = slice.rv_wall / std::max(mean_outer, 1.0);
-      const double margin_extra = (slice.rv_wall + slice.margin) / std::max(mean_outer, 1.0);
-      slice.rv_cos_half[side] = PortableCos(half);
-      slice.rv_wall_cos_half[side] = PortableCos(std::min(half + wall_extra, kPi));
-      slice.rv_margin_cos_half[side] = PortableCos(std::min(half + margin_extra, kPi));
-    }
-  }
+  SliceRightVentricle(s, tc, mean_outer, slice);
   PortableSinCos(s.epi_fat_angle, &slice.epi_fat_sin, &slice.epi_fat_cos);
   slice.epi_fat_thickness = s.epi_fat_thickness;
 
@@ -448,28 +483,7 @@ SliceAnatomy BuildSlice(const SubjectAnatomy& s, double t) {
   }
   slice.heart_reach = slice.has_lv ? reach + 1.0 : 0.0;
 
-  // Chest organs that change along the stack.
-  for (int side = 0; side < 2; ++side) {
-    const double shrink = Clamp(1.0 - 1.6 * std::max(0.0, tc - s.diaphragm_t[side]), 0.25, 1.0);
-    slice.lungs[side] = s.lungs[side].Scaled(shrink);
-  }
-  slice.vessels = s.pulmonary_vessels;
-  for (size_t i = 0; i < slice.vessels.size(); ++i) {
-    slice.vessels[i].cu += s.vessel_drift[i].first * centred;
-    slice.vessels[i].cv += s.vessel_drift[i].second * centred;
-  }
-  slice.aorta = s.aorta;
-  slice.aorta.cu += s.aorta_drift_u * centred;
-  slice.aorta.cv += s.aorta_drift_v * centred;
-  if (tc > s.liver_start_t) {
-    slice.has_liver = true;
-    slice.liver = s.liver.Scaled(std::sqrt(std::min(1.0, (tc - s.liver_start_t) / 0.35)));
-  }
-  if (s.has_stomach && tc > s.stomach_start_t) {
-    slice.has_stomach = true;
-    slice.stomach = s.stomach.Scaled(std::sqrt(std::min(1.0, (tc - s.stomach_start_t) / 0.3)));
-    slice.stomach_gas_v = slice.stomach.cv - slice.stomach.b * (1.0 - 2.0 * s.stomach_gas_fraction);
-  }
+  SliceChestOrgans(s, tc, centred, slice);
   return slice;
 }
 
@@ -919,6 +933,87 @@ std::vector<double> BiasField(const SubjectAnatomy& s, const Grid& grid) {
   return field;
 }
 
+// Slice k without blur or noise: labels from the slice's centre, intensities averaged over
+// 3x3 sub-pixel samples at three positions through the slice thickness, interleaved, which
+// gives partial-volume edges in-plane and between slices.
+void RenderIdealSlice(const SubjectAnatomy& anatomy, const Grid& grid, int k, double t_step,
+                      LabelVolume& labels, std::vector<double>& ideal) {
+  const int rows = grid.rows, cols = grid.cols;
+  const double pixel = grid.pixel_mm;
+  const double sub_offsets[3] = {-pixel / 3.0, 0.0, pixel / 3.0};
+  const double t = anatomy.t_first + t_step * k;
+  const SliceAnatomy through_plane[3] = {BuildSlice(anatomy, t - 0.3 * t_step),
+                                         BuildSlice(anatomy, t),
+                                         BuildSlice(anatomy, t + 0.3 * t_step)};
+  const SliceAnatomy& centre = through_plane[1];
+  for (int r = 0; r < rows; ++r) {
+    const double v = (r - 0.5 * (rows - 1)) * pixel;
+    for (int c = 0; c < cols; ++c) {
+      const double u = (c - 0.5 * (cols - 1)) * pixel;
+      labels.at(k, r, c) = LabelOf(Classify(centre, u, v));
+      double sum = 0.0;
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+          const SliceAnatomy& sample_slice = through_plane[(i * 3 + j + k) % 3];
+          sum += anatomy.intensity[Classify(sample_slice, u + sub_offsets[j],
+                                            v + sub_offsets[i])];
+        }
+      }
+      ideal[static_cast<size_t>(r) * cols + c] = sum / 9.0;
+    }
+  }
+}
+
+// Separable [1 2 1]/4 blur, blended per subject (scanners differ in sharpness), then the
+// low-frequency texture and the slice's intensity factor; written into slice k of image.
+void BlurAndShadeSlice(const SubjectAnatomy& anatomy, const Grid& grid, int k,
+                       const std::vector<double>& ideal, std::vector<double>& blurred,
+                       std::vector<double>& image) {
+  const int rows = grid.rows, cols = grid.cols;
+  const double pixel = grid.pixel_mm;
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      const double left = ideal[static_cast<size_t>(r) * cols + std::max(c - 1, 0)];
+      const double mid = ideal[static_cast<size_t>(r) * cols + c];
+      const double right = ideal[static_cast<size_t>(r) * cols + std::min(c + 1, cols - 1)];
+      blurred[static_cast<size_t>(r) * cols + c] = 0.25 * left + 0.5 * mid + 0.25 * right;
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    const double v = (r - 0.5 * (rows - 1)) * pixel;
+    for (int c = 0; c < cols; ++c) {
+      const double u = (c - 0.5 * (cols - 1)) * pixel;
+      const double up = blurred[static_cast<size_t>(std::max(r - 1, 0)) * cols + c];
+      const double mid = blurred[static_cast<size_t>(r) * cols + c];
+      const double down = blurred[static_cast<size_t>(std::min(r + 1, rows - 1)) * cols + c];
+      const double smooth = 0.25 * up + 0.5 * mid + 0.25 * down;
+      const double sharp = ideal[static_cast<size_t>(r) * cols + c];
+      double value = sharp + anatomy.blur_weight * (smooth - sharp);
+      double texture = 1.0;
+      for (const PlaneWave& wave : anatomy.texture) {
+        texture += wave.amplitude *
+                   PortableCos(wave.ku * u + wave.kv * v + wave.kslice * k + wave.phase);
+      }
+      value *= texture * anatomy.slice_factor[static_cast<size_t>(k)];
+      image[(static_cast<size_t>(k) * rows + r) * cols + c] = value;
+    }
+  }
+}
+
+// Rician noise: the magnitude of the signal plus complex Gaussian noise.
+void AddRicianNoise(const std::vector<double>& image, double sigma, PortableRandom& noise_rng,
+                    ImageVolume& out) {
+  for (size_t i = 0; i < image.size(); ++i) {
+    double value = image[i];
+    if (sigma > 0.0) {
+      const double real = value + sigma * noise_rng.Normal();
+      const double imaginary = sigma * noise_rng.Normal();
+      value = std::sqrt(real * real + imaginary * imaginary);
+    }
+    out.voxels[i] = static_cast<float>(value);
+  }
+}
+
 }  // namespace
 
 PhantomSubject GeneratePhantomSubject(uint64_t population_seed, int subject_index,
@@ -937,83 +1032,20 @@ PhantomSubject GeneratePhantomSubject(uint64_t population_seed, int subject_inde
   subject.image = ImageVolume(geometry);
   subject.labels = LabelVolume(geometry);
 
-  const int rows = grid.rows, cols = grid.cols;
-  const double pixel = grid.pixel_mm;
   const double t_step =
       grid.slices > 1 ? (anatomy.t_last - anatomy.t_first) / (grid.slices - 1) : 0.0;
-  // Sub-pixel samples (3x3) and three positions through the slice thickness, interleaved,
-  // give partial-volume edges in-plane and between slices.
-  const double sub_offsets[3] = {-pixel / 3.0, 0.0, pixel / 3.0};
-  std::vector<double> ideal(static_cast<size_t>(rows) * cols);
+  std::vector<double> ideal(static_cast<size_t>(grid.rows) * grid.cols);
   std::vector<double> blurred(ideal.size());
   std::vector<double> image(static_cast<size_t>(geometry.voxel_count()));
-
   for (int k = 0; k < grid.slices; ++k) {
-    const double t = anatomy.t_first + t_step * k;
-    const SliceAnatomy through_plane[3] = {BuildSlice(anatomy, t - 0.3 * t_step),
-                                           BuildSlice(anatomy, t),
-                                           BuildSlice(anatomy, t + 0.3 * t_step)};
-    const SliceAnatomy& centre = through_plane[1];
-    for (int r = 0; r < rows; ++r) {
-      const double v = (r - 0.5 * (rows - 1)) * pixel;
-      for (int c = 0; c < cols; ++c) {
-        const double u = (c - 0.5 * (cols - 1)) * pixel;
-        subject.labels.at(k, r, c) = LabelOf(Classify(centre, u, v));
-        double sum = 0.0;
-        for (int i = 0; i < 3; ++i) {
-          for (int j = 0; j < 3; ++j) {
-            const SliceAnatomy& sample_slice = through_plane[(i * 3 + j + k) % 3];
-            sum += anatomy.intensity[Classify(sample_slice, u + sub_offsets[j],
-                                              v + sub_offsets[i])];
-          }
-        }
-        ideal[static_cast<size_t>(r) * cols + c] = sum / 9.0;
-      }
-    }
-    // Separable [1 2 1]/4 blur, blended per subject: scanners differ in sharpness.
-    for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < cols; ++c) {
-        const double left = ideal[static_cast<size_t>(r) * cols + std::max(c - 1, 0)];
-        const double mid = ideal[static_cast<size_t>(r) * cols + c];
-        const double right = ideal[static_cast<size_t>(r) * cols + std::min(c + 1, cols - 1)];
-        blurred[static_cast<size_t>(r) * cols + c] = 0.25 * left + 0.5 * mid + 0.25 * right;
-      }
-    }
-    for (int r = 0; r < rows; ++r) {
-      const double v = (r - 0.5 * (rows - 1)) * pixel;
-      for (int c = 0; c < cols; ++c) {
-        const double u = (c - 0.5 * (cols - 1)) * pixel;
-        const double up = blurred[static_cast<size_t>(std::max(r - 1, 0)) * cols + c];
-        const double mid = blurred[static_cast<size_t>(r) * cols + c];
-        const double down = blurred[static_cast<size_t>(std::min(r + 1, rows - 1)) * cols + c];
-        const double smooth = 0.25 * up + 0.5 * mid + 0.25 * down;
-        const double sharp = ideal[static_cast<size_t>(r) * cols + c];
-        double value = sharp + anatomy.blur_weight * (smooth - sharp);
-        double texture = 1.0;
-        for (const PlaneWave& wave : anatomy.texture) {
-          texture += wave.amplitude *
-                     PortableCos(wave.ku * u + wave.kv * v + wave.kslice * k + wave.phase);
-        }
-        value *= texture * anatomy.slice_factor[static_cast<size_t>(k)];
-        image[(static_cast<size_t>(k) * rows + r) * cols + c] = value;
-      }
-    }
+    RenderIdealSlice(anatomy, grid, k, t_step, subject.labels, ideal);
+    BlurAndShadeSlice(anatomy, grid, k, ideal, blurred, image);
   }
-
   if (options.bias_field) {
     const std::vector<double> bias = BiasField(anatomy, grid);
     for (size_t i = 0; i < image.size(); ++i) image[i] *= bias[i];
   }
-  // Rician noise: the magnitude of the signal plus complex Gaussian noise.
-  for (size_t i = 0; i < image.size(); ++i) {
-    double value = image[i];
-    if (anatomy.noise_sigma > 0.0) {
-      const double real = value + anatomy.noise_sigma * noise_rng.Normal();
-      const double imaginary = anatomy.noise_sigma * noise_rng.Normal();
-      value = std::sqrt(real * real + imaginary * imaginary);
-    }
-    subject.image.voxels[i] = static_cast<float>(value);
-  }
+  AddRicianNoise(image, anatomy.noise_sigma, noise_rng, subject.image);
   return subject;
 }
 
