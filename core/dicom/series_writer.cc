@@ -120,15 +120,9 @@ absl::Status PutU16(DcmItem& item, const DcmTagKey& tag, uint16_t value) {
                        absl::StatusCode::kInternal);
 }
 
-}  // namespace
-
-bool ReaderReversesSlices(const VolumeGeometry& geometry) {
-  return Dot(geometry.slice_direction, Cross(geometry.row_direction, geometry.col_direction)) < 0.0;
-}
-
-absl::StatusOr<std::vector<DicomBuffer>> WriteImageSeries(const ImageVolume& image,
-                                                          const ImageSeriesInfo& info,
-                                                          SeriesVolume* described) {
+// Checks what DICOM cannot hold; returns the SOP class for the modality.
+absl::StatusOr<const char*> SopClassForWriting(const ImageVolume& image,
+                                               const ImageSeriesInfo& info) {
   if (!image.consistent()) {
     return absl::InvalidArgumentError(
         "WriteImageSeries: the volume's voxels do not match its geometry");
@@ -145,48 +139,232 @@ absl::StatusOr<std::vector<DicomBuffer>> WriteImageSeries(const ImageVolume& ima
     if (!std::isfinite(v))
       return absl::InvalidArgumentError("WriteImageSeries: the volume holds NaN or infinity");
   }
+  if (info.modality == "MR") return UID_MRImageStorage;
+  if (info.modality == "CT") return UID_CTImageStorage;
+  return absl::InvalidArgumentError(
+      absl::StrCat("WriteImageSeries: modality must be MR or CT, not '", info.modality, "'"));
+}
+
+// What every instance of the series shares.
+struct SeriesConstants {
   const char* sop_class = nullptr;
-  if (info.modality == "MR") {
-    sop_class = UID_MRImageStorage;
-  } else if (info.modality == "CT") {
-    sop_class = UID_CTImageStorage;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("WriteImageSeries: modality must be MR or CT, not '", info.modality, "'"));
-  }
+  std::string study_uid, series_uid, for_uid;
+  Quantisation q;
+  double window_center = 0, window_width = 1;
+  std::string orientation_ds, spacing_ds, slice_spacing_ds;
+  std::array<double, 3> normal{};
+  bool needs_utf8 = false;
+};
 
-  const std::string study_uid =
-      info.study_instance_uid.empty() ? NewUid(info.uid_root) : info.study_instance_uid;
-  const std::string series_uid =
+SeriesConstants SeriesConstantsFor(const ImageVolume& image, const ImageSeriesInfo& info,
+                                   const char* sop_class) {
+  const VolumeGeometry& g = image.geometry;
+  SeriesConstants c;
+  c.sop_class = sop_class;
+  c.study_uid = info.study_instance_uid.empty() ? NewUid(info.uid_root) : info.study_instance_uid;
+  c.series_uid =
       info.series_instance_uid.empty() ? NewUid(info.uid_root) : info.series_instance_uid;
-  const std::string for_uid =
+  c.for_uid =
       info.frame_of_reference_uid.empty() ? NewUid(info.uid_root) : info.frame_of_reference_uid;
-
-  const Quantisation q = ChooseQuantisation(image.voxels);
+  c.q = ChooseQuantisation(image.voxels);
   const auto [lo_it, hi_it] = std::minmax_element(image.voxels.begin(), image.voxels.end());
-  const double window_width = std::max(1.0, static_cast<double>(*hi_it) - *lo_it);
-  const double window_center = 0.5 * (static_cast<double>(*hi_it) + *lo_it);
-
-  const std::string orientation_ds =
+  c.window_width = std::max(1.0, static_cast<double>(*hi_it) - *lo_it);
+  c.window_center = 0.5 * (static_cast<double>(*hi_it) + *lo_it);
+  c.orientation_ds =
       JoinDs({g.row_direction[0], g.row_direction[1], g.row_direction[2], g.col_direction[0],
               g.col_direction[1], g.col_direction[2]});
-  const std::string spacing_ds = JoinDs({g.row_spacing_mm, g.col_spacing_mm});
-  const std::string slice_spacing_ds = FormatDs(g.slice_spacing_mm);
-  const std::array<double, 3> normal = Cross(g.row_direction, g.col_direction);
-  const bool needs_utf8 = !IsAscii(info.patient_name) || !IsAscii(info.patient_id) ||
-                          !IsAscii(info.study_description) || !IsAscii(info.series_description) ||
-                          !IsAscii(info.accession_number);
+  c.spacing_ds = JoinDs({g.row_spacing_mm, g.col_spacing_mm});
+  c.slice_spacing_ds = FormatDs(g.slice_spacing_mm);
+  c.normal = Cross(g.row_direction, g.col_direction);
+  c.needs_utf8 = !IsAscii(info.patient_name) || !IsAscii(info.patient_id) ||
+                 !IsAscii(info.study_description) || !IsAscii(info.series_description) ||
+                 !IsAscii(info.accession_number);
+  return c;
+}
 
+// SOP Common, Patient, General Study, General Series and General Equipment.
+absl::Status PutIdentity(DcmDataset& ds, const ImageSeriesInfo& info, const SeriesConstants& c,
+                         const std::string& sop_uid) {
+  if (c.needs_utf8) RETURN_IF_ERROR(Put(ds, DCM_SpecificCharacterSet, "ISO_IR 192"));
+  RETURN_IF_ERROR(
+      Put(ds, DCM_ImageType,
+          info.modality == "CT" ? "DERIVED\\PRIMARY\\AXIAL" : "DERIVED\\PRIMARY\\OTHER", "2-n"));
+  RETURN_IF_ERROR(Put(ds, DCM_SOPClassUID, c.sop_class));
+  RETURN_IF_ERROR(Put(ds, DCM_SOPInstanceUID, sop_uid));
+  RETURN_IF_ERROR(Put(ds, DCM_StudyDate, info.study_date));
+  RETURN_IF_ERROR(Put(ds, DCM_SeriesDate, info.study_date));
+  RETURN_IF_ERROR(Put(ds, DCM_ContentDate, info.study_date));
+  RETURN_IF_ERROR(Put(ds, DCM_StudyTime, info.study_time));
+  RETURN_IF_ERROR(Put(ds, DCM_SeriesTime, info.study_time));
+  RETURN_IF_ERROR(Put(ds, DCM_ContentTime, info.study_time));
+  RETURN_IF_ERROR(Put(ds, DCM_AccessionNumber, info.accession_number));
+  RETURN_IF_ERROR(Put(ds, DCM_Modality, info.modality));
+  RETURN_IF_ERROR(Put(ds, DCM_Manufacturer, "miseg"));
+  RETURN_IF_ERROR(Put(ds, DCM_ReferringPhysicianName, ""));
+  if (!info.study_description.empty())
+    RETURN_IF_ERROR(Put(ds, DCM_StudyDescription, info.study_description));
+  if (!info.series_description.empty()) {
+    RETURN_IF_ERROR(Put(ds, DCM_SeriesDescription, info.series_description));
+  }
+  RETURN_IF_ERROR(Put(ds, DCM_ManufacturerModelName, "miseg series writer"));
+  RETURN_IF_ERROR(Put(ds, DCM_PatientName, info.patient_name));
+  RETURN_IF_ERROR(Put(ds, DCM_PatientID, info.patient_id));
+  RETURN_IF_ERROR(Put(ds, DCM_PatientBirthDate, info.patient_birth_date));
+  RETURN_IF_ERROR(Put(ds, DCM_PatientSex, info.patient_sex));
+  RETURN_IF_ERROR(Put(ds, DCM_PatientPosition, "HFS"));
+  RETURN_IF_ERROR(Put(ds, DCM_StudyInstanceUID, c.study_uid));
+  RETURN_IF_ERROR(Put(ds, DCM_SeriesInstanceUID, c.series_uid));
+  RETURN_IF_ERROR(Put(ds, DCM_StudyID, info.study_id));
+  // Laterality (2C) is needed for paired body parts; with no body part named we cannot
+  // tell, so it is present and empty ("unknown").
+  if (info.body_part_examined.empty()) {
+    RETURN_IF_ERROR(Put(ds, DCM_Laterality, ""));
+  } else {
+    RETURN_IF_ERROR(Put(ds, DCM_BodyPartExamined, info.body_part_examined));
+  }
+  RETURN_IF_ERROR(Put(ds, DCM_SeriesNumber, absl::StrCat(info.series_number)));
+  RETURN_IF_ERROR(Put(ds, DCM_AcquisitionNumber, "1"));
+  return absl::OkStatus();
+}
+
+// MR or CT Image module: acquisition attributes (Type 2 where unknown).
+absl::Status PutAcquisition(DcmDataset& ds, const ImageSeriesInfo& info, const SeriesConstants& c) {
+  if (info.modality == "MR") {
+    // A synthetic 2D gradient-echo (SSFP-like) acquisition; timings unknown (Type 2).
+    RETURN_IF_ERROR(Put(ds, DCM_ScanningSequence, "GR"));
+    RETURN_IF_ERROR(Put(ds, DCM_SequenceVariant, "NONE"));
+    RETURN_IF_ERROR(Put(ds, DCM_ScanOptions, ""));
+    RETURN_IF_ERROR(Put(ds, DCM_MRAcquisitionType, "2D"));
+    RETURN_IF_ERROR(Put(ds, DCM_SliceThickness, c.slice_spacing_ds));
+    RETURN_IF_ERROR(Put(ds, DCM_RepetitionTime, ""));
+    RETURN_IF_ERROR(Put(ds, DCM_EchoTime, ""));
+    RETURN_IF_ERROR(Put(ds, DCM_EchoTrainLength, ""));
+    RETURN_IF_ERROR(Put(ds, DCM_SpacingBetweenSlices, c.slice_spacing_ds));
+  } else {
+    RETURN_IF_ERROR(Put(ds, DCM_SliceThickness, c.slice_spacing_ds));
+    RETURN_IF_ERROR(Put(ds, DCM_KVP, ""));
+    RETURN_IF_ERROR(Put(ds, DCM_SpacingBetweenSlices, c.slice_spacing_ds));
+  }
+  return absl::OkStatus();
+}
+
+// General Image, Image Plane, Image Pixel and VOI LUT for slice k.
+absl::Status PutPlaneAndPixelDescription(DcmDataset& ds, const VolumeGeometry& g,
+                                         const SeriesConstants& c, int64_t k,
+                                         const std::array<double, 3>& position,
+                                         const std::array<std::string, 3>& position_ds) {
+  RETURN_IF_ERROR(Put(ds, DCM_InstanceNumber, absl::StrCat(k + 1)));
+  RETURN_IF_ERROR(Put(ds, DCM_ImagePositionPatient, absl::StrJoin(position_ds, "\\"), "3"));
+  RETURN_IF_ERROR(Put(ds, DCM_ImageOrientationPatient, c.orientation_ds, "6"));
+  RETURN_IF_ERROR(Put(ds, DCM_FrameOfReferenceUID, c.for_uid));
+  RETURN_IF_ERROR(Put(ds, DCM_PositionReferenceIndicator, ""));
+  RETURN_IF_ERROR(Put(ds, DCM_SliceLocation, FormatDs(Dot(position, c.normal))));
+  RETURN_IF_ERROR(PutU16(ds, DCM_SamplesPerPixel, 1));
+  RETURN_IF_ERROR(Put(ds, DCM_PhotometricInterpretation, "MONOCHROME2"));
+  RETURN_IF_ERROR(PutU16(ds, DCM_Rows, static_cast<uint16_t>(g.rows)));
+  RETURN_IF_ERROR(PutU16(ds, DCM_Columns, static_cast<uint16_t>(g.cols)));
+  RETURN_IF_ERROR(Put(ds, DCM_PixelSpacing, c.spacing_ds, "2"));
+  RETURN_IF_ERROR(PutU16(ds, DCM_BitsAllocated, 16));
+  RETURN_IF_ERROR(PutU16(ds, DCM_BitsStored, 16));
+  RETURN_IF_ERROR(PutU16(ds, DCM_HighBit, 15));
+  RETURN_IF_ERROR(PutU16(ds, DCM_PixelRepresentation, c.q.is_signed ? 1 : 0));
+  RETURN_IF_ERROR(Put(ds, DCM_WindowCenter, FormatDs(c.window_center)));
+  RETURN_IF_ERROR(Put(ds, DCM_WindowWidth, FormatDs(c.window_width)));
+  RETURN_IF_ERROR(Put(ds, DCM_RescaleIntercept, c.q.intercept_ds));
+  RETURN_IF_ERROR(Put(ds, DCM_RescaleSlope, c.q.slope_ds));
+  return absl::OkStatus();
+}
+
+absl::Status PutPixels(DcmDataset& ds, const ImageVolume& image, const Quantisation& q, int64_t k) {
+  const int64_t slice_size = image.geometry.slice_size();
+  std::vector<Uint16> pixels(static_cast<size_t>(slice_size));
+  const float* slice = image.voxels.data() + k * slice_size;
+  for (int64_t i = 0; i < slice_size; ++i) {
+    pixels[static_cast<size_t>(i)] = static_cast<Uint16>(q.Store(slice[i]) & 0xFFFF);
+  }
+  RETURN_IF_ERROR(
+      FromCondition(ds.putAndInsertUint16Array(DCM_PixelData, pixels.data(),
+                                               static_cast<unsigned long>(pixels.size())),
+                    "writing PixelData", absl::StatusCode::kInternal));
+  return absl::OkStatus();
+}
+
+// The series as the reader will see it: stored values, slice order and the geometry
+// derived from the DS strings (unit directions, the normal as their cross product, the
+// spacing from the first and last positions along it).
+SeriesVolume DescribeAsRead(const ImageVolume& image, const ImageSeriesInfo& info,
+                            const SeriesConstants& c, const std::vector<std::string>& sop_uids,
+                            const std::vector<std::array<std::string, 3>>& positions_ds,
+                            std::string reference_header) {
+  const VolumeGeometry& g = image.geometry;
+  const Quantisation& q = c.q;
+  SeriesVolume out;
+  out.study_instance_uid = c.study_uid;
+  out.series_instance_uid = c.series_uid;
+  out.frame_of_reference_uid = c.for_uid;
+  out.modality = info.modality;
+  out.series_description = info.series_description;
+  out.reference_header = std::move(reference_header);
+  out.image = ImageVolume(g);
+  for (size_t i = 0; i < image.voxels.size(); ++i)
+    out.image.voxels[i] = q.Load(q.Store(image.voxels[i]));
+  out.slices.reserve(sop_uids.size());
+  for (const std::string& uid : sop_uids) out.slices.push_back(SliceSource{uid, c.sop_class, 1});
+  std::vector<std::array<std::string, 3>> ordered_positions = positions_ds;
+  if (ReaderReversesSlices(g)) {
+    out.image = FlipSlices(out.image);
+    std::reverse(out.slices.begin(), out.slices.end());
+    std::reverse(ordered_positions.begin(), ordered_positions.end());
+  }
+  VolumeGeometry& dg = out.image.geometry;
+  std::array<double, 3> row, col;
+  for (int i = 0; i < 3; ++i) {
+    row[i] = ParseDs(FormatDs(g.row_direction[i]));
+    col[i] = ParseDs(FormatDs(g.col_direction[i]));
+  }
+  const double row_norm = std::sqrt(Dot(row, row)), col_norm = std::sqrt(Dot(col, col));
+  for (int i = 0; i < 3; ++i) {
+    row[i] /= row_norm;
+    col[i] /= col_norm;
+  }
+  const std::array<double, 3> parsed_normal = Cross(row, col);
+  std::array<double, 3> first, last;
+  for (int i = 0; i < 3; ++i) {
+    first[i] = ParseDs(ordered_positions.front()[i]);
+    last[i] = ParseDs(ordered_positions.back()[i]);
+  }
+  dg.origin_mm = first;
+  dg.row_direction = row;
+  dg.col_direction = col;
+  dg.slice_direction = parsed_normal;
+  dg.row_spacing_mm = ParseDs(FormatDs(g.row_spacing_mm));
+  dg.col_spacing_mm = ParseDs(FormatDs(g.col_spacing_mm));
+  dg.slice_spacing_mm = g.slices > 1 ? (Dot(last, parsed_normal) - Dot(first, parsed_normal)) /
+                                           static_cast<double>(g.slices - 1)
+                                     : ParseDs(c.slice_spacing_ds);
+  return out;
+}
+
+}  // namespace
+
+bool ReaderReversesSlices(const VolumeGeometry& geometry) {
+  return Dot(geometry.slice_direction, Cross(geometry.row_direction, geometry.col_direction)) < 0.0;
+}
+
+absl::StatusOr<std::vector<DicomBuffer>> WriteImageSeries(const ImageVolume& image,
+                                                          const ImageSeriesInfo& info,
+                                                          SeriesVolume* described) {
+  ASSIGN_OR_RETURN(const char* sop_class, SopClassForWriting(image, info));
+  const SeriesConstants c = SeriesConstantsFor(image, info, sop_class);
+  const VolumeGeometry& g = image.geometry;
   std::vector<DicomBuffer> files;
   std::vector<std::string> sop_uids;
   std::vector<std::array<std::string, 3>> positions_ds;
   std::string reference_header;
-  const int64_t slice_size = g.slice_size();
   const size_t reader_first = ReaderReversesSlices(g) ? static_cast<size_t>(g.slices - 1) : 0;
-
   for (int64_t k = 0; k < g.slices; ++k) {
     const std::string sop_uid =
-        DeterministicUid(absl::StrCat(series_uid, "/slice/", k), info.uid_root);
+        DeterministicUid(absl::StrCat(c.series_uid, "/slice/", k), info.uid_root);
     std::array<double, 3> position;
     for (int i = 0; i < 3; ++i) {
       position[i] =
@@ -194,156 +372,24 @@ absl::StatusOr<std::vector<DicomBuffer>> WriteImageSeries(const ImageVolume& ima
     }
     const std::array<std::string, 3> position_ds = {FormatDs(position[0]), FormatDs(position[1]),
                                                     FormatDs(position[2])};
-
     DcmFileFormat file;
     DcmDataset& ds = *file.getDataset();
-    // SOP Common, Patient, General Study, General Series, Frame of Reference, General
-    // Equipment, General Image, Image Plane, Image Pixel, MR/CT Image, VOI LUT.
-    if (needs_utf8) RETURN_IF_ERROR(Put(ds, DCM_SpecificCharacterSet, "ISO_IR 192"));
-    RETURN_IF_ERROR(
-        Put(ds, DCM_ImageType,
-            info.modality == "CT" ? "DERIVED\\PRIMARY\\AXIAL" : "DERIVED\\PRIMARY\\OTHER", "2-n"));
-    RETURN_IF_ERROR(Put(ds, DCM_SOPClassUID, sop_class));
-    RETURN_IF_ERROR(Put(ds, DCM_SOPInstanceUID, sop_uid));
-    RETURN_IF_ERROR(Put(ds, DCM_StudyDate, info.study_date));
-    RETURN_IF_ERROR(Put(ds, DCM_SeriesDate, info.study_date));
-    RETURN_IF_ERROR(Put(ds, DCM_ContentDate, info.study_date));
-    RETURN_IF_ERROR(Put(ds, DCM_StudyTime, info.study_time));
-    RETURN_IF_ERROR(Put(ds, DCM_SeriesTime, info.study_time));
-    RETURN_IF_ERROR(Put(ds, DCM_ContentTime, info.study_time));
-    RETURN_IF_ERROR(Put(ds, DCM_AccessionNumber, info.accession_number));
-    RETURN_IF_ERROR(Put(ds, DCM_Modality, info.modality));
-    RETURN_IF_ERROR(Put(ds, DCM_Manufacturer, "miseg"));
-    RETURN_IF_ERROR(Put(ds, DCM_ReferringPhysicianName, ""));
-    if (!info.study_description.empty())
-      RETURN_IF_ERROR(Put(ds, DCM_StudyDescription, info.study_description));
-    if (!info.series_description.empty()) {
-      RETURN_IF_ERROR(Put(ds, DCM_SeriesDescription, info.series_description));
-    }
-    RETURN_IF_ERROR(Put(ds, DCM_ManufacturerModelName, "miseg series writer"));
-    RETURN_IF_ERROR(Put(ds, DCM_PatientName, info.patient_name));
-    RETURN_IF_ERROR(Put(ds, DCM_PatientID, info.patient_id));
-    RETURN_IF_ERROR(Put(ds, DCM_PatientBirthDate, info.patient_birth_date));
-    RETURN_IF_ERROR(Put(ds, DCM_PatientSex, info.patient_sex));
-    if (info.modality == "MR") {
-      // A synthetic 2D gradient-echo (SSFP-like) acquisition; timings unknown (Type 2).
-      RETURN_IF_ERROR(Put(ds, DCM_ScanningSequence, "GR"));
-      RETURN_IF_ERROR(Put(ds, DCM_SequenceVariant, "NONE"));
-      RETURN_IF_ERROR(Put(ds, DCM_ScanOptions, ""));
-      RETURN_IF_ERROR(Put(ds, DCM_MRAcquisitionType, "2D"));
-      RETURN_IF_ERROR(Put(ds, DCM_SliceThickness, slice_spacing_ds));
-      RETURN_IF_ERROR(Put(ds, DCM_RepetitionTime, ""));
-      RETURN_IF_ERROR(Put(ds, DCM_EchoTime, ""));
-      RETURN_IF_ERROR(Put(ds, DCM_EchoTrainLength, ""));
-      RETURN_IF_ERROR(Put(ds, DCM_SpacingBetweenSlices, slice_spacing_ds));
-    } else {
-      RETURN_IF_ERROR(Put(ds, DCM_SliceThickness, slice_spacing_ds));
-      RETURN_IF_ERROR(Put(ds, DCM_KVP, ""));
-      RETURN_IF_ERROR(Put(ds, DCM_SpacingBetweenSlices, slice_spacing_ds));
-    }
-    RETURN_IF_ERROR(Put(ds, DCM_PatientPosition, "HFS"));
-    RETURN_IF_ERROR(Put(ds, DCM_StudyInstanceUID, study_uid));
-    RETURN_IF_ERROR(Put(ds, DCM_SeriesInstanceUID, series_uid));
-    RETURN_IF_ERROR(Put(ds, DCM_StudyID, info.study_id));
-    // Laterality (2C) is needed for paired body parts; with no body part named we cannot
-    // tell, so it is present and empty ("unknown").
-    if (info.body_part_examined.empty()) {
-      RETURN_IF_ERROR(Put(ds, DCM_Laterality, ""));
-    } else {
-      RETURN_IF_ERROR(Put(ds, DCM_BodyPartExamined, info.body_part_examined));
-    }
-    RETURN_IF_ERROR(Put(ds, DCM_SeriesNumber, absl::StrCat(info.series_number)));
-    RETURN_IF_ERROR(Put(ds, DCM_AcquisitionNumber, "1"));
-    RETURN_IF_ERROR(Put(ds, DCM_InstanceNumber, absl::StrCat(k + 1)));
-    RETURN_IF_ERROR(Put(ds, DCM_ImagePositionPatient, absl::StrJoin(position_ds, "\\"), "3"));
-    RETURN_IF_ERROR(Put(ds, DCM_ImageOrientationPatient, orientation_ds, "6"));
-    RETURN_IF_ERROR(Put(ds, DCM_FrameOfReferenceUID, for_uid));
-    RETURN_IF_ERROR(Put(ds, DCM_PositionReferenceIndicator, ""));
-    RETURN_IF_ERROR(Put(ds, DCM_SliceLocation, FormatDs(Dot(position, normal))));
-    RETURN_IF_ERROR(PutU16(ds, DCM_SamplesPerPixel, 1));
-    RETURN_IF_ERROR(Put(ds, DCM_PhotometricInterpretation, "MONOCHROME2"));
-    RETURN_IF_ERROR(PutU16(ds, DCM_Rows, static_cast<uint16_t>(g.rows)));
-    RETURN_IF_ERROR(PutU16(ds, DCM_Columns, static_cast<uint16_t>(g.cols)));
-    RETURN_IF_ERROR(Put(ds, DCM_PixelSpacing, spacing_ds, "2"));
-    RETURN_IF_ERROR(PutU16(ds, DCM_BitsAllocated, 16));
-    RETURN_IF_ERROR(PutU16(ds, DCM_BitsStored, 16));
-    RETURN_IF_ERROR(PutU16(ds, DCM_HighBit, 15));
-    RETURN_IF_ERROR(PutU16(ds, DCM_PixelRepresentation, q.is_signed ? 1 : 0));
-    RETURN_IF_ERROR(Put(ds, DCM_WindowCenter, FormatDs(window_center)));
-    RETURN_IF_ERROR(Put(ds, DCM_WindowWidth, FormatDs(window_width)));
-    RETURN_IF_ERROR(Put(ds, DCM_RescaleIntercept, q.intercept_ds));
-    RETURN_IF_ERROR(Put(ds, DCM_RescaleSlope, q.slope_ds));
-
+    RETURN_IF_ERROR(PutIdentity(ds, info, c, sop_uid));
+    RETURN_IF_ERROR(PutAcquisition(ds, info, c));
+    RETURN_IF_ERROR(PutPlaneAndPixelDescription(ds, g, c, k, position, position_ds));
     // The first instance in the reader's order, without pixel data, is what a derived object
     // (a SEG) imports its patient and study from.
     if (static_cast<size_t>(k) == reader_first && described != nullptr) {
       ASSIGN_OR_RETURN(reference_header, SerializeDicom(file));
     }
-
-    std::vector<Uint16> pixels(static_cast<size_t>(slice_size));
-    const float* slice = image.voxels.data() + k * slice_size;
-    for (int64_t i = 0; i < slice_size; ++i) {
-      pixels[static_cast<size_t>(i)] = static_cast<Uint16>(q.Store(slice[i]) & 0xFFFF);
-    }
-    RETURN_IF_ERROR(
-        FromCondition(ds.putAndInsertUint16Array(DCM_PixelData, pixels.data(),
-                                                 static_cast<unsigned long>(pixels.size())),
-                      "writing PixelData", absl::StatusCode::kInternal));
-
+    RETURN_IF_ERROR(PutPixels(ds, image, c.q, k));
     ASSIGN_OR_RETURN(std::string bytes, SerializeDicom(file));
     files.push_back(DicomBuffer{absl::StrCat(sop_uid, ".dcm"), std::move(bytes)});
     sop_uids.push_back(sop_uid);
     positions_ds.push_back(position_ds);
   }
-
   if (described != nullptr) {
-    SeriesVolume out;
-    out.study_instance_uid = study_uid;
-    out.series_instance_uid = series_uid;
-    out.frame_of_reference_uid = for_uid;
-    out.modality = info.modality;
-    out.series_description = info.series_description;
-    out.reference_header = std::move(reference_header);
-    out.image = ImageVolume(g);
-    for (size_t i = 0; i < image.voxels.size(); ++i)
-      out.image.voxels[i] = q.Load(q.Store(image.voxels[i]));
-    out.slices.reserve(sop_uids.size());
-    for (const std::string& uid : sop_uids) out.slices.push_back(SliceSource{uid, sop_class, 1});
-    std::vector<std::array<std::string, 3>> ordered_positions = positions_ds;
-    if (ReaderReversesSlices(g)) {
-      out.image = FlipSlices(out.image);
-      std::reverse(out.slices.begin(), out.slices.end());
-      std::reverse(ordered_positions.begin(), ordered_positions.end());
-    }
-    // Geometry as the reader derives it from the DS strings: unit directions, the normal
-    // as their cross product, the spacing from the first and last positions along it.
-    VolumeGeometry& dg = out.image.geometry;
-    std::array<double, 3> row, col;
-    for (int i = 0; i < 3; ++i) {
-      row[i] = ParseDs(FormatDs(g.row_direction[i]));
-      col[i] = ParseDs(FormatDs(g.col_direction[i]));
-    }
-    const double row_norm = std::sqrt(Dot(row, row)), col_norm = std::sqrt(Dot(col, col));
-    for (int i = 0; i < 3; ++i) {
-      row[i] /= row_norm;
-      col[i] /= col_norm;
-    }
-    const std::array<double, 3> parsed_normal = Cross(row, col);
-    std::array<double, 3> first, last;
-    for (int i = 0; i < 3; ++i) {
-      first[i] = ParseDs(ordered_positions.front()[i]);
-      last[i] = ParseDs(ordered_positions.back()[i]);
-    }
-    dg.origin_mm = first;
-    dg.row_direction = row;
-    dg.col_direction = col;
-    dg.slice_direction = parsed_normal;
-    dg.row_spacing_mm = ParseDs(FormatDs(g.row_spacing_mm));
-    dg.col_spacing_mm = ParseDs(FormatDs(g.col_spacing_mm));
-    dg.slice_spacing_mm = g.slices > 1 ? (Dot(last, parsed_normal) - Dot(first, parsed_normal)) /
-                                             static_cast<double>(g.slices - 1)
-                                       : ParseDs(slice_spacing_ds);
-    *described = std::move(out);
+    *described = DescribeAsRead(image, info, c, sop_uids, positions_ds, std::move(reference_header));
   }
   return files;
 }
