@@ -187,6 +187,73 @@ absl::Status ValidateOptions(const OverlayOptions& options) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateVolumes(const ImageVolume& image, const LabelVolume& labels) {
+  if (!image.consistent()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image volume is inconsistent: ", image.voxels.size(), " voxels for ",
+                     image.geometry.slices, "x", image.geometry.rows, "x", image.geometry.cols));
+  }
+  if (!labels.consistent()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("label volume is inconsistent: ", labels.voxels.size(), " voxels for ",
+                     labels.geometry.slices, "x", labels.geometry.rows, "x", labels.geometry.cols));
+  }
+  const VolumeGeometry& g = image.geometry;
+  if (!labels.geometry.SameGrid(g)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "labels ", labels.geometry.slices, "x", labels.geometry.rows, "x", labels.geometry.cols,
+        " do not match image ", g.slices, "x", g.rows, "x", g.cols));
+  }
+  return absl::OkStatus();
+}
+
+// Every named foreground class, then any other label value that occurs.
+std::vector<LegendEntry> LegendFor(const LabelVolume& labels,
+                                   const std::vector<std::string>& class_names) {
+  std::array<bool, 256> present{};
+  for (uint8_t label : labels.voxels) present[label] = true;
+  std::vector<LegendEntry> legend;
+  for (int label = 1; label < 256; ++label) {
+    const bool named = static_cast<size_t>(label) < class_names.size();
+    if (!named && !present[label]) continue;
+    legend.push_back({label, named ? class_names[label] : absl::StrCat("class ", label)});
+  }
+  return legend;
+}
+
+struct MontageGrid {
+  int64_t columns = 1, rows = 1;
+  TileSize tile;
+  int64_t width = 0, height = 0;  // of the tiles with their gaps
+};
+
+// Shrinks the tiles until the montage fits the encoder's limit; gives up only when even
+// minimal tiles cannot fit (tens of thousands of slices).
+absl::StatusOr<MontageGrid> FitMontage(const VolumeGeometry& g, const OverlayOptions& options,
+                                       int title_height) {
+  MontageGrid m;
+  const int64_t slices = g.slices;
+  m.columns = options.columns > 0
+                  ? std::min<int64_t>(options.columns, slices)
+                  : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(slices))));
+  m.rows = (slices + m.columns - 1) / m.columns;
+  int longer = options.tile_size;
+  while (true) {
+    m.tile = TileFor(g, longer);
+    m.width = m.columns * (m.tile.width + kGap) + kGap;
+    m.height = m.rows * (m.tile.height + kGap) + kGap;
+    // The legend adds less than a few hundred pixels; leave it room.
+    const int64_t reserve = title_height + 512;
+    if (m.width <= kMaxImageSide && m.height + reserve <= kMaxImageSide) return m;
+    if (longer <= 8) {
+      return absl::InvalidArgumentError(absl::StrCat("a montage of ", slices, " slices in ",
+                                                     m.columns, " columns cannot fit ",
+                                                     kMaxImageSide, " pixels per side"));
+    }
+    longer = std::max(8, longer * 3 / 4);
+  }
+}
+
 }  // namespace
 
 Rgb ClassColor(int label) {
@@ -223,81 +290,34 @@ absl::StatusOr<RgbImage> RenderOverlayMontage(const ImageVolume& image, const La
                                               const std::vector<std::string>& class_names,
                                               const OverlayOptions& options) {
   if (absl::Status status = ValidateOptions(options); !status.ok()) return status;
-  if (!image.consistent()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("image volume is inconsistent: ", image.voxels.size(), " voxels for ",
-                     image.geometry.slices, "x", image.geometry.rows, "x", image.geometry.cols));
-  }
-  if (!labels.consistent()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("label volume is inconsistent: ", labels.voxels.size(), " voxels for ",
-                     labels.geometry.slices, "x", labels.geometry.rows, "x", labels.geometry.cols));
-  }
+  if (absl::Status status = ValidateVolumes(image, labels); !status.ok()) return status;
   const VolumeGeometry& g = image.geometry;
-  if (!labels.geometry.SameGrid(g)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "labels ", labels.geometry.slices, "x", labels.geometry.rows, "x", labels.geometry.cols,
-        " do not match image ", g.slices, "x", g.rows, "x", g.cols));
-  }
-
-  // Legend: every named foreground class, then any other label value that occurs.
-  std::array<bool, 256> present{};
-  for (uint8_t label : labels.voxels) present[label] = true;
   std::vector<LegendEntry> legend;
-  for (int label = 1; label < 256; ++label) {
-    const bool named = static_cast<size_t>(label) < class_names.size();
-    if (!named && !present[label]) continue;
-    legend.push_back({label, named ? class_names[label] : absl::StrCat("class ", label)});
-  }
-  if (!options.legend) legend.clear();
-
-  const int64_t slices = g.slices;
-  const int64_t columns64 =
-      options.columns > 0 ? std::min<int64_t>(options.columns, slices)
-                          : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(slices))));
-  const int64_t grid_rows64 = (slices + columns64 - 1) / columns64;
+  if (options.legend) legend = LegendFor(labels, class_names);
   const int scale = options.text_scale;
   const int title_height = options.title.empty() ? 0 : TextHeight(options.title, scale) + 6 * scale;
-
-  // Shrink the tiles until the montage fits the encoder's limit; give up only when even
-  // minimal tiles cannot fit (tens of thousands of slices).
-  int longer = options.tile_size;
-  TileSize tile;
-  int64_t width = 0;
-  int64_t grid_height = 0;
-  while (true) {
-    tile = TileFor(g, longer);
-    width = columns64 * (tile.width + kGap) + kGap;
-    grid_height = grid_rows64 * (tile.height + kGap) + kGap;
-    // The legend adds less than a few hundred pixels; leave it room.
-    const int64_t reserve = title_height + 512;
-    if (width <= kMaxImageSide && grid_height + reserve <= kMaxImageSide) break;
-    if (longer <= 8) {
-      return absl::InvalidArgumentError(absl::StrCat("a montage of ", slices, " slices in ",
-                                                     columns64, " columns cannot fit ",
-                                                     kMaxImageSide, " pixels per side"));
-    }
-    longer = std::max(8, longer * 3 / 4);
-  }
-  const LegendLayout legend_layout = LayOutLegend(legend, static_cast<int>(width), scale);
-  const int64_t height = title_height + grid_height + legend_layout.height;
+  absl::StatusOr<MontageGrid> grid = FitMontage(g, options, title_height);
+  if (!grid.ok()) return grid.status();
+  const LegendLayout legend_layout = LayOutLegend(legend, static_cast<int>(grid->width), scale);
+  const int64_t height = title_height + grid->height + legend_layout.height;
   if (height > kMaxImageSide) {
     return absl::InvalidArgumentError(
         absl::StrCat("montage height ", height, " exceeds ", kMaxImageSide, " pixels"));
   }
 
-  RgbImage out(static_cast<int>(width), static_cast<int>(height), kBackground);
+  RgbImage out(static_cast<int>(grid->width), static_cast<int>(height), kBackground);
   if (!options.title.empty()) {
     DrawText(out, kGap + 2 * scale, 3 * scale, options.title, kText, scale);
   }
   const IntensityWindow window = PercentileWindow(image);
-  for (int64_t k = 0; k < slices; ++k) {
-    const int x0 = static_cast<int>(kGap + (k % columns64) * (tile.width + kGap));
-    const int y0 = static_cast<int>(title_height + kGap + (k / columns64) * (tile.height + kGap));
+  const TileSize& tile = grid->tile;
+  for (int64_t k = 0; k < g.slices; ++k) {
+    const int x0 = static_cast<int>(kGap + (k % grid->columns) * (tile.width + kGap));
+    const int y0 =
+        static_cast<int>(title_height + kGap + (k / grid->columns) * (tile.height + kGap));
     DrawTile(image, labels, k, window, tile, options, x0, y0, out);
   }
-
-  const int legend_top = static_cast<int>(title_height + grid_height);
+  const int legend_top = static_cast<int>(title_height + grid->height);
   const int swatch = kGlyphHeight * scale;
   for (size_t i = 0; i < legend.size(); ++i) {
     const auto [x, y] = legend_layout.positions[i];
