@@ -35,14 +35,10 @@ absl::StatusOr<server::DicomNodeConfig> LoadDicomNodeConfig(const std::string& p
   return ParseDicomNodeConfig(text, path);
 }
 
-absl::StatusOr<server::DicomNodeConfig> ParseDicomNodeConfig(const std::string& text,
-                                                            const std::string& path) {
-  server::DicomNodeConfig config;
-  google::protobuf::util::JsonParseOptions options;
-  const auto parsed = google::protobuf::util::JsonStringToMessage(text, &config, options);
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parsed.message().as_string()));
-  }
+namespace {
+
+// Defaults for what the file leaves out, then the node's own settings checked.
+absl::Status ApplyDefaultsAndCheckNode(server::DicomNodeConfig& config, const std::string& path) {
   if (config.ae_title().empty()) config.set_ae_title("MISEG");
   if (!config.has_port()) config.set_port(11112);
   if (config.quiet_period_seconds() <= 0) config.set_quiet_period_seconds(10);
@@ -63,6 +59,10 @@ absl::StatusOr<server::DicomNodeConfig> ParseDicomNodeConfig(const std::string& 
   if (config.port() < 0 || config.port() > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": port out of range"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPeers(const server::DicomNodeConfig& config, const std::string& path) {
   if (config.peers().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": no peers: nobody could connect"));
   }
@@ -72,36 +72,47 @@ absl::StatusOr<server::DicomNodeConfig> ParseDicomNodeConfig(const std::string& 
       return absl::InvalidArgumentError(absl::StrCat(path, ": peer ", peer.ae_title(), " has no host"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDestination(const server::Destination& d, const std::string& path) {
+  if (d.has_dicom()) {
+    RETURN_IF_ERROR(ValidateAeTitle(d.dicom().ae_title(), absl::StrCat(path, ": destination ", d.name())));
+    if (d.dicom().host().empty() || d.dicom().port() <= 0 || d.dicom().port() > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": destination ", d.name(), " needs a host and a port"));
+    }
+  } else if (d.has_stow_rs()) {
+    if (d.stow_rs().url().rfind("http://", 0) != 0 && d.stow_rs().url().rfind("https://", 0) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": destination ", d.name(), " needs an http(s) URL"));
+    }
+    if (!d.stow_rs().bearer_token_file().empty()) {
+      // Read once at load, so a missing file stops the server rather than every delivery.
+      absl::StatusOr<std::string> token = ReadFileToString(d.stow_rs().bearer_token_file());
+      if (!token.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": destination ", d.name(),
+                                                       ": bearer token file: ",
+                                                       token.status().message()));
+      }
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": destination ", d.name(), " is neither dicom nor stowRs"));
+  }
+  return absl::OkStatus();
+}
+
+// Destination names are unique; every route stores or segments and delivers to known ones.
+absl::Status CheckDestinationsAndRoutes(const server::DicomNodeConfig& config,
+                                        const std::string& path) {
   std::set<std::string> names;
-  for (server::Destination& d : *config.mutable_destinations()) {
+  for (const server::Destination& d : config.destinations()) {
     if (d.name().empty() || !names.insert(d.name()).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": destination names must be present and unique ('", d.name(), "')"));
     }
-    if (d.has_dicom()) {
-      RETURN_IF_ERROR(ValidateAeTitle(d.dicom().ae_title(), absl::StrCat(path, ": destination ", d.name())));
-      if (d.dicom().host().empty() || d.dicom().port() <= 0 || d.dicom().port() > 65535) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": destination ", d.name(), " needs a host and a port"));
-      }
-    } else if (d.has_stow_rs()) {
-      if (d.stow_rs().url().rfind("http://", 0) != 0 && d.stow_rs().url().rfind("https://", 0) != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": destination ", d.name(), " needs an http(s) URL"));
-      }
-      if (!d.stow_rs().bearer_token_file().empty()) {
-        // Read once at load, so a missing file stops the server rather than every delivery.
-        absl::StatusOr<std::string> token = ReadFileToString(d.stow_rs().bearer_token_file());
-        if (!token.ok()) {
-          return absl::InvalidArgumentError(absl::StrCat(path, ": destination ", d.name(),
-                                                         ": bearer token file: ",
-                                                         token.status().message()));
-        }
-      }
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": destination ", d.name(), " is neither dicom nor stowRs"));
-    }
+    RETURN_IF_ERROR(CheckDestination(d, path));
   }
   if (config.routes().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": no routes: nothing would happen"));
@@ -121,6 +132,22 @@ absl::StatusOr<server::DicomNodeConfig> ParseDicomNodeConfig(const std::string& 
       }
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<server::DicomNodeConfig> ParseDicomNodeConfig(const std::string& text,
+                                                            const std::string& path) {
+  server::DicomNodeConfig config;
+  google::protobuf::util::JsonParseOptions options;
+  const auto parsed = google::protobuf::util::JsonStringToMessage(text, &config, options);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parsed.message().as_string()));
+  }
+  RETURN_IF_ERROR(ApplyDefaultsAndCheckNode(config, path));
+  RETURN_IF_ERROR(CheckPeers(config, path));
+  RETURN_IF_ERROR(CheckDestinationsAndRoutes(config, path));
   return config;
 }
 
