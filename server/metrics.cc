@@ -210,6 +210,141 @@ struct ServerMetrics::State {
 
 namespace {
 
+// gRPC: requests, latency and open streams by method.
+void RegisterRpcMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.rpcs = &prometheus::BuildCounter()
+                    .Name("miseg_grpc_requests_total")
+                    .Help("RPCs handled, by method and status code")
+                    .Register(r);
+  state.rpc_latency = &prometheus::BuildHistogram()
+                           .Name("miseg_grpc_request_duration_seconds")
+                           .Help("Time to handle an RPC, by method")
+                           .Register(r);
+  state.active_streams = &prometheus::BuildGauge()
+                              .Name("miseg_grpc_active_streams")
+                              .Help("Streaming RPCs open now, by method")
+                              .Register(r);
+  for (const char* method : {"Upload", "WatchJob", "Segment"}) {
+    state.active_streams->Add({{"method", method}});
+  }
+}
+
+// Upload: bytes and instances by outcome.
+void RegisterUploadMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.upload_bytes = &prometheus::BuildCounter()
+                            .Name("miseg_upload_received_bytes_total")
+                            .Help("Bytes of DICOM files received by Upload")
+                            .Register(r)
+                            .Add({});
+  state.upload_instances = &prometheus::BuildCounter()
+                                .Name("miseg_upload_instances_total")
+                                .Help("DICOM instances received by Upload, by outcome")
+                                .Register(r);
+  for (const char* outcome : {"stored", "duplicate", "refused"}) {
+    state.upload_instances->Add({{"outcome", outcome}});
+  }
+}
+
+// Jobs by state and the running job's progress.
+void RegisterTrainingMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.jobs =
+      &prometheus::BuildGauge().Name("miseg_jobs").Help("Training jobs, by state").Register(r);
+  for (int s = 1; s <= 5; ++s) state.jobs->Add({{"state", JobStateLabel(s)}});
+  state.step_time = &prometheus::BuildHistogram()
+                         .Name("miseg_training_step_duration_seconds")
+                         .Help("Time of one optimisation step of the running job")
+                         .Register(r)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{
+                                      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+  state.step = &prometheus::BuildGauge()
+                    .Name("miseg_training_step")
+                    .Help("Steps completed by the running job")
+                    .Register(r)
+                    .Add({});
+  state.total_steps = &prometheus::BuildGauge()
+                           .Name("miseg_training_total_steps")
+                           .Help("Steps the running job will run in all")
+                           .Register(r)
+                           .Add({});
+  state.learning_rate = &prometheus::BuildGauge()
+                             .Name("miseg_training_learning_rate")
+                             .Help("Learning rate of the running job's last step")
+                             .Register(r)
+                             .Add({});
+  state.training_active = &prometheus::BuildGauge()
+                               .Name("miseg_training_active")
+                               .Help("1 while a job is training, else 0")
+                               .Register(r)
+                               .Add({});
+  state.loss = &prometheus::BuildGauge()
+                    .Name("miseg_training_loss")
+                    .Help("Loss terms of the running job's last step, by term")
+                    .Register(r);
+  state.dice = &prometheus::BuildGauge()
+                    .Name("miseg_training_validation_dice_ratio")
+                    .Help("Validation Dice of the running job, by foreground class index")
+                    .Register(r);
+}
+
+// Segmentation latency, queue and model loading.
+void RegisterInferenceMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.inference_latency = &prometheus::BuildHistogram()
+                                 .Name("miseg_inference_duration_seconds")
+                                 .Help("Time to segment one series, queueing excluded")
+                                 .Register(r)
+                                 .Add({}, RpcBuckets());
+  state.queue_depth = &prometheus::BuildGauge()
+                           .Name("miseg_inference_queue_depth")
+                           .Help("Segmentations running or waiting")
+                           .Register(r)
+                           .Add({});
+  state.rejected = &prometheus::BuildCounter()
+                        .Name("miseg_inference_rejected_total")
+                        .Help("Segmentations refused because the queue was full")
+                        .Register(r)
+                        .Add({});
+  state.model_load = &prometheus::BuildHistogram()
+                          .Name("miseg_model_load_duration_seconds")
+                          .Help("Time to load a model into the inference cache")
+                          .Register(r)
+                          .Add({}, RpcBuckets());
+}
+
+// The DICOM node: received instances and series, SEG deliveries.
+void RegisterDicomNodeMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
+  state.dicom_instances = &prometheus::BuildCounter()
+                               .Name("miseg_dicom_received_instances_total")
+                               .Help("Instances received by C-STORE, by outcome")
+                               .Register(r);
+  for (const char* outcome : {"stored", "refused", "failed"})
+    state.dicom_instances->Add({{"outcome", outcome}});
+  state.dicom_series = &prometheus::BuildCounter()
+                            .Name("miseg_dicom_series_total")
+                            .Help("Complete series received and routed, by outcome")
+                            .Register(r);
+  for (const char* outcome : {"processed", "failed"})
+    state.dicom_series->Add({{"outcome", outcome}});
+  state.delivery_attempts = &prometheus::BuildCounter()
+                                 .Name("miseg_delivery_attempts_total")
+                                 .Help("Attempts to deliver a SEG to a destination, by outcome")
+                                 .Register(r);
+  for (const char* outcome : {"delivered", "failed"})
+    state.delivery_attempts->Add({{"outcome", outcome}});
+  state.deliveries = &prometheus::BuildGauge()
+                          .Name("miseg_deliveries")
+                          .Help("SEG deliveries in the outbox, by state")
+                          .Register(r);
+  for (const char* s : {"pending", "delivered", "failed"}) state.deliveries->Add({{"state", s}});
+  state.delivery_latency = &prometheus::BuildHistogram()
+                                .Name("miseg_delivery_latency_seconds")
+                                .Help(
+                                    "From the last instance of a series received to its SEG "
+                                    "delivered")
+                                .Register(r)
+                                .Add({}, prometheus::Histogram::BucketBoundaries{
+                                             0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600});
+}
+
 // Workers and data-parallel training (the scheduler's view).
 void RegisterClusterMetrics(ServerMetrics::State& state, prometheus::Registry& r) {
   state.workers = &prometheus::BuildGauge()
@@ -247,118 +382,11 @@ ServerMetrics::ServerMetrics(const std::string& version) : state_(std::make_uniq
       .Register(r)
       .Add({{"version", version}})
       .Set(1);
-  state_->rpcs = &prometheus::BuildCounter()
-                      .Name("miseg_grpc_requests_total")
-                      .Help("RPCs handled, by method and status code")
-                      .Register(r);
-  state_->rpc_latency = &prometheus::BuildHistogram()
-                             .Name("miseg_grpc_request_duration_seconds")
-                             .Help("Time to handle an RPC, by method")
-                             .Register(r);
-  state_->active_streams = &prometheus::BuildGauge()
-                                .Name("miseg_grpc_active_streams")
-                                .Help("Streaming RPCs open now, by method")
-                                .Register(r);
-  for (const char* method : {"Upload", "WatchJob", "Segment"}) {
-    state_->active_streams->Add({{"method", method}});
-  }
-  state_->upload_bytes = &prometheus::BuildCounter()
-                              .Name("miseg_upload_received_bytes_total")
-                              .Help("Bytes of DICOM files received by Upload")
-                              .Register(r)
-                              .Add({});
-  state_->upload_instances = &prometheus::BuildCounter()
-                                  .Name("miseg_upload_instances_total")
-                                  .Help("DICOM instances received by Upload, by outcome")
-                                  .Register(r);
-  for (const char* outcome : {"stored", "duplicate", "refused"}) {
-    state_->upload_instances->Add({{"outcome", outcome}});
-  }
-  state_->jobs = &prometheus::BuildGauge()
-                      .Name("miseg_jobs")
-                      .Help("Training jobs, by state")
-                      .Register(r);
-  for (int s = 1; s <= 5; ++s) state_->jobs->Add({{"state", JobStateLabel(s)}});
-  state_->step_time = &prometheus::BuildHistogram()
-                           .Name("miseg_training_step_duration_seconds")
-                           .Help("Time of one optimisation step of the running job")
-                           .Register(r)
-                           .Add({}, prometheus::Histogram::BucketBoundaries{
-                                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
-  state_->step = &prometheus::BuildGauge()
-                      .Name("miseg_training_step")
-                      .Help("Steps completed by the running job")
-                      .Register(r)
-                      .Add({});
-  state_->total_steps = &prometheus::BuildGauge()
-                             .Name("miseg_training_total_steps")
-                             .Help("Steps the running job will run in all")
-                             .Register(r)
-                             .Add({});
-  state_->learning_rate = &prometheus::BuildGauge()
-                               .Name("miseg_training_learning_rate")
-                               .Help("Learning rate of the running job's last step")
-                               .Register(r)
-                               .Add({});
-  state_->training_active = &prometheus::BuildGauge()
-                                 .Name("miseg_training_active")
-                                 .Help("1 while a job is training, else 0")
-                                 .Register(r)
-                                 .Add({});
-  state_->loss = &prometheus::BuildGauge()
-                      .Name("miseg_training_loss")
-                      .Help("Loss terms of the running job's last step, by term")
-                      .Register(r);
-  state_->dice = &prometheus::BuildGauge()
-                      .Name("miseg_training_validation_dice_ratio")
-                      .Help("Validation Dice of the running job, by foreground class index")
-                      .Register(r);
-  state_->inference_latency = &prometheus::BuildHistogram()
-                                   .Name("miseg_inference_duration_seconds")
-                                   .Help("Time to segment one series, queueing excluded")
-                                   .Register(r)
-                                   .Add({}, RpcBuckets());
-  state_->queue_depth = &prometheus::BuildGauge()
-                             .Name("miseg_inference_queue_depth")
-                             .Help("Segmentations running or waiting")
-                             .Register(r)
-                             .Add({});
-  state_->rejected = &prometheus::BuildCounter()
-                          .Name("miseg_inference_rejected_total")
-                          .Help("Segmentations refused because the queue was full")
-                          .Register(r)
-                          .Add({});
-  state_->model_load = &prometheus::BuildHistogram()
-                            .Name("miseg_model_load_duration_seconds")
-                            .Help("Time to load a model into the inference cache")
-                            .Register(r)
-                            .Add({}, RpcBuckets());
-  state_->dicom_instances = &prometheus::BuildCounter()
-                                 .Name("miseg_dicom_received_instances_total")
-                                 .Help("Instances received by C-STORE, by outcome")
-                                 .Register(r);
-  for (const char* outcome : {"stored", "refused", "failed"}) state_->dicom_instances->Add({{"outcome", outcome}});
-  state_->dicom_series = &prometheus::BuildCounter()
-                              .Name("miseg_dicom_series_total")
-                              .Help("Complete series received and routed, by outcome")
-                              .Register(r);
-  for (const char* outcome : {"processed", "failed"}) state_->dicom_series->Add({{"outcome", outcome}});
-  state_->delivery_attempts = &prometheus::BuildCounter()
-                                   .Name("miseg_delivery_attempts_total")
-                                   .Help("Attempts to deliver a SEG to a destination, by outcome")
-                                   .Register(r);
-  for (const char* outcome : {"delivered", "failed"}) state_->delivery_attempts->Add({{"outcome", outcome}});
-  state_->deliveries = &prometheus::BuildGauge()
-                            .Name("miseg_deliveries")
-                            .Help("SEG deliveries in the outbox, by state")
-                            .Register(r);
-  for (const char* st : {"pending", "delivered", "failed"}) state_->deliveries->Add({{"state", st}});
-  state_->delivery_latency = &prometheus::BuildHistogram()
-                                  .Name("miseg_delivery_latency_seconds")
-                                  .Help("From the last instance of a series received to its SEG delivered")
-                                  .Register(r)
-                                  .Add({}, prometheus::Histogram::BucketBoundaries{
-                                               0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600});
+  RegisterRpcMetrics(*state_, r);
+  RegisterUploadMetrics(*state_, r);
+  RegisterTrainingMetrics(*state_, r);
+  RegisterInferenceMetrics(*state_, r);
+  RegisterDicomNodeMetrics(*state_, r);
   RegisterClusterMetrics(*state_, r);
 }
 
