@@ -3,8 +3,13 @@
 //   miseg-bench train  full semi-supervised steps vs labeled-only steps
 //   miseg-bench mi     the MI loss (forward + backward) vs a per-displacement formulation
 //   miseg-bench infer  segmenting one volume vs the bare network forward passes
+//   miseg-bench profile  the train step's operators under LibTorch's profiler, by self time
+// train and infer also run the Python reference (bench/reference/) on the same shapes and
+// threads and print its figures and the ratios: PyTorch eager on the same libtorch.
 // Prints one JSON object with --json, a readable table otherwise.
 #include <sys/resource.h>
+
+#include <cstdlib>
 
 #include <algorithm>
 #include <chrono>
@@ -17,6 +22,7 @@
 #include <vector>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/profiler.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/utils.h>
 
@@ -26,8 +32,10 @@
 #include "absl/strings/str_cat.h"
 #include "core/common/allocator_tuning.h"
 #include "core/phantom/phantom.h"
+#include "core/train/frozen_unet.h"
 #include "core/train/inference.h"
 #include "core/train/losses.h"
+#include "core/train/memory_layout.h"
 #include "core/train/model_io.h"
 #include "core/train/preprocess.h"
 #include "core/train/trainer.h"
@@ -46,6 +54,18 @@ ABSL_FLAG(int64_t, matrix, 256, "infer: in-plane size of the volume");
 ABSL_FLAG(bool, tta, false, "infer: flip test-time augmentation");
 ABSL_FLAG(std::string, device, "cpu", "torch device");
 ABSL_FLAG(bool, json, false, "print one JSON object");
+ABSL_FLAG(std::string, reference, MISEG_REFERENCE_SCRIPT,
+          "train/infer: the Python reference (bench/reference/unet_reference.py), run by --python "
+          "in the same run with the same threads and shapes; empty: none");
+ABSL_FLAG(std::string, python, "/usr/bin/python3", "the Python that runs --reference");
+ABSL_FLAG(std::string, reference_args, "",
+          "more arguments for the reference, e.g. \"--amp=bf16 --compile\" (bench/gpu.sh)");
+ABSL_FLAG(int64_t, rounds, 1,
+          "train/infer: miseg and the reference alternate this many times (each round times "
+          "--steps); medians over all rounds, so a shared machine's load hits both alike");
+ABSL_FLAG(int64_t, top, 20, "profile: operators listed");
+ABSL_FLAG(bool, channels_last, true,
+          "train/profile: TrainerConfig::channels_last (false: the NCHW layout of before issue 15)");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "tune glibc malloc to keep freed memory (core/common/allocator_tuning.h); false "
           "measures glibc's defaults");
@@ -90,6 +110,7 @@ void Print(const std::string& benchmark, const Figures& figures) {
 
 Figures CommonFigures() {
   return {{"device", absl::GetFlag(FLAGS_device)},
+          {"channels_last", absl::GetFlag(FLAGS_channels_last) ? "true" : "false"},
           {"keep_freed_memory", absl::GetFlag(FLAGS_keep_freed_memory) ? "true" : "false"},
           {"threads", std::to_string(absl::GetFlag(FLAGS_threads))},
           {"torch_threads", std::to_string(at::get_num_threads())}};
@@ -117,7 +138,52 @@ TrainerConfig BenchConfig() {
   c.device = absl::GetFlag(FLAGS_device);
   c.total_steps = absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_steps);
   c.validate_every = 0;
+  c.channels_last = absl::GetFlag(FLAGS_channels_last);
   return c;
+}
+
+// The Python reference (bench/reference/unet_reference.py) run as `python script command
+// args...` with this run's threads; the numbers of the JSON object it prints, by key.
+// Unavailable when it cannot run or prints no JSON.
+absl::StatusOr<std::map<std::string, double>> RunReference(const std::string& command,
+                                                           const std::vector<std::string>& args) {
+  std::string line = absl::StrCat("'", absl::GetFlag(FLAGS_python), "' '",
+                                  absl::GetFlag(FLAGS_reference), "' ", command,
+                                  " --threads=", absl::GetFlag(FLAGS_threads),
+                                  " --device=", absl::GetFlag(FLAGS_device), " ",
+                                  absl::GetFlag(FLAGS_reference_args));
+  for (const std::string& a : args) absl::StrAppend(&line, " ", a);
+  FILE* pipe = ::popen(line.c_str(), "r");
+  if (pipe == nullptr) return absl::UnavailableError("cannot start " + line);
+  std::string out;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  const int rc = ::pclose(pipe);
+  if (rc != 0 || out.find('{') == std::string::npos) {
+    return absl::UnavailableError(absl::StrCat("reference failed (", rc, "): ", line));
+  }
+  // The reference prints one flat object: "key": value pairs, numbers unquoted.
+  std::map<std::string, double> values;
+  for (size_t key = out.find('"'); key != std::string::npos; key = out.find('"', key)) {
+    const size_t end = out.find('"', key + 1);
+    if (end == std::string::npos) break;
+    const std::string name = out.substr(key + 1, end - key - 1);
+    size_t value = end + 1;
+    while (value < out.size() && (out[value] == ':' || out[value] == ' ')) ++value;
+    char* parsed_end = nullptr;
+    const double v = std::strtod(out.c_str() + value, &parsed_end);
+    if (parsed_end != out.c_str() + value && out[end + 1] == ':') values[name] = v;
+    key = end + 1;
+  }
+  return values;
+}
+
+bool ReferenceWanted() { return !absl::GetFlag(FLAGS_reference).empty(); }
+
+std::string WidthsFlag(const std::vector<int64_t>& widths) {
+  std::string out = "--widths=";
+  for (size_t i = 0; i < widths.size(); ++i) absl::StrAppend(&out, i ? "," : "", widths[i]);
+  return out;
 }
 
 // Milliseconds of each timed step (after warm-up) of one training run.
@@ -142,11 +208,36 @@ int RunTrain() {
     std::cerr << "train: the phantom has 4 classes; use --classes 4\n";
     return 2;
   }
-  auto semi = TimeTraining(full, data);
-  if (!semi.ok()) {
-    std::cerr << semi.status() << "\n";
-    return 1;
+  // Rounds alternate miseg's step with the reference's two forms on the same shapes.
+  std::vector<double> semi_ms, python_two_pass, python_three_forward;
+  const std::vector<std::string> shapes = {
+      absl::StrCat("--size=", full.model.grid_size), absl::StrCat("--labeled-batch=", full.labeled_batch),
+      absl::StrCat("--unlabeled-batch=", full.unlabeled_batch), absl::StrCat("--classes=", full.model.classes),
+      absl::StrCat("--window=", full.mi_window), WidthsFlag(full.model.widths),
+      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)), absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
+  double reference_params = 0;
+  for (int64_t round = 0; round < std::max<int64_t>(1, absl::GetFlag(FLAGS_rounds)); ++round) {
+    auto semi = TimeTraining(full, data);
+    if (!semi.ok()) {
+      std::cerr << semi.status() << "\n";
+      return 1;
+    }
+    semi_ms.insert(semi_ms.end(), semi->begin(), semi->end());
+    if (!ReferenceWanted()) continue;
+    for (const char* form : {"two_pass", "three_forward"}) {
+      std::vector<std::string> args = shapes;
+      args.push_back(absl::StrCat("--form=", form));
+      auto ref = RunReference("train", args);
+      if (!ref.ok()) {
+        std::cerr << ref.status() << "\n";
+        return 1;
+      }
+      reference_params = (*ref)["params"];
+      (std::string(form) == "two_pass" ? python_two_pass : python_three_forward)
+          .push_back((*ref)["step_ms_median"]);
+    }
   }
+  const std::vector<double>* semi = &semi_ms;
   const double rss_after_semi = PeakRssMb();
   TrainerConfig labeled_only = full;
   labeled_only.w_mi = 0;
@@ -173,7 +264,105 @@ int RunTrain() {
                      {"labeled_only_step_ms_median", Num(baseline_ms)},
                      {"semi_over_labeled_only", Num(step_ms / baseline_ms)},
                      {"peak_rss_mb", Num(rss_after_semi)}});
+  if (ReferenceWanted()) {
+    // Python's figure over miseg's: above 1, miseg is that many times faster.
+    const double two_pass = Median(python_two_pass), three_forward = Median(python_three_forward);
+    f.insert(f.end(), {{"rounds", std::to_string(python_two_pass.size())},
+                       {"python_params", std::to_string(static_cast<int64_t>(reference_params))},
+                       {"python_two_pass_step_ms_median", Num(two_pass)},
+                       {"python_three_forward_step_ms_median", Num(three_forward)},
+                       {"python_two_pass_over_miseg", Num(two_pass / step_ms)},
+                       {"python_three_forward_over_miseg", Num(three_forward / step_ms)}});
+  }
   Print("train", f);
+  return 0;
+}
+
+// Per-operator CPU time of a profile: self time (less the operators called inside it) and
+// inclusive time, summed over calls.
+struct OperatorTime {
+  int64_t calls = 0;
+  double self_us = 0;
+  double total_us = 0;
+};
+
+// Pairs each thread's push and pop events (LIFO on one thread) and sums them by name.
+std::map<std::string, OperatorTime> AggregateProfile(
+    const torch::autograd::profiler::thread_event_lists& lists) {
+  using torch::autograd::profiler::EventKind;
+  using torch::autograd::profiler::LegacyEvent;
+  std::map<std::string, OperatorTime> ops;
+  for (const auto& events : lists) {
+    struct Open {
+      const LegacyEvent* push;
+      double children_us;
+    };
+    std::vector<Open> stack;
+    for (const LegacyEvent& e : events) {
+      if (e.kind() == EventKind::PushRange) {
+        stack.push_back({&e, 0});
+      } else if (e.kind() == EventKind::PopRange && !stack.empty()) {
+        const Open open = stack.back();
+        stack.pop_back();
+        const double us = open.push->cpuElapsedUs(e);
+        OperatorTime& op = ops[open.push->name()];
+        ++op.calls;
+        op.total_us += us;
+        op.self_us += us - open.children_us;
+        if (!stack.empty()) stack.back().children_us += us;
+      }
+    }
+  }
+  return ops;
+}
+
+// The semi-supervised step under LibTorch's (legacy, CPU) profiler: --steps steps after
+// --warmup, the --top operators by self time.
+int RunProfile() {
+  const TrainingData data = PhantomData(/*labeled=*/2, /*unlabeled=*/2);
+  const TrainerConfig config = BenchConfig();
+  auto trainer = Trainer::Create(config, data);
+  if (!trainer.ok()) {
+    std::cerr << trainer.status() << "\n";
+    return 1;
+  }
+  namespace profiler = torch::autograd::profiler;
+  const int64_t warmup = absl::GetFlag(FLAGS_warmup), steps = absl::GetFlag(FLAGS_steps);
+  profiler::thread_event_lists events;
+  Clock::time_point start;
+  double wall_ms = 0;
+  // The profiler is per thread: on_step runs on the thread that trains.
+  auto outcome = (*trainer)->Run({[&](const StepMetrics& m) {
+    if (m.step == warmup) {
+      profiler::enableProfilerLegacy(
+          torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU));
+      start = Clock::now();
+    } else if (m.step == warmup + steps) {
+      wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      events = profiler::disableProfilerLegacy();
+    }
+  }});
+  if (!outcome.ok()) {
+    std::cerr << outcome.status() << "\n";
+    return 1;
+  }
+  std::vector<std::pair<std::string, OperatorTime>> ops;
+  double self_total = 0;
+  for (const auto& [name, op] : AggregateProfile(events)) {
+    ops.emplace_back(name, op);
+    self_total += op.self_us;
+  }
+  std::sort(ops.begin(), ops.end(),
+            [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
+  std::printf("miseg-bench profile: %lld steps, %.1f ms per step (wall), %.1f ms per step in "
+              "operators\n", static_cast<long long>(steps), wall_ms / steps, self_total / 1000 / steps);
+  std::printf("  %-44s %8s %10s %7s %10s\n", "operator", "calls", "self ms", "self %", "total ms");
+  for (size_t i = 0; i < ops.size() && i < static_cast<size_t>(absl::GetFlag(FLAGS_top)); ++i) {
+    const OperatorTime& op = ops[i].second;
+    std::printf("  %-44s %8lld %10.1f %6.1f%% %10.1f\n", ops[i].first.c_str(),
+                static_cast<long long>(op.calls / steps), op.self_us / 1000 / steps,
+                100 * op.self_us / self_total, op.total_us / 1000 / steps);
+  }
   return 0;
 }
 
@@ -256,7 +445,11 @@ int RunInfer() {
     std::cerr << "infer: could not build a model\n";
     return 1;
   }
-  auto segmenter = Segmenter::Load(model_path, {absl::GetFlag(FLAGS_device), 16, absl::GetFlag(FLAGS_tta)});
+  InferenceOptions inference;
+  inference.device = absl::GetFlag(FLAGS_device);
+  inference.batch_slices = 16;
+  inference.flip_tta = absl::GetFlag(FLAGS_tta);
+  auto segmenter = Segmenter::Load(model_path, inference);
   std::filesystem::remove(model_path);
   if (!segmenter.ok()) {
     std::cerr << segmenter.status() << "\n";
@@ -266,7 +459,27 @@ int RunInfer() {
   options.min_slices = options.max_slices = static_cast<int>(absl::GetFlag(FLAGS_slices));
   options.min_matrix = options.max_matrix = static_cast<int>(absl::GetFlag(FLAGS_matrix));
   const PhantomSubject subject = GeneratePhantomSubject(7, 0, options);
-  const double segment_ms = Median(TimeRepeated([&] { (void)(*segmenter)->Segment(subject.image); }));
+  // Rounds alternate miseg's segmentation with the reference's inference on the same slices.
+  std::vector<double> segment_all, python_all;
+  double reference_params = 0;
+  for (int64_t round = 0; round < std::max<int64_t>(1, absl::GetFlag(FLAGS_rounds)); ++round) {
+    const std::vector<double> ms = TimeRepeated([&] { (void)(*segmenter)->Segment(subject.image); });
+    segment_all.insert(segment_all.end(), ms.begin(), ms.end());
+    if (!ReferenceWanted()) continue;
+    auto ref = RunReference(
+        "infer", {absl::StrCat("--size=", config.model.grid_size),
+                  absl::StrCat("--slices=", absl::GetFlag(FLAGS_slices)), "--batch-slices=16",
+                  absl::StrCat("--classes=", config.model.classes), WidthsFlag(config.model.widths),
+                  absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)),
+                  absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))});
+    if (!ref.ok()) {
+      std::cerr << ref.status() << "\n";
+      return 1;
+    }
+    reference_params = (*ref)["params"];
+    python_all.push_back((*ref)["ms_median"]);
+  }
+  const double segment_ms = Median(segment_all);
   // Baseline: the same network alone on already-prepared slices (weights do not matter).
   auto device = ResolveDevice(absl::GetFlag(FLAGS_device));
   auto prepared = PrepareVolume(subject.image, nullptr, config.model);
@@ -280,6 +493,20 @@ int RunInfer() {
       out.sum().item<float>();
     }
   }));
+  // What the segmenter runs: the frozen network (batch norm folded, channels-last, inference
+  // mode) with softmax and argmax, as the reference does, on the same prepared slices.
+  const auto time_frozen = [&](bool channels_last) {
+    const FrozenUNet frozen = FrozenUNet::Fold(net, channels_last);
+    return Median(TimeRepeated([&] {
+      for (int64_t s = 0; s < prepared->images.size(0); s += 16) {
+        const torch::Tensor batch =
+            prepared->images.narrow(0, s, std::min<int64_t>(16, prepared->images.size(0) - s)).to(*device);
+        torch::softmax(frozen.forward(batch), 1).argmax(1).sum().item<int64_t>();
+      }
+    }));
+  };
+  const double frozen_ms = time_frozen(PrefersChannelsLast(*device));
+  const double frozen_nchw_ms = time_frozen(false);
   Figures f = CommonFigures();
   f.insert(f.end(), {{"slices", std::to_string(absl::GetFlag(FLAGS_slices))},
                      {"matrix", std::to_string(absl::GetFlag(FLAGS_matrix))},
@@ -289,7 +516,20 @@ int RunInfer() {
                      {"slices_per_second", Num(absl::GetFlag(FLAGS_slices) * 1000.0 / segment_ms)},
                      {"network_only_ms_median", Num(forward_ms)},
                      {"segment_over_network_only", Num(segment_ms / forward_ms)},
+                     {"frozen_network_ms_median", Num(frozen_ms)},
+                     {"network_only_over_frozen", Num(forward_ms / frozen_ms)},
+                     {"frozen_nchw_ms_median", Num(frozen_nchw_ms)},
                      {"peak_rss_mb", Num(PeakRssMb())}});
+  if (ReferenceWanted()) {
+    // The reference runs the network on the grid (no resampling): with --matrix equal to
+    // --size both do the same work. Above 1, miseg is that many times faster.
+    const double python_ms = Median(python_all);
+    f.insert(f.end(), {{"python_params", std::to_string(static_cast<int64_t>(reference_params))},
+                       {"python_ms_median", Num(python_ms)},
+                       {"python_over_segment", Num(python_ms / segment_ms)},
+                       {"python_over_network_only", Num(python_ms / forward_ms)},
+                       {"python_over_frozen_network", Num(python_ms / frozen_ms)}});
+  }
   Print("infer", f);
   return 0;
 }
@@ -299,7 +539,7 @@ int RunInfer() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "miseg-bench train|mi|infer [flags]\n"
+      "miseg-bench train|mi|infer|profile [flags]\n"
       "  e.g. miseg-bench train --size 128 --labeled_batch 4 --unlabeled_batch 8 --classes 4 "
       "--threads 2 --steps 10 --json");
   // Accept --labeled-batch as well as --labeled_batch.
@@ -325,6 +565,7 @@ int main(int argc, char** argv) {
   if (command == "train") return miseg::RunTrain();
   if (command == "mi") return miseg::RunMi();
   if (command == "infer") return miseg::RunInfer();
+  if (command == "profile") return miseg::RunProfile();
   std::cerr << "unknown benchmark '" << command << "'\n" << absl::ProgramUsageMessage() << "\n";
   return 2;
 }

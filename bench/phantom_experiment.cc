@@ -29,6 +29,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "bench/active_learning_experiment.h"
 #include "core/common/allocator_tuning.h"
 #include "core/phantom/phantom.h"
 #include "core/train/dice.h"
@@ -504,6 +505,11 @@ int Main() {
 }
 
 }  // namespace
+
+TrainerConfig ExperimentConfigFromFlags(const std::string& objective, uint64_t seed) {
+  return ConfigFor(objective, seed, Setting{});
+}
+
 }  // namespace miseg
 
 int main(int argc, char** argv) {
@@ -512,5 +518,6 @@ int main(int argc, char** argv) {
       "miseg-experiment [flags]: every objective at several labeled counts on the phantom, "
       "against the all-labeled upper bound");
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_active_learning)) return miseg::RunActiveLearningExperiment();
   return miseg::Main();
 }

@@ -1,6 +1,12 @@
 #include "client/client.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <system_error>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <google/protobuf/stubs/logging.h>
@@ -129,6 +135,7 @@ struct Client::State {
   std::unique_ptr<v1::ModelService::Stub> models;
   std::unique_ptr<v1::SegmentationService::Stub> segmentation;
   std::unique_ptr<v1::DicomNodeService::Stub> node;
+  std::unique_ptr<v1::ImportService::Stub> imports;
   std::unique_ptr<v1::WorkerService::Stub> workers;
 
   void Prepare(grpc::ClientContext* context, std::chrono::seconds timeout) const {
@@ -180,6 +187,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectionOptions&
   state->models = v1::ModelService::NewStub(state->channel);
   state->segmentation = v1::SegmentationService::NewStub(state->channel);
   state->node = v1::DicomNodeService::NewStub(state->channel);
+  state->imports = v1::ImportService::NewStub(state->channel);
   return std::unique_ptr<Client>(new Client(std::move(state)));
 }
 
@@ -315,6 +323,19 @@ absl::StatusOr<int64_t> Client::DeleteStudy(const std::string& dataset,
   grpc::Status status = state_->datasets->DeleteStudy(&context, request, &response);
   if (!status.ok()) return FromGrpc(status);
   return response.deleted_instances();
+}
+
+absl::StatusOr<v1::SuggestStudiesResponse> Client::SuggestStudies(const std::string& dataset,
+                                                                  int count) {
+  v1::SuggestStudiesRequest request;
+  request.set_dataset(dataset);
+  request.set_count(count);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::SuggestStudiesResponse response;
+  grpc::Status status = state_->datasets->SuggestStudies(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
 }
 
 absl::StatusOr<v1::Job> Client::StartJob(const std::string& dataset,
@@ -463,6 +484,59 @@ absl::StatusOr<std::vector<v1::Delivery>> Client::ListDeliveries(v1::DeliverySta
   return std::vector<v1::Delivery>(response.deliveries().begin(), response.deliveries().end());
 }
 
+absl::StatusOr<std::vector<v1::Import>> Client::StartImport(
+    const v1::StartImportRequest& request) {
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::StartImportResponse response;
+  grpc::Status status = state_->imports->StartImport(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Import>(response.imports().begin(), response.imports().end());
+}
+
+absl::StatusOr<v1::Import> Client::GetImport(int64_t id) {
+  v1::GetImportRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Import response;
+  grpc::Status status = state_->imports->GetImport(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Import>> Client::ListImports(const std::string& dataset) {
+  v1::ListImportsRequest request;
+  request.set_dataset(dataset);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListImportsResponse response;
+  grpc::Status status = state_->imports->ListImports(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::Import>(response.imports().begin(), response.imports().end());
+}
+
+absl::StatusOr<v1::Import> Client::CancelImport(int64_t id) {
+  v1::CancelImportRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::Import response;
+  grpc::Status status = state_->imports->CancelImport(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::ImportSource>> Client::ListImportSources() {
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::ListImportSourcesResponse response;
+  grpc::Status status =
+      state_->imports->ListImportSources(&context, v1::ListImportSourcesRequest(), &response);
+  if (!status.ok()) return FromGrpc(status);
+  return std::vector<v1::ImportSource>(response.sources().begin(), response.sources().end());
+}
+
 absl::StatusOr<SegmentResult> Client::Segment(const v1::SegmentHeader& header,
                                               const std::vector<DicomBuffer>& files,
                                               const ProgressCallback& progress,
@@ -497,6 +571,169 @@ absl::StatusOr<SegmentResult> Client::Segment(const v1::SegmentHeader& header,
     return absl::DataLossError("the segmentation arrived incomplete");
   }
   return result;
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A name the server may give an exported file: plain, in the directory itself.
+bool IsPlainFileName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+absl::Status CheckExportTarget(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return absl::OkStatus();
+  if (!fs::is_directory(dir, ec) || !fs::is_empty(dir, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " exists and is not an empty directory"));
+  }
+  return absl::OkStatus();
+}
+
+// Writes the files of an export stream into a directory, one open at a time: a chunk with
+// a file name opens the next file, last_chunk closes it (flushed and fsynced).
+class ExportFiles {
+ public:
+  explicit ExportFiles(std::string dir) : dir_(std::move(dir)) {}
+  ~ExportFiles() {
+    if (out_ != nullptr) std::fclose(out_);
+  }
+
+  absl::Status Take(const v1::FileChunk& chunk) {
+    if (out_ == nullptr) {
+      if (!IsPlainFileName(chunk.file_name())) {
+        return absl::DataLossError("the server sent a file without a plain name");
+      }
+      names_.push_back(chunk.file_name());
+      out_ = std::fopen((dir_ + "/" + chunk.file_name()).c_str(), "wb");
+      if (out_ == nullptr) return absl::InternalError(absl::StrCat("cannot write in ", dir_));
+    }
+    const std::string& data = chunk.data();
+    if (std::fwrite(data.data(), 1, data.size(), out_) != data.size()) return WriteError();
+    return chunk.last_chunk() ? Close() : absl::OkStatus();
+  }
+  // OK when the stream ended between files, after at least one.
+  absl::Status Finish() const {
+    if (out_ != nullptr) return absl::DataLossError("the export ended inside a file");
+    if (names_.empty()) return absl::DataLossError("the export was empty");
+    return absl::OkStatus();
+  }
+  const std::vector<std::string>& names() const { return names_; }
+
+ private:
+  absl::Status Close() {
+    const bool flushed = std::fflush(out_) == 0 && ::fsync(::fileno(out_)) == 0;
+    const bool closed = std::fclose(out_) == 0;
+    out_ = nullptr;
+    return flushed && closed ? absl::OkStatus() : WriteError();
+  }
+  absl::Status WriteError() const {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot write in ", dir_));
+  }
+
+  const std::string dir_;
+  std::FILE* out_ = nullptr;
+  std::vector<std::string> names_;
+};
+
+absl::Status MoveExportIntoPlace(const std::string& temporary, const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec)) fs::remove(dir, ec);  // empty (checked before the call)
+  fs::rename(temporary, dir, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", temporary, " to ", dir, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> Client::ExportModel(int64_t id, const std::string& dir) {
+  RETURN_IF_ERROR(CheckExportTarget(dir));
+  const std::string temporary = absl::StrCat(dir, ".partial-", ::getpid());
+  std::error_code ec;
+  fs::remove_all(temporary, ec);
+  fs::create_directories(temporary, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create ", temporary, ": ", ec.message()));
+  }
+  std::vector<std::string> names;
+  absl::Status written = [&]() -> absl::Status {
+    v1::ExportModelRequest request;
+    request.set_id(id);
+    grpc::ClientContext context;
+    state_->Prepare(&context, std::chrono::seconds(600));
+    auto reader = state_->models->ExportModel(&context, request);
+    ExportFiles files(temporary);
+    absl::Status taken;
+    v1::FileChunk chunk;
+    while (taken.ok() && reader->Read(&chunk)) taken = files.Take(chunk);
+    if (!taken.ok()) context.TryCancel();
+    const grpc::Status status = reader->Finish();
+    RETURN_IF_ERROR(taken);
+    RETURN_IF_ERROR(FromGrpc(status));
+    names = files.names();
+    return files.Finish();
+  }();
+  if (written.ok()) written = MoveExportIntoPlace(temporary, dir);
+  if (!written.ok()) {
+    fs::remove_all(temporary, ec);
+    return written;
+  }
+  return names;
+}
+
+absl::StatusOr<v1::Model> Client::ImportModel(const std::string& dataset, const std::string& dir) {
+  std::vector<DicomBuffer> files;
+  for (const char* name : {"model.json", "model.pt"}) {
+    ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(dir + "/" + name));
+    files.push_back(DicomBuffer{name, std::move(bytes)});
+  }
+  grpc::ClientContext context;
+  state_->Prepare(&context, std::chrono::seconds(600));
+  v1::Model response;
+  auto writer = state_->models->ImportModel(&context, &response);
+  v1::ImportModelRequest first;
+  first.mutable_header()->set_dataset(dataset);
+  if (writer->Write(first)) {
+    (void)WriteFiles<grpc::ClientWriter<v1::ImportModelRequest>, v1::ImportModelRequest>(
+        writer.get(), FromVector(files), TotalBytes(files), nullptr);
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+absl::StatusOr<int64_t> Client::DeleteModel(int64_t id) {
+  v1::DeleteModelRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  state_->Prepare(&context);
+  v1::DeleteModelResponse response;
+  grpc::Status status = state_->models->DeleteModel(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response.freed_bytes();
+}
+
+absl::StatusOr<v1::DeleteDatasetResponse> Client::DeleteDataset(const std::string& name,
+                                                                bool force) {
+  v1::DeleteDatasetRequest request;
+  request.set_name(name);
+  request.set_force(force);
+  grpc::ClientContext context;
+  // With force the server waits (up to two minutes) for the dataset's jobs to stop.
+  state_->Prepare(&context,
+                  std::chrono::seconds(std::max(state_->options.call_timeout_seconds, 180)));
+  v1::DeleteDatasetResponse response;
+  grpc::Status status = state_->datasets->DeleteDataset(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
 }
 
 }  // namespace miseg::client

@@ -91,6 +91,9 @@ class Client {
   absl::StatusOr<std::vector<v1::Study>> ListStudies(const std::string& dataset,
                                                      v1::StudyRole role);
   absl::StatusOr<int64_t> DeleteStudy(const std::string& dataset, const std::string& series_uid);
+  // Active learning: the dataset's unlabeled studies scored by its active model, the
+  // `count` highest first (the scores are also stored and shown by ListStudies).
+  absl::StatusOr<v1::SuggestStudiesResponse> SuggestStudies(const std::string& dataset, int count);
 
   absl::StatusOr<v1::Job> StartJob(const std::string& dataset,
                                    const v1::Hyperparameters& hyperparameters);
@@ -105,12 +108,31 @@ class Client {
   absl::StatusOr<std::vector<v1::Model>> ListModels(const std::string& dataset);
   absl::StatusOr<v1::Model> GetModel(int64_t id);
   absl::StatusOr<v1::Model> PromoteModel(int64_t id);
+  // Writes the exported model (model.pt, model.json, README.md) into dir, which must not
+  // exist or be empty: the files arrive in a temporary sibling directory that is renamed
+  // to dir once complete. Returns the file names.
+  absl::StatusOr<std::vector<std::string>> ExportModel(int64_t id, const std::string& dir);
+  // Sends dir's model.pt and model.json; the server registers them as a new model version
+  // of the dataset (not active).
+  absl::StatusOr<v1::Model> ImportModel(const std::string& dataset, const std::string& dir);
+  // Deletes a model version (not an active one); returns the bytes freed.
+  absl::StatusOr<int64_t> DeleteModel(int64_t id);
+  // Deletes a dataset and everything of it; force cancels its jobs first.
+  absl::StatusOr<v1::DeleteDatasetResponse> DeleteDataset(const std::string& name, bool force);
 
   // The workers that train ranks of jobs (the server's own devices first).
   absl::StatusOr<std::vector<v1::Worker>> ListWorkers();
 
   // The DICOM node's outbox (FailedPrecondition when the server runs no DICOM node).
   absl::StatusOr<std::vector<v1::Delivery>> ListDeliveries(v1::DeliveryState state);
+
+  // Imports from the PACS sources configured on the server (its --import_sources): one
+  // import per study (a query may start several); see miseg.v1.ImportService.
+  absl::StatusOr<std::vector<v1::Import>> StartImport(const v1::StartImportRequest& request);
+  absl::StatusOr<v1::Import> GetImport(int64_t id);
+  absl::StatusOr<std::vector<v1::Import>> ListImports(const std::string& dataset);
+  absl::StatusOr<v1::Import> CancelImport(int64_t id);
+  absl::StatusOr<std::vector<v1::ImportSource>> ListImportSources();
 
   // Files (one image series) or header.stored_series_instance_uid.
   absl::StatusOr<SegmentResult> Segment(const v1::SegmentHeader& header,

@@ -66,6 +66,17 @@ v1::Dataset ToProto(const DatasetRecord& r) {
   return d;
 }
 
+v1::LabelingPriority ToProto(const LabelingPriorityRecord& record) {
+  v1::LabelingPriority out;
+  out.set_score(record.score);
+  out.set_disagreement(record.disagreement);
+  out.set_mutual_information(record.mutual_information);
+  out.set_entropy(record.entropy);
+  out.set_model_id(record.model_id);
+  out.set_scored_unix_ms(record.scored_unix_ms);
+  return out;
+}
+
 v1::Study ToProto(const StudyRecord& r, const std::string& dataset_name) {
   v1::Study s;
   s.set_dataset(dataset_name);
@@ -83,6 +94,8 @@ v1::Study ToProto(const StudyRecord& r, const std::string& dataset_name) {
   s.set_created_unix_ms(r.created_unix_ms);
   s.set_series_description(r.series_description);
   s.set_damage(r.damage);
+  s.set_lossy_compressed(r.lossy_compressed);
+  s.set_lossy_compression_method(r.lossy_compression_method);
   return s;
 }
 
@@ -120,6 +133,8 @@ v1::Model ToProto(const ModelRecord& r, const std::vector<std::string>& class_na
   m.set_size_bytes(r.size_bytes);
   m.set_created_unix_ms(r.created_unix_ms);
   m.set_steps(r.steps);
+  m.set_format(r.format == StoredModelFormat::kTorchScript ? v1::MODEL_FORMAT_TORCHSCRIPT
+                                                          : v1::MODEL_FORMAT_MISEG);
   return m;
 }
 

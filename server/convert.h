@@ -22,6 +22,7 @@ absl::Status ValidateClassNames(const std::vector<std::string>& names);
 
 v1::Dataset ToProto(const DatasetRecord& record);
 v1::Study ToProto(const StudyRecord& record, const std::string& dataset_name);
+v1::LabelingPriority ToProto(const LabelingPriorityRecord& record);
 v1::Job ToProto(const JobRecord& record);
 v1::Model ToProto(const ModelRecord& record, const std::vector<std::string>& class_names);
 

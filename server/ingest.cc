@@ -48,6 +48,8 @@ class UploadFiles {
   // Puts file i into the file store (again: a no-op); returns its hash.
   virtual absl::StatusOr<std::string> Store(size_t i) = 0;
   virtual int64_t SizeOf(size_t i) const = 0;
+  // The SHA-256 (hex) of file i's bytes, as the file store keys it.
+  virtual absl::StatusOr<std::string> HashOf(size_t i) const = 0;
 };
 
 // Files held in memory (the DICOM node's series).
@@ -67,6 +69,9 @@ class BufferFiles final : public UploadFiles {
   absl::StatusOr<std::string> Store(size_t i) override { return files_.Put(input_[i].bytes); }
   int64_t SizeOf(size_t i) const override {
     return static_cast<int64_t>(input_[i].bytes.size());
+  }
+  absl::StatusOr<std::string> HashOf(size_t i) const override {
+    return Sha256Hex(input_[i].bytes);
   }
 
  private:
@@ -104,12 +109,45 @@ class StagedUploadFiles final : public UploadFiles {
     return hashes_[i];
   }
   int64_t SizeOf(size_t i) const override { return staged_[i]->size(); }
+  absl::StatusOr<std::string> HashOf(size_t i) const override {
+    return staged_[i]->finished() ? staged_[i]->hash() : Sha256OfFile(staged_[i]->path());
+  }
 
  private:
   FileStore& files_;
   std::vector<std::unique_ptr<StagedFile>>& staged_;
   const std::vector<std::string>& names_;
   std::vector<std::string> hashes_;  // of the files committed so far
+};
+
+// Files already in the file store, by hash (an import's): checked from there.
+class ObjectFiles final : public UploadFiles {
+ public:
+  ObjectFiles(FileStore& files, const std::vector<StoredObjectFile>& input)
+      : files_(files), input_(input) {}
+
+  absl::StatusOr<std::vector<SeriesVolume>> ReadSeriesOf(
+      const std::vector<size_t>& which, std::vector<std::string>* skipped,
+      const SeriesReaderLimits& limits) const override {
+    std::vector<std::string> paths, names;
+    for (size_t i : which) {
+      ASSIGN_OR_RETURN(std::string path, files_.ObjectPath(input_[i].hash));
+      paths.push_back(std::move(path));
+      names.push_back(input_[i].name);
+    }
+    return CheckSeriesFiles(paths, names, skipped, limits);
+  }
+  absl::StatusOr<DicomBuffer> Load(size_t i) const override {
+    ASSIGN_OR_RETURN(std::string bytes, files_.Get(input_[i].hash));
+    return DicomBuffer{input_[i].name, std::move(bytes)};
+  }
+  absl::StatusOr<std::string> Store(size_t i) override { return input_[i].hash; }
+  int64_t SizeOf(size_t i) const override { return input_[i].size_bytes; }
+  absl::StatusOr<std::string> HashOf(size_t i) const override { return input_[i].hash; }
+
+ private:
+  FileStore& files_;
+  const std::vector<StoredObjectFile>& input_;
 };
 
 // One ingest: the identified files of an upload grouped into series, each series checked
@@ -126,6 +164,8 @@ class Ingest {
  private:
   void Group();
   absl::Status IngestSeries(const std::string& series_uid);
+  absl::StatusOr<std::optional<size_t>> ChangedFromStored(
+      const std::string& series_uid, const std::vector<size_t>& everything) const;
   std::optional<std::string> RefusalBeforeReading(const std::string& series_uid,
                                                   const std::vector<size_t>& members,
                                                   const std::vector<size_t>& segs) const;
@@ -217,6 +257,18 @@ absl::Status Ingest::IngestSeries(const std::string& series_uid) {
     return existing_.contains(infos_[i]->sop_instance_uid);
   });
   if (all_stored) {
+    // The same SOP Instance UIDs are a duplicate only with the same bytes: other bytes under
+    // a stored UID (another transfer syntax, other pixels) are refused, saying so, rather
+    // than taken for the stored copy.
+    ASSIGN_OR_RETURN(std::optional<size_t> changed, ChangedFromStored(series_uid, everything));
+    if (changed) {
+      Mark(everything, IngestOutcome::kRefused,
+           absl::StrCat("instance ", infos_[*changed]->sop_instance_uid,
+                        " is already stored in this dataset with other content (another "
+                        "encoding or other pixels); the stored copy is kept: give the "
+                        "instances new UIDs to store them as a new study"));
+      return absl::OkStatus();
+    }
     Mark(everything, IngestOutcome::kDuplicate, kAlreadyStored);
     return absl::OkStatus();
   }
@@ -228,6 +280,27 @@ absl::Status Ingest::IngestSeries(const std::string& series_uid) {
                    CheckContent(series_uid, members, segs, everything));
   if (!study) return absl::OkStatus();
   return Commit(*std::move(study), everything);
+}
+
+// The first of `everything` whose bytes differ from those stored under its SOP Instance
+// UID in the stored study of the same series; nullopt when all match (or the instances
+// were stored with another series: a duplicate, as before).
+absl::StatusOr<std::optional<size_t>> Ingest::ChangedFromStored(
+    const std::string& series_uid, const std::vector<size_t>& everything) const {
+  absl::StatusOr<StudyRecord> stored = store_.GetStudy(dataset_.id, series_uid);
+  if (absl::IsNotFound(stored.status())) return std::nullopt;
+  if (!stored.ok()) return stored.status();
+  std::map<std::string, std::string> hash_of;
+  for (const InstanceRecord& instance : stored->instances) {
+    hash_of[instance.sop_instance_uid] = instance.object_hash;
+  }
+  for (size_t i : everything) {
+    auto it = hash_of.find(infos_[i]->sop_instance_uid);
+    if (it == hash_of.end()) continue;
+    ASSIGN_OR_RETURN(std::string hash, files_.HashOf(i));
+    if (hash != it->second) return i;
+  }
+  return std::nullopt;
 }
 
 // What refuses a series from the identities alone: some of it stored already, another
@@ -305,6 +378,8 @@ absl::StatusOr<std::optional<StudyRecord>> Ingest::CheckContent(
   study.series_instance_uid = series_uid;
   study.modality = volume.modality;
   study.series_description = volume.series_description;  // decoded to UTF-8 or escaped
+  study.lossy_compressed = volume.lossy.lossy;
+  study.lossy_compression_method = absl::StrJoin(volume.lossy.methods, "\\");
   study.slices = static_cast<int32_t>(volume.image.geometry.slices);
   study.rows = static_cast<int32_t>(volume.image.geometry.rows);
   study.columns = static_cast<int32_t>(volume.image.geometry.cols);
@@ -313,6 +388,9 @@ absl::StatusOr<std::optional<StudyRecord>> Ingest::CheckContent(
 
 // Stores the files by hash, then the study in one transaction.
 absl::Status Ingest::Commit(StudyRecord study, const std::vector<size_t>& everything) {
+  // From storing the objects to committing the study that references them, no delete may
+  // remove one of them (identical bytes another dataset just orphaned).
+  absl::ReaderMutexLock no_removals(&ObjectReferenceMutex());
   for (size_t i : everything) {
     ASSIGN_OR_RETURN(std::string hash, files_.Store(i));
     study.instances.push_back({infos_[i]->sop_instance_uid, std::move(hash), files_.SizeOf(i),
@@ -368,6 +446,22 @@ absl::StatusOr<IngestResult> IngestFiles(Store& store, FileStore& files,
   }
   BufferFiles upload(files, input);
   return Ingest(store, dataset, role, upload, limits).Run(names, std::move(identities));
+}
+
+absl::StatusOr<IngestResult> IngestStoredObjects(Store& store, FileStore& files,
+                                                 const DatasetRecord& dataset, StoredRole role,
+                                                 const std::vector<StoredObjectFile>& input,
+                                                 const SeriesReaderLimits& limits) {
+  std::vector<std::string> names;
+  std::vector<absl::StatusOr<InstanceInfo>> identities;
+  for (const StoredObjectFile& file : input) {
+    names.push_back(file.name);
+    absl::StatusOr<std::string> path = files.ObjectPath(file.hash);
+    if (!path.ok()) return path.status();  // a fetched object gone: the server's failure
+    identities.push_back(IdentifyInstanceFile(*path, file.name));
+  }
+  ObjectFiles objects(files, input);
+  return Ingest(store, dataset, role, objects, limits).Run(names, std::move(identities));
 }
 
 // ------------------------------------------------------------------------------------------

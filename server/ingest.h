@@ -50,6 +50,18 @@ absl::StatusOr<IngestResult> IngestFiles(Store& store, FileStore& files,
                                          const std::vector<DicomBuffer>& input,
                                          const SeriesReaderLimits& limits = {});
 
+// Files already in the file store (an import's fetched instances), checked from their
+// object files one at a time like a streamed upload, and referenced as they are (no copy).
+struct StoredObjectFile {
+  std::string name;  // for messages: the SOP Instance UID
+  std::string hash;
+  int64_t size_bytes = 0;
+};
+absl::StatusOr<IngestResult> IngestStoredObjects(Store& store, FileStore& files,
+                                                 const DatasetRecord& dataset, StoredRole role,
+                                                 const std::vector<StoredObjectFile>& input,
+                                                 const SeriesReaderLimits& limits = {});
+
 // Limits of one upload stream; exceeding one is ResourceExhausted naming it.
 struct ChunkLimits {
   int64_t max_bytes = 0;  // sum of the chunks' data

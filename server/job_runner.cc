@@ -30,6 +30,7 @@ JobRunner::JobRunner(Store* store, FileStore* files, ServerMetrics* metrics, Eve
   host_options.work_dir = options_.work_dir;
   host_options.collective_timeout = options_.collective_timeout;
   host_options.verify_replicas = options_.verify_replicas;
+  host_options.checkpoint_retention = options_.checkpoint_retention;
   host_ = std::make_unique<JobHost>(
       store, files, scheduler_.get(), metrics,
       [this](int64_t job_id, int64_t step, v1::JobEvent event) {
@@ -69,6 +70,7 @@ absl::Status JobRunner::Start() {
   }
   ASSIGN_OR_RETURN(int requeued, store_->RequeueRunningJobs());
   (void)requeued;
+  host_->ApplyCheckpointRetention();  // jobs that finished under another setting, or crashed
   RefreshJobGauges();
   scheduler_->Start();
   if (options_.devices.empty()) return absl::OkStatus();
@@ -127,6 +129,12 @@ absl::Status JobRunner::AppendEvent(int64_t job_id, int64_t step, v1::JobEvent e
   absl::StatusOr<std::vector<JobEventRecord>> stored =
       store_->AppendJobEvents(job_id, {std::move(record)});
   if (!stored.ok()) return stored.status();
+  // A job that just failed or was cancelled has its checkpoints trimmed to
+  // --checkpoint_retention before anyone hears of its end.
+  if (event.has_state() && (event.state().state() == v1::JOB_STATE_FAILED ||
+                            event.state().state() == v1::JOB_STATE_CANCELLED)) {
+    host_->ApplyCheckpointRetention();
+  }
   // Stored first, then pushed: a watcher that misses the push finds it in the store.
   if (!stored->empty()) event.set_sequence(stored->front().sequence);
   hub_->Publish(job_id, step, event);

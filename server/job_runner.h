@@ -49,6 +49,7 @@ struct JobRunnerOptions {
   SchedulerOptions scheduler;
   absl::Duration collective_timeout = absl::Seconds(60);
   bool verify_replicas = false;  // debug: ranks compare parameter hashes every step
+  CheckpointRetention checkpoint_retention = CheckpointRetention::kAll;
   // Test hook, empty in the server: called on rank 0's thread after the event of a step is
   // stored and published, before the next step runs. It may block (every rank then waits
   // in the next collective) and may call CancelRunning, RequestStop or the store; tests

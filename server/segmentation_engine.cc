@@ -66,21 +66,24 @@ SegmentationEngine::SegmentationEngine(Store* store, FileStore* files, ServerMet
       options_(std::move(options)),
       pool_(std::max(1, options_.concurrency)) {}
 
+absl::Status SegmentationEngine::Admit() {
+  const int capacity = std::max(1, options_.concurrency) + std::max(0, options_.queue);
+  absl::MutexLock lock(&admission_mutex_);
+  if (admitted_ >= capacity) {
+    metrics_->CountInferenceRejected();
+    return absl::ResourceExhaustedError(absl::StrCat("segmentation queue is full (",
+                                                     options_.concurrency, " running, ",
+                                                     options_.queue, " waiting); retry later"));
+  }
+  ++admitted_;
+  metrics_->SetInferenceQueueDepth(admitted_);
+  return absl::OkStatus();
+}
+
 absl::Status SegmentationEngine::Submit(SegmentationJob job,
                                         std::chrono::system_clock::time_point deadline,
                                         SegmentationCallback done) {
-  const int capacity = std::max(1, options_.concurrency) + std::max(0, options_.queue);
-  {
-    absl::MutexLock lock(&admission_mutex_);
-    if (admitted_ >= capacity) {
-      metrics_->CountInferenceRejected();
-      return absl::ResourceExhaustedError(absl::StrCat("segmentation queue is full (",
-                                                       options_.concurrency, " running, ",
-                                                       options_.queue, " waiting); retry later"));
-    }
-    ++admitted_;
-    metrics_->SetInferenceQueueDepth(admitted_);
-  }
+  RETURN_IF_ERROR(Admit());
   const auto queued_at = Clock::now();
   pool_.Schedule([this, job = std::move(job), deadline, queued_at, done = std::move(done)] {
     if (options_.before_each_job) options_.before_each_job();
@@ -90,6 +93,22 @@ absl::Status SegmentationEngine::Submit(SegmentationJob job,
             ? absl::DeadlineExceededError("deadline passed while waiting in the queue")
             : Run(job, deadline);
     if (result.ok()) result->queue_seconds = queue_seconds;
+    Release();
+    done(std::move(result));
+  });
+  return absl::OkStatus();
+}
+
+absl::Status SegmentationEngine::SubmitSuggestion(std::string dataset,
+                                                  std::chrono::system_clock::time_point deadline,
+                                                  SuggestionCallback done) {
+  RETURN_IF_ERROR(Admit());
+  pool_.Schedule([this, dataset = std::move(dataset), deadline, done = std::move(done)] {
+    if (options_.before_each_job) options_.before_each_job();
+    absl::StatusOr<SuggestionResult> result =
+        std::chrono::system_clock::now() >= deadline
+            ? absl::DeadlineExceededError("deadline passed while waiting in the queue")
+            : Suggest(dataset, deadline);
     Release();
     done(std::move(result));
   });
@@ -125,6 +144,8 @@ absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
   InferenceOptions inference;
   inference.device = options_.device;
   inference.batch_slices = options_.batch_slices;
+  inference.format = model.format == StoredModelFormat::kTorchScript ? ModelFormat::kTorchScript
+                                                                     : ModelFormat::kMiseg;
   absl::StatusOr<std::unique_ptr<Segmenter>> loaded = Segmenter::Load(model.path, inference);
   if (!loaded.ok()) {
     return absl::Status(loaded.status().code(),
@@ -227,6 +248,46 @@ absl::StatusOr<SegmentationResult> SegmentationEngine::Run(
   RETURN_IF_ERROR(EncodeSeg(series, labels, dataset, result));
   result.encode_seconds = SecondsSince(phase);
   result.classes = CountClassVolumes(labels, dataset.class_names);
+  return result;
+}
+
+absl::StatusOr<SuggestionResult> SegmentationEngine::Suggest(
+    const std::string& dataset_name, std::chrono::system_clock::time_point deadline) {
+  SuggestionResult result;
+  ASSIGN_OR_RETURN(DatasetRecord dataset, store_->GetDataset(dataset_name));
+  ASSIGN_OR_RETURN(result.model, ResolveModel(SegmentationJob{}, dataset));
+  ASSIGN_OR_RETURN(std::shared_ptr<const Segmenter> segmenter, LoadModel(result.model));
+  ASSIGN_OR_RETURN(std::vector<StudyRecord> studies,
+                   store_->ListStudies(dataset.id, StoredRole::kUnlabeled));
+  std::vector<LabelingScores> scores;
+  std::vector<StudyRecord> scored;
+  for (StudyRecord& study : studies) {
+    if (!study.damage.empty()) continue;  // not segmentable until uploaded again
+    if (std::chrono::system_clock::now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("deadline passed after scoring ", scored.size(), " of ", studies.size(),
+                       " studies; nothing was stored"));
+    }
+    ASSIGN_OR_RETURN(LoadedStudy loaded, LoadStoredStudy(*files_, study, {}));
+    ASSIGN_OR_RETURN(LabelingScores s, segmenter->ScoreForLabeling(loaded.series.image));
+    scores.push_back(s);
+    scored.push_back(std::move(study));
+  }
+  const std::vector<double> combined = CombinedPriority(scores);
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  std::vector<LabelingPriorityRecord> records;
+  for (size_t i = 0; i < scored.size(); ++i) {
+    records.push_back({scored[i].series_instance_uid, combined[i], scores[i].disagreement,
+                       scores[i].mutual_information, scores[i].entropy, result.model.id, now_ms});
+    result.ranked.push_back({std::move(scored[i]), records.back()});
+  }
+  RETURN_IF_ERROR(store_->ReplaceLabelingPriorities(dataset.id, records));
+  std::stable_sort(result.ranked.begin(), result.ranked.end(),
+                   [](const SuggestedStudy& a, const SuggestedStudy& b) {
+                     return a.priority.score > b.priority.score;
+                   });
   return result;
 }
 

@@ -70,6 +70,17 @@ struct SegmentationResult {
 
 using SegmentationCallback = std::function<void(absl::StatusOr<SegmentationResult>)>;
 
+// Active learning: the dataset's unlabeled studies scored by its active model.
+struct SuggestedStudy {
+  StudyRecord study;
+  LabelingPriorityRecord priority;
+};
+struct SuggestionResult {
+  ModelRecord model;
+  std::vector<SuggestedStudy> ranked;  // every study scored, highest score first
+};
+using SuggestionCallback = std::function<void(absl::StatusOr<SuggestionResult>)>;
+
 class SegmentationEngine {
  public:
   SegmentationEngine(Store* store, FileStore* files, ServerMetrics* metrics,
@@ -79,6 +90,13 @@ class SegmentationEngine {
   // on an engine thread, with the outcome.
   absl::Status Submit(SegmentationJob job, std::chrono::system_clock::time_point deadline,
                       SegmentationCallback done);
+  // Active learning (SuggestStudies): admitted as one job however many studies there are;
+  // on an engine thread, scores every unlabeled, undamaged study of `dataset` with its
+  // active model (core/train/labeling_priority.h), one study's pixels in memory at a time,
+  // replaces the dataset's stored priorities and hands them to `done`, ranked.
+  // FailedPrecondition without an active model; DeadlineExceeded between studies.
+  absl::Status SubmitSuggestion(std::string dataset, std::chrono::system_clock::time_point deadline,
+                                SuggestionCallback done);
   // The blocking form, for callers on threads of their own (the DICOM node).
   absl::StatusOr<SegmentationResult> Segment(SegmentationJob job,
                                              std::chrono::system_clock::time_point deadline);
@@ -86,6 +104,9 @@ class SegmentationEngine {
  private:
   absl::StatusOr<SegmentationResult> Run(const SegmentationJob& job,
                                          std::chrono::system_clock::time_point deadline);
+  absl::StatusOr<SuggestionResult> Suggest(const std::string& dataset,
+                                           std::chrono::system_clock::time_point deadline);
+  absl::Status Admit();  // ResourceExhausted when `concurrency + queue` jobs are admitted
   absl::StatusOr<std::shared_ptr<const Segmenter>> LoadModel(const ModelRecord& model);
   absl::StatusOr<ModelRecord> ResolveModel(const SegmentationJob& job,
                                            const DatasetRecord& dataset);

@@ -40,10 +40,14 @@
 #include "server/backup.h"
 #include "server/verify.h"
 #include "server/node/dicom_node.h"
+#include "server/import/import_service.h"
+#include "server/import/import_sources.h"
+#include "server/import/importer.h"
 #include "server/event_hub.h"
 #include "server/health_endpoint.h"
 #include "server/log_bridges.h"
 #include "server/job_runner.h"
+#include "server/lifecycle.h"
 #include "server/flag_help.h"
 #include "server/log.h"
 #include "server/metrics.h"
@@ -73,6 +77,9 @@ ABSL_FLAG(int, collective_timeout_seconds, 60,
 ABSL_FLAG(std::string, rendezvous_host, "127.0.0.1",
           "Address of this machine that miseg-workers reach, where the server's own rank 0 "
           "hosts a data-parallel job's rendezvous");
+ABSL_FLAG(std::string, checkpoint_retention, "all",
+          "Checkpoints kept of a failed or cancelled job: all (its last two), last, or none; "
+          "applied when a job finishes and at startup (a succeeded job's model replaces them)");
 ABSL_FLAG(bool, verify_replicas, false,
           "Debug: data-parallel ranks compare a hash of their parameters after every step");
 ABSL_FLAG(int, training_threads, 0, "CPU threads per training job; 0 = LibTorch's default");
@@ -94,6 +101,12 @@ ABSL_FLAG(std::string, ready_file, "",
 ABSL_FLAG(std::string, dicom_node_config, "",
           "JSON configuration of the DICOM node (storage SCP, routes, destinations); "
           "empty: no DICOM node");
+ABSL_FLAG(std::string, import_sources, "",
+          "JSON file of the PACS sources studies are imported from (DICOMweb: QIDO-RS and "
+          "WADO-RS; DICOM: C-FIND and C-GET); empty: no imports");
+ABSL_FLAG(int, import_threads, 2, "Imports from a PACS that run at once");
+ABSL_FLAG(int64_t, import_test_pause_after, 0,
+          "Tests only: imports stop fetching after this many instances (0: never)");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "How long running calls may finish at shutdown");
 ABSL_FLAG(int, max_streams, 64,
           "Upload and Segment streams served at once; beyond: RESOURCE_EXHAUSTED");
@@ -210,6 +223,16 @@ int Run() {
     }
     node_config = *std::move(loaded);
   }
+  std::vector<ImportSourceSpec> import_sources;
+  if (!absl::GetFlag(FLAGS_import_sources).empty()) {
+    absl::StatusOr<std::vector<ImportSourceSpec>> loaded =
+        LoadImportSources(absl::GetFlag(FLAGS_import_sources));
+    if (!loaded.ok()) {
+      Log(std::string(loaded.status().message()));
+      return 2;
+    }
+    import_sources = *std::move(loaded);
+  }
 
   ServerMetrics metrics(kVersion);
   absl::StatusOr<int> metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
@@ -231,6 +254,16 @@ int Run() {
   runner_options.collective_timeout =
       absl::Seconds(std::max(1, absl::GetFlag(FLAGS_collective_timeout_seconds)));
   runner_options.verify_replicas = absl::GetFlag(FLAGS_verify_replicas);
+  absl::StatusOr<CheckpointRetention> retention =
+      ParseCheckpointRetention(absl::GetFlag(FLAGS_checkpoint_retention));
+  if (!retention.ok()) {
+    Log(std::string(retention.status().message()));
+    return 2;
+  }
+  runner_options.checkpoint_retention = *retention;
+  // Before any job can commit a model: files a crash left between a model delete's commit
+  // and its unlink, or between a model file's move into place and its row.
+  SweepModelFiles(**store, data_dir + "/models");
   JobRunner runner(store->get(), &*files, &metrics, &hub, runner_options);
   if (absl::Status started = runner.Start(); !started.ok()) {
     Log(std::string(started.message()));
@@ -285,6 +318,7 @@ int Run() {
   deps.hub = &hub;
   deps.node_store = node ? node->node_store() : nullptr;
   deps.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
+  deps.version = kVersion;
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -299,7 +333,22 @@ int Run() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                              absl::GetFlag(FLAGS_stream_window_kib) << 10);
+  // Imports run on their own bounded pool, so a slow PACS never holds up uploads.
+  std::unique_ptr<Importer> importer;
+  if (!import_sources.empty()) {
+    ImporterOptions import_options;
+    import_options.threads = std::max(1, absl::GetFlag(FLAGS_import_threads));
+    import_options.test_pause_after = absl::GetFlag(FLAGS_import_test_pause_after);
+    importer = std::make_unique<Importer>(store->get(), &*files, std::move(import_sources),
+                                          import_options);
+    if (absl::Status started = importer->Start(); !started.ok()) {
+      Log(std::string(started.message()));
+      runner.Shutdown();
+      return 1;
+    }
+  }
   std::vector<std::unique_ptr<grpc::Service>> services = MakeServices(deps);
+  services.push_back(MakeImportService(deps, importer.get()));
   for (auto& service : services) builder.RegisterService(service.get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || grpc_port == 0) {
@@ -349,6 +398,7 @@ int Run() {
   });
   server->Wait();
   signal_thread.join();
+  if (importer) importer->Shutdown();  // running imports are queued again for the next start
   Log("calls drained; waiting for the job workers");
   runner.Shutdown();  // checkpoints and requeues the running job
   Log("stopped");

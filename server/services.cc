@@ -1,11 +1,14 @@
 #include "server/services.h"
 
+#include <map>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "server/convert.h"
 #include "server/ingest.h"
+#include "server/lifecycle.h"
+#include "server/model_transfer.h"
 #include "server/rpc_edge.h"
 #include "server/stream_reactors.h"
 #include "server/unary_handler.h"
@@ -101,9 +104,54 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
       }
       ASSIGN_OR_RETURN(std::vector<StudyRecord> studies,
                        deps_.store->ListStudies(dataset.id, role));
-      for (const StudyRecord& s : studies) *response->add_studies() = ToProto(s, dataset.name);
+      ASSIGN_OR_RETURN(std::vector<LabelingPriorityRecord> priorities,
+                       deps_.store->ListLabelingPriorities(dataset.id));
+      std::map<std::string, const LabelingPriorityRecord*> priority_of;
+      for (const LabelingPriorityRecord& p : priorities) priority_of[p.series_instance_uid] = &p;
+      for (const StudyRecord& s : studies) {
+        v1::Study* study = response->add_studies();
+        *study = ToProto(s, dataset.name);
+        auto it = priority_of.find(s.series_instance_uid);
+        if (it != priority_of.end()) *study->mutable_priority() = ToProto(*it->second);
+      }
       return absl::OkStatus();
     });
+  }
+
+  // Scoring runs on the inference engine's threads; this handler only admits it and the
+  // engine's callback finishes the call.
+  grpc::ServerUnaryReactor* SuggestStudies(grpc::CallbackServerContext* context,
+                                           const v1::SuggestStudiesRequest* request,
+                                           v1::SuggestStudiesResponse* response) override {
+    RpcCall call(deps_, context, "SuggestStudies", Permission::kSegment);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    absl::Status status = call.authorization();
+    if (status.ok() && (request->count() < 1 || request->count() > 10000)) {
+      status = absl::InvalidArgumentError("count must be in 1..10000");
+    }
+    absl::StatusOr<DatasetRecord> dataset =
+        status.ok() ? FindDataset(deps_, request->dataset()) : status;
+    if (status.ok()) status = dataset.status();
+    if (status.ok()) {
+      const std::string name = dataset->name;
+      const int count = request->count();
+      status = deps_.engine->SubmitSuggestion(
+          name, context->deadline(),
+          [reactor, call, response, name, count](absl::StatusOr<SuggestionResult> result) {
+            if (result.ok()) {
+              response->set_model_id(result->model.id);
+              response->set_scored_studies(static_cast<int64_t>(result->ranked.size()));
+              for (size_t i = 0; i < result->ranked.size() && static_cast<int>(i) < count; ++i) {
+                v1::Study* study = response->add_studies();
+                *study = ToProto(result->ranked[i].study, name);
+                *study->mutable_priority() = ToProto(result->ranked[i].priority);
+              }
+            }
+            reactor->Finish(call.Complete(result.status()));
+          });
+    }
+    if (!status.ok()) reactor->Finish(call.Complete(status));
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* DeleteStudy(grpc::CallbackServerContext* context,
@@ -124,6 +172,27 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
           response->set_deleted_instances(deleted);
           return absl::OkStatus();
         });
+  }
+
+  grpc::ServerUnaryReactor* DeleteDataset(grpc::CallbackServerContext* context,
+                                          const v1::DeleteDatasetRequest* request,
+                                          v1::DeleteDatasetResponse* response) override {
+    auto call = std::make_shared<RpcCall>(deps_, context, "DeleteDataset",
+                                          Permission::kDeleteStudy);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    if (!call->authorization().ok()) {
+      reactor->Finish(call->Complete(call->authorization()));
+      return reactor;
+    }
+    // With force it waits for the dataset's jobs to stop: off the gRPC thread.
+    const ServiceDeps deps = deps_;
+    deps_.ingest_pool->Schedule([deps, call, reactor, request, response] {
+      absl::StatusOr<v1::DeleteDatasetResponse> deleted =
+          DeleteDatasetAndFiles(deps, request->name(), request->force(), absl::Seconds(120));
+      if (deleted.ok()) *response = *std::move(deleted);
+      reactor->Finish(call->Complete(deleted.status()));
+    });
+    return reactor;
   }
 
  private:
@@ -264,6 +333,27 @@ class ModelServiceImpl final : public v1::ModelService::CallbackService {
         deps_, context, response, "PromoteModel", Permission::kPromote, [&]() -> absl::Status {
       ASSIGN_OR_RETURN(ModelRecord model, deps_.store->PromoteModel(request->id()));
       ASSIGN_OR_RETURN(*response, ModelToProto(deps_, model));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<v1::FileChunk>* ExportModel(
+      grpc::CallbackServerContext* context, const v1::ExportModelRequest* request) override {
+    return StartExportModel(deps_, context, request);
+  }
+
+  grpc::ServerReadReactor<v1::ImportModelRequest>* ImportModel(
+      grpc::CallbackServerContext* context, v1::Model* response) override {
+    return StartImportModel(deps_, context, response);
+  }
+
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* context,
+                                        const v1::DeleteModelRequest* request,
+                                        v1::DeleteModelResponse* response) override {
+    return HandleUnary(
+        deps_, context, response, "DeleteModel", Permission::kDeleteStudy, [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(int64_t freed, DeleteModelAndFile(deps_, request->id()));
+      response->set_freed_bytes(freed);
       return absl::OkStatus();
     });
   }

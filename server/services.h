@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -43,6 +44,7 @@ struct ServiceDeps {
   int64_t max_request_bytes = int64_t{2} << 30;  // one Upload or Segment stream
   int64_t max_files = 100000;
   SeriesReaderLimits reader_limits;
+  std::string version;  // miseg's, written into exported models' model.json
 };
 
 // The dataset a request names: InvalidArgument when the name is empty, NotFound when unknown.

@@ -230,7 +230,18 @@ absl::Status Datasets(Context& c) {
     PrintDataset(c, d);
     return absl::OkStatus();
   }
-  return UsageError("miseg datasets create|list|show");
+  if (verb == "delete") {
+    RETURN_IF_ERROR(c.args.Allow({"force"}));
+    ASSIGN_OR_RETURN(std::string name, WordArgument(c.args, 2, "miseg datasets delete NAME [--force]"));
+    ASSIGN_OR_RETURN(v1::DeleteDatasetResponse r, c.client->DeleteDataset(name, c.args.Has("force")));
+    if (c.json) return Print(c, ToJson(r)), absl::OkStatus();
+    Print(c, absl::StrCat("deleted dataset ", name, ": ", r.deleted_studies(), " studies, ",
+                          r.deleted_jobs(), " jobs (", r.cancelled_jobs(), " cancelled), ",
+                          r.deleted_models(), " models; freed ", r.freed_objects(), " objects, ",
+                          HumanBytes(static_cast<double>(r.freed_bytes()))));
+    return absl::OkStatus();
+  }
+  return UsageError("miseg datasets create|list|show|delete");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -330,6 +341,35 @@ absl::Status Upload(Context& c, bool* refused_any) {
   return absl::OkStatus();
 }
 
+// Active learning: which unlabeled studies to label next, by the active model.
+absl::Status SuggestStudies(Context& c) {
+  const std::string usage = "miseg studies suggest DATASET [--count K]";
+  RETURN_IF_ERROR(c.args.Allow({"count", "wide"}));
+  if (c.args.positional().size() != 3) return UsageError(usage);
+  ASSIGN_OR_RETURN(std::optional<int64_t> count, c.args.GetInt("count"));
+  if (count.has_value() && (*count < 1 || *count > 10000)) {
+    return UsageError(usage + " (K in 1..10000)");
+  }
+  ASSIGN_OR_RETURN(v1::SuggestStudiesResponse r,
+                   c.client->SuggestStudies(c.args.positional()[2], static_cast<int>(count.value_or(10))));
+  if (c.json) return Print(c, ToJson(r)), absl::OkStatus();
+  Table table({{"RANK", true}, {"SERIES", false, /*uid=*/true}, {"SCORE", true},
+               {"DISAGREEMENT", true}, {"MI", true}, {"ENTROPY", true}, {"DESCRIPTION"}});
+  int rank = 0;
+  for (const v1::Study& s : r.studies()) {
+    const v1::LabelingPriority& p = s.priority();
+    table.AddRow({{absl::StrCat(++rank)}, {s.series_instance_uid()},
+                  {absl::StrFormat("%.3f", p.score())}, {absl::StrFormat("%.4f", p.disagreement())},
+                  {absl::StrFormat("%.4f", p.mutual_information())},
+                  {absl::StrFormat("%.4f", p.entropy())},
+                  {s.series_description().empty() ? "-" : s.series_description()}});
+  }
+  PrintTable(c, table);
+  Print(c, absl::StrFormat("%d unlabeled studies scored by model %d; label the first ones next",
+                           r.scored_studies(), r.model_id()));
+  return absl::OkStatus();
+}
+
 absl::Status Studies(Context& c) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
   if (verb == "list") {
@@ -343,16 +383,26 @@ absl::Status Studies(Context& c) {
     if (c.json) return Print(c, JsonArray("studies", list)), absl::OkStatus();
     // The description last: on a terminal the last column is the one cut to fit.
     Table table({{"SERIES", false, /*uid=*/true}, {"ROLE"}, {"MOD"}, {"SLICES", true},
-                 {"MATRIX", true}, {"SEG"}, {"DESCRIPTION"}});
+                 {"MATRIX", true}, {"SEG"}, {"PRIORITY", true}, {"DESCRIPTION"}});
+    // A study of lossy-compressed images is marked "MR*" (a column of its own would not fit
+    // 80 columns); the note under the table says what the mark means.
+    bool any_lossy = false;
     for (const v1::Study& s : list) {
-      table.AddRow({{s.series_instance_uid()}, {RoleName(s.role())}, {s.modality()},
+      any_lossy = any_lossy || s.lossy_compressed();
+      table.AddRow({{s.series_instance_uid()}, {RoleName(s.role())},
+                    {s.lossy_compressed() ? s.modality() + "*" : s.modality()},
                     {absl::StrCat(s.slices())}, {absl::StrCat(s.rows(), "x", s.columns())},
                     {s.segmentation_sop_instance_uid().empty() ? "-" : "yes"},
+                    {s.has_priority() ? absl::StrFormat("%.3f", s.priority().score()) : "-"},
                     {s.series_description().empty() ? "-" : s.series_description()}});
     }
     PrintTable(c, table);
+    if (any_lossy) {
+      Print(c, "* lossy-compressed images: a model may behave differently on them");
+    }
     return absl::OkStatus();
   }
+  if (verb == "suggest") return SuggestStudies(c);
   if (verb == "delete") {
     RETURN_IF_ERROR(c.args.Allow({}));
     if (c.args.positional().size() != 4) return UsageError("miseg studies delete DATASET SERIES_UID");
@@ -361,7 +411,7 @@ absl::Status Studies(Context& c) {
                     : absl::StrCat("deleted ", deleted, " instances"));
     return absl::OkStatus();
   }
-  return UsageError("miseg studies list|delete");
+  return UsageError("miseg studies list|suggest|delete");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -824,7 +874,9 @@ absl::Status Models(Context& c) {
       return absl::OkStatus();
     }
     Print(c, absl::StrCat("model       ", model->id(), " (version ", model->version(), " of ", model->dataset(), ")"));
-    Print(c, absl::StrCat("job         ", model->job_id(), ", ", model->steps(), " steps"));
+    Print(c, model->format() == v1::MODEL_FORMAT_TORCHSCRIPT
+                 ? absl::StrCat("job         - (imported TorchScript, ", model->steps(), " steps)")
+                 : absl::StrCat("job         ", model->job_id(), ", ", model->steps(), " steps"));
     Print(c, absl::StrFormat("dice        %s  (mean %.3f)",
                              DiceText(model->validation_dice_per_class(),
                                       std::vector<std::string>(model->class_names().begin(), model->class_names().end())),
@@ -834,7 +886,35 @@ absl::Status Models(Context& c) {
     Print(c, absl::StrCat("created     ", HumanAge(model->created_unix_ms())));
     return absl::OkStatus();
   }
-  return UsageError("miseg models list|show|promote");
+  if (verb == "export") {
+    RETURN_IF_ERROR(c.args.Allow({"out"}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models export MODEL --out DIR"));
+    if (c.args.Get("out").empty()) return UsageError("miseg models export MODEL --out DIR");
+    ASSIGN_OR_RETURN(std::vector<std::string> files, c.client->ExportModel(id, c.args.Get("out")));
+    Print(c, c.json ? absl::StrCat("{\"files\":[\"", absl::StrJoin(files, "\",\""), "\"]}")
+                    : absl::StrCat("model ", id, " exported to ", c.args.Get("out"), ": ",
+                                   absl::StrJoin(files, ", ")));
+    return absl::OkStatus();
+  }
+  if (verb == "import") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    if (c.args.positional().size() != 4) return UsageError("miseg models import DATASET DIR");
+    ASSIGN_OR_RETURN(v1::Model model,
+                     c.client->ImportModel(c.args.positional()[2], c.args.positional()[3]));
+    if (c.json) return Print(c, ToJson(model)), absl::OkStatus();
+    Print(c, absl::StrFormat("model %d imported as version %d of %s (not active: miseg models "
+                             "promote %d)", model.id(), model.version(), model.dataset(), model.id()));
+    return absl::OkStatus();
+  }
+  if (verb == "delete") {
+    RETURN_IF_ERROR(c.args.Allow({}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models delete MODEL"));
+    ASSIGN_OR_RETURN(int64_t freed, c.client->DeleteModel(id));
+    Print(c, c.json ? absl::StrCat("{\"freedBytes\":\"", freed, "\"}")
+                    : absl::StrCat("deleted model ", id, "; freed ", HumanBytes(static_cast<double>(freed))));
+    return absl::OkStatus();
+  }
+  return UsageError("miseg models list|show|promote|export|import|delete");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -927,6 +1007,122 @@ absl::Status Workers(Context& c) {
   }
   PrintTable(c, table);
   return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------------------------------
+// import, imports (issue 16: the server pulls studies from its PACS sources)
+
+std::string ImportStateName(v1::ImportState state) {
+  switch (state) {
+    case v1::IMPORT_STATE_QUEUED: return "queued";
+    case v1::IMPORT_STATE_RUNNING: return "running";
+    case v1::IMPORT_STATE_SUCCEEDED: return "succeeded";
+    case v1::IMPORT_STATE_FAILED: return "failed";
+    case v1::IMPORT_STATE_CANCELLED: return "cancelled";
+    default: return "-";
+  }
+}
+
+Colour ImportStateColour(v1::ImportState state) {
+  return StateColour(static_cast<v1::JobState>(static_cast<int>(state)));  // same numbers
+}
+
+std::string ImportProgress(const v1::Import& i) {
+  if (i.instances_total() == 0) return "-";
+  return absl::StrCat(i.instances_fetched(), "/", i.instances_total());
+}
+
+// "import 4 running: 12/40 instances", "import 4 failed: <why>".
+std::string ImportLine(const v1::Import& i, bool colour) {
+  const std::string state =
+      Paint(ImportStateName(i.state()), ImportStateColour(i.state()), colour);
+  std::string detail = i.state() == v1::IMPORT_STATE_FAILED ? i.error() : i.message();
+  if (detail.empty() && i.instances_total() > 0) {
+    detail = absl::StrCat(ImportProgress(i), " instances");
+  }
+  return absl::StrCat("import ", i.id(), " ", state, detail.empty() ? "" : ": ", detail);
+}
+
+void PrintImports(Context& c, const std::vector<v1::Import>& list) {
+  Table table({{"ID", true}, {"DATASET"}, {"SOURCE"}, {"ROLE"}, {"STATE"}, {"FETCHED", true},
+               {"CREATED"}, {"STUDY", false, /*uid=*/true}, {"OUTCOME"}});
+  for (const v1::Import& i : list) {
+    const std::string outcome = i.state() == v1::IMPORT_STATE_FAILED ? i.error() : i.message();
+    table.AddRow({{absl::StrCat(i.id())}, {i.dataset()}, {i.source()}, {RoleName(i.role())},
+                  {ImportStateName(i.state()), ImportStateColour(i.state())}, {ImportProgress(i)},
+                  {HumanAge(i.created_unix_ms())}, {i.study_instance_uid()},
+                  {outcome.empty() ? "-" : outcome}});
+  }
+  PrintTable(c, table);
+}
+
+absl::Status Import(Context& c) {
+  const std::string usage =
+      "miseg import DATASET --from SOURCE (--study UID [--series UID] | --query "
+      "'Modality=MR&StudyDate=20260101-') --role labeled|unlabeled|validation";
+  RETURN_IF_ERROR(c.args.Allow({"from", "study", "series", "query", "role", "wide"}));
+  if (c.args.positional().size() != 2 || !c.args.Has("from") || !c.args.Has("role") ||
+      c.args.Has("study") == c.args.Has("query") ||
+      (c.args.Has("series") && !c.args.Has("study"))) {
+    return UsageError(usage);
+  }
+  v1::StartImportRequest request;
+  request.set_dataset(c.args.positional()[1]);
+  request.set_source(c.args.Get("from"));
+  ASSIGN_OR_RETURN(v1::StudyRole role, ParseRole(c.args.Get("role")));
+  request.set_role(role);
+  request.set_study_instance_uid(c.args.Get("study"));
+  request.set_series_instance_uid(c.args.Get("series"));
+  request.set_query(c.args.Get("query"));
+  ASSIGN_OR_RETURN(std::vector<v1::Import> imports, c.client->StartImport(request));
+  if (c.json) return Print(c, JsonArray("imports", imports)), absl::OkStatus();
+  if (imports.empty()) Print(c, "no study matches the query at the source");
+  for (const v1::Import& i : imports) {
+    Print(c, absl::StrCat(ImportLine(i, c.stdout_colour), " (study ", i.study_instance_uid(),
+                          "; follow with: miseg imports show ", i.id(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Imports(Context& c) {
+  const std::string usage =
+      "miseg imports list [--dataset NAME] | show ID | cancel ID | sources";
+  const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
+  if (verb == "list") {
+    RETURN_IF_ERROR(c.args.Allow({"dataset", "wide"}));
+    ASSIGN_OR_RETURN(std::vector<v1::Import> list, c.client->ListImports(c.args.Get("dataset")));
+    if (c.json) return Print(c, JsonArray("imports", list)), absl::OkStatus();
+    PrintImports(c, list);
+    return absl::OkStatus();
+  }
+  if (verb == "show" || verb == "cancel") {
+    RETURN_IF_ERROR(c.args.Allow({"wide"}));
+    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, usage));
+    ASSIGN_OR_RETURN(v1::Import i,
+                     verb == "show" ? c.client->GetImport(id) : c.client->CancelImport(id));
+    if (c.json) return Print(c, ToJson(i)), absl::OkStatus();
+    Print(c, ImportLine(i, c.stdout_colour));
+    Print(c, absl::StrCat("  dataset ", i.dataset(), ", source ", i.source(), ", role ",
+                          RoleName(i.role()), ", attempts ", i.attempts()));
+    Print(c, absl::StrCat("  study ", i.study_instance_uid(),
+                          i.series_instance_uid().empty() ? ""
+                                                          : " series " + i.series_instance_uid()));
+    Print(c, absl::StrCat("  instances fetched ", ImportProgress(i)));
+    for (const std::string& s : i.stored_series_instance_uids()) {
+      Print(c, absl::StrCat("  stored series ", s));
+    }
+    return absl::OkStatus();
+  }
+  if (verb == "sources") {
+    RETURN_IF_ERROR(c.args.Allow({"wide"}));
+    ASSIGN_OR_RETURN(std::vector<v1::ImportSource> list, c.client->ListImportSources());
+    if (c.json) return Print(c, JsonArray("sources", list)), absl::OkStatus();
+    Table table({{"NAME"}, {"KIND"}, {"ADDRESS"}});
+    for (const v1::ImportSource& s : list) table.AddRow({{s.name()}, {s.kind()}, {s.address()}});
+    PrintTable(c, table);
+    return absl::OkStatus();
+  }
+  return UsageError(usage);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1047,15 +1243,18 @@ std::string Usage() {
       "\n"
       "  miseg health\n"
       "  miseg datasets create NAME --classes background,a,b [--modality MR|CT]\n"
-      "  miseg datasets list | datasets show NAME\n"
+      "  miseg datasets list | datasets show NAME | datasets delete NAME [--force]\n"
       "  miseg upload DATASET FILE_OR_FOLDER... --role labeled|unlabeled|validation\n"
-      "  miseg studies list DATASET [--role R] | studies delete DATASET SERIES_UID\n"
+      "  miseg studies list DATASET [--role R] | studies suggest DATASET [--count K]\n"
+      "  miseg studies delete DATASET SERIES_UID\n"
       "  miseg train start DATASET [--config FILE.json] [--watch] [--ranks N]\n"
       "        [hyperparameters]\n"
       "  miseg train list [DATASET] | train show JOB [--plot FILE.png]\n"
       "  miseg train cancel JOB\n"
       "  miseg train watch JOB [--from-step N]\n"
       "  miseg models list [DATASET] | models show MODEL | models promote MODEL\n"
+      "  miseg models export MODEL --out DIR   (TorchScript model.pt, model.json, README)\n"
+      "  miseg models import DATASET DIR | models delete MODEL\n"
       "  miseg segment DATASET (FILE_OR_FOLDER... | --stored SERIES_UID) --out SEG.dcm\n"
       "        [--model MODEL] [--overlay FILE.png]\n"
       "  miseg phantom OUT_DIR --count N [--labeled K] [--seed S] [--first I]\n"
@@ -1064,6 +1263,12 @@ std::string Usage() {
       "        (the DICOM node's outbox)\n"
       "  miseg workers list\n"
       "        (the devices that train: the server's own and miseg-workers')\n"
+      "  miseg import DATASET --from SOURCE --study UID [--series UID]\n"
+      "        --role labeled|unlabeled|validation   (the server pulls it from its PACS)\n"
+      "  miseg import DATASET --from SOURCE --query 'Modality=MR&StudyDate=20260101-'\n"
+      "        --role ROLE   (one import per matching study)\n"
+      "  miseg imports list [--dataset NAME] | imports show ID | imports cancel ID\n"
+      "  miseg imports sources\n"
       "\n"
       "Hyperparameter flags (unset: the method's defaults):\n";
   for (const HyperparameterFlag& f : HyperparameterFlags()) {
@@ -1132,7 +1337,8 @@ int RunCommand(const Args& args) {
   } else {
     static const std::set<std::string> known = {"health",  "datasets", "upload",
                                                 "studies", "train",    "models",
-                                                "segment", "deliveries", "workers"};
+                                                "segment", "deliveries", "workers",
+                                                "import",  "imports"};
     if (!known.count(command)) {
       status = UsageError(absl::StrCat("unknown command '", command, "'"));
     } else if (status = connect(); status.ok()) {
@@ -1145,6 +1351,8 @@ int RunCommand(const Args& args) {
       if (command == "segment") status = Segment(c);
       if (command == "deliveries") status = Deliveries(c);
       if (command == "workers") status = Workers(c);
+      if (command == "import") status = Import(c);
+      if (command == "imports") status = Imports(c);
     }
   }
   if (!status.ok()) {

@@ -11,7 +11,7 @@
 int main(int argc, char** argv) {
   using namespace miseg::cli;
   absl::StatusOr<Args> args =
-      Args::Parse(argc, argv, {"json", "quiet", "help", "small", "watch", "no-follow", "wide"});
+      Args::Parse(argc, argv, {"json", "quiet", "help", "small", "watch", "no-follow", "wide", "force"});
   if (!args.ok()) {
     fprintf(stderr, "miseg: %s\n%s", std::string(args.status().message()).c_str(), Usage().c_str());
     return kExitUsage;

@@ -27,6 +27,20 @@ struct SliceSource {
   int32_t frame_number = 1;  // 1-based frame within a multi-frame instance; 1 otherwise
 };
 
+// Lossy compression in the history of a series' images (PS3.3 C.7.6.1.1.5): a source
+// instance with LossyImageCompression "01", or in a lossy transfer syntax (JPEG baseline and
+// extended, JPEG-LS near-lossless, JPEG 2000 irreversible, HTJ2K lossy). A model trained or
+// run on such images may behave differently, and objects derived from them must say so.
+struct LossyCompression {
+  bool lossy = false;
+  // One value per lossy step, oldest first, as LossyImageCompressionMethod (e.g.
+  // "ISO_15444_1") and LossyImageCompressionRatio (e.g. "9.75"; computed from the pixel
+  // data's sizes for a step the source did not record). Either may be empty when a source
+  // says "01" without them.
+  std::vector<std::string> methods;
+  std::vector<std::string> ratios;
+};
+
 // An image series as one consistent volume. `image` is in real-world units (after
 // RescaleSlope / RescaleIntercept; MONOCHROME1 inverted so that larger is brighter) with the
 // geometry from ImagePositionPatient / ImageOrientationPatient / PixelSpacing; slices are
@@ -42,6 +56,8 @@ struct SeriesVolume {
   // The first instance's dataset without its pixel data, as a Part-10 buffer: patient,
   // study and equipment attributes that a derived object (a SEG) must carry over.
   std::string reference_header;
+  // The first lossy-compressed instance's history, if any instance was.
+  LossyCompression lossy;
 };
 
 // A DICOM Segmentation read back onto the grid of its source series.

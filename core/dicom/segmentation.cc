@@ -50,6 +50,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -106,6 +107,18 @@ const CardiacClass* FindCardiac(const std::string& class_name) {
   return nullptr;
 }
 
+CodedConceptText TextOf(const Code& code) { return {code.value, code.scheme, code.meaning}; }
+
+}  // namespace
+
+SegmentCodes SegmentCodesFor(const std::string& class_name) {
+  const CardiacClass* cardiac = FindCardiac(class_name);
+  return {TextOf(cardiac != nullptr ? kCardiacCategory : kGenericCategory),
+          TextOf(cardiac != nullptr ? cardiac->type : kGenericType)};
+}
+
+namespace {
+
 std::array<double, 3> SlicePosition(const VolumeGeometry& g, int64_t k) {
   std::array<double, 3> p;
   for (int i = 0; i < 3; ++i)
@@ -143,6 +156,39 @@ size_t MaxValueLength(DcmEVR vr) {
     case EVR_LO: case EVR_UI: return 64;
     default: return 0;
   }
+}
+
+// A derived object from lossy-compressed images must say so (PS3.3 C.7.6.1.1.5): "01" with
+// the source's methods and ratios, one per compression step. Values that are not a valid
+// CS or DS are left out rather than failing the SEG (they came from the source as text).
+// Written into the SEG's dataset after dcmseg's writeDataset, which in 3.6.7 sets "00"
+// whatever setLossyImageCompressionFlag said.
+absl::Status PutLossyCompression(const LossyCompression& lossy, DcmItem& dataset) {
+  std::vector<std::string> methods, ratios;
+  for (const std::string& method : lossy.methods) {
+    const bool valid = !method.empty() && method.size() <= 16 &&
+                       std::all_of(method.begin(), method.end(), [](char c) {
+                         return std::isupper(static_cast<unsigned char>(c)) ||
+                                std::isdigit(static_cast<unsigned char>(c)) || c == '_' || c == ' ';
+                       });
+    if (valid) methods.push_back(method);
+  }
+  for (const std::string& ratio : lossy.ratios) {
+    double value = 0;
+    if (ratio.size() <= 16 && absl::SimpleAtod(ratio, &value) && std::isfinite(value)) {
+      ratios.push_back(ratio);
+    }
+  }
+  OFCondition put = dataset.putAndInsertString(DCM_LossyImageCompression, "01");
+  if (put.good() && !methods.empty()) {
+    put = dataset.putAndInsertString(DCM_LossyImageCompressionMethod,
+                                     absl::StrJoin(methods, "\\").c_str());
+  }
+  if (put.good() && !ratios.empty()) {
+    put = dataset.putAndInsertString(DCM_LossyImageCompressionRatio,
+                                     absl::StrJoin(ratios, "\\").c_str());
+  }
+  return FromCondition(put, "Lossy Image Compression", absl::StatusCode::kInternal);
 }
 
 // Makes a source's header fit to be copied into a SEG (importHierarchy takes its patient,
@@ -491,6 +537,7 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
   DcmFileFormat file;
   RETURN_IF_ERROR(FromCondition(seg->writeDataset(*file.getDataset()), "writing the SEG",
                                 absl::StatusCode::kInternal));
+  if (source.lossy.lossy) RETURN_IF_ERROR(PutLossyCompression(source.lossy, *file.getDataset()));
   // The standard's contiguous packing replaces DCMTK's per-frame padded one (see above).
   if (packed_bits.size() % 2 == 1) packed_bits.push_back(0);  // OB values have even length
   RETURN_IF_ERROR(FromCondition(

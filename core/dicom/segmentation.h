@@ -41,6 +41,16 @@ struct SegmentationWriteOptions {
 absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
                                               const SegmentationWriteOptions& options);
 
+// The coded segmented property category and type WriteSegmentation gives the segment of a
+// foreground class (exported models list them in their model.json).
+struct CodedConceptText {
+  std::string value, scheme, meaning;
+};
+struct SegmentCodes {
+  CodedConceptText category, type;
+};
+SegmentCodes SegmentCodesFor(const std::string& class_name);
+
 // Whether a SEG can be written for `source`, checked before any inference is spent on it:
 // InvalidArgument naming the attribute when a type 1 attribute the SEG copies (Study
 // Instance UID, Frame of Reference UID) is not a valid UID. Other patient and study values

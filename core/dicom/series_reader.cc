@@ -29,6 +29,7 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcrleerg.h>
@@ -51,6 +52,8 @@
 #include "core/common/status_macros.h"
 #include "core/dicom/dicom_text.h"
 #include "core/dicom/dicom_util.h"
+#include "core/dicom/encapsulated.h"
+#include "core/dicom/jpeg2000.h"
 
 namespace miseg {
 namespace {
@@ -113,6 +116,9 @@ struct Instance {
   int64_t frames = 1;
   PixelFormat format;
   std::vector<FrameInfo> frame_info;  // one per frame
+  // JPEG 2000 (and HTJ2K, which DCMTK 3.6.7 does not know by UID) decoded by our codec.
+  bool jpeg2000 = false;
+  LossyCompression lossy;
 };
 
 // "name (SOP Instance UID x)": the words every message about an instance starts with.
@@ -258,6 +264,45 @@ bool IsSupportedTransferSyntax(E_TransferSyntax syntax) {
   }
 }
 
+// Transfer syntaxes handed to our JPEG 2000 codec (jpeg2000.h): JPEG 2000 lossless-only and
+// lossy, and HTJ2K lossless, lossless RPCL and lossy, whose HT code-blocks the codec refuses
+// (a Part 1 codestream under them decodes). DCMTK 3.6.7 does not know the HTJ2K UIDs and
+// reads such a file as explicit VR little endian, which it is, with encapsulated pixels.
+bool IsJpeg2000Syntax(absl::string_view uid) {
+  return uid == "1.2.840.10008.1.2.4.90" || uid == "1.2.840.10008.1.2.4.91" ||
+         uid == "1.2.840.10008.1.2.4.201" || uid == "1.2.840.10008.1.2.4.202" ||
+         uid == "1.2.840.10008.1.2.4.203";
+}
+
+// The LossyImageCompressionMethod (PS3.3 C.7.6.1.1.5.1) of a lossy transfer syntax; empty
+// for a lossless one.
+std::string LossyMethodOf(absl::string_view uid) {
+  static constexpr const char* kJpegLossy[] = {
+      "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.52",
+      "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.54", "1.2.840.10008.1.2.4.55",
+      "1.2.840.10008.1.2.4.56", "1.2.840.10008.1.2.4.59", "1.2.840.10008.1.2.4.60",
+      "1.2.840.10008.1.2.4.61", "1.2.840.10008.1.2.4.62", "1.2.840.10008.1.2.4.63",
+      "1.2.840.10008.1.2.4.64"};
+  for (const char* jpeg : kJpegLossy) {
+    if (uid == jpeg) return "ISO_10918_1";
+  }
+  if (uid == "1.2.840.10008.1.2.4.81") return "ISO_14495_1";
+  if (uid == "1.2.840.10008.1.2.4.91") return "ISO_15444_1";
+  if (uid == "1.2.840.10008.1.2.4.203") return "ISO_15444_15";
+  return "";
+}
+
+// The transfer syntax the file says it is in (its meta header), else the one DCMTK read.
+std::string TransferSyntaxUid(DcmFileFormat& file) {
+  OFString uid;
+  if (file.getMetaInfo() != nullptr &&
+      file.getMetaInfo()->findAndGetOFString(DCM_TransferSyntaxUID, uid).good() && !uid.empty()) {
+    return std::string(absl::StripAsciiWhitespace(absl::string_view(uid.c_str(), uid.length())));
+  }
+  const char* id = DcmXfer(file.getDataset()->getOriginalXfer()).getXferID();
+  return id != nullptr ? id : "";
+}
+
 // Looks a functional-group macro up for one frame: the per-frame item first, then the shared
 // one (PS3.3 C.7.6.16: a macro sits in one or the other).
 DcmItem* FindMacro(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& macro) {
@@ -389,6 +434,36 @@ absl::Status ReadImageAttributes(const SeriesReaderLimits& limits, Instance* ins
   }
   instance->frames = frames;
   return absl::OkStatus();
+}
+
+// The instance's lossy-compression history: its Lossy Image Compression attributes, plus
+// the step of its own transfer syntax when that is lossy and not recorded yet (its ratio
+// computed from the sizes of the decoded and the compressed pixel data).
+void ReadLossy(absl::string_view syntax_uid, DcmPixelData& pixel_data, Instance* instance) {
+  DcmDataset& ds = *instance->dataset;
+  LossyCompression& lossy = instance->lossy;
+  lossy.lossy = GetString(ds, DCM_LossyImageCompression) == "01";
+  const std::string methods = GetString(ds, DCM_LossyImageCompressionMethod);
+  const std::string ratios = GetString(ds, DCM_LossyImageCompressionRatio);
+  // Values are bounded and escaped: they go into a SEG and the API.
+  for (absl::string_view v : absl::StrSplit(methods, '\\', absl::SkipEmpty())) {
+    if (lossy.methods.size() < 8) lossy.methods.push_back(SafeText(absl::StripAsciiWhitespace(v), 16));
+  }
+  for (absl::string_view v : absl::StrSplit(ratios, '\\', absl::SkipEmpty())) {
+    if (lossy.ratios.size() < 8) lossy.ratios.push_back(SafeText(absl::StripAsciiWhitespace(v), 16));
+  }
+  const std::string step = LossyMethodOf(syntax_uid);
+  if (step.empty()) return;
+  lossy.lossy = true;
+  if (!lossy.methods.empty() && lossy.methods.back() == step) return;  // recorded already
+  const std::optional<uint64_t> compressed = EncapsulatedBytes(pixel_data);
+  const double decoded = static_cast<double>(instance->rows) * static_cast<double>(instance->cols) *
+                         static_cast<double>(instance->frames) *
+                         static_cast<double>(instance->format.bytes_per_sample());
+  if (lossy.ratios.size() == lossy.methods.size() && compressed && *compressed > 0) {
+    lossy.ratios.push_back(FormatDs(std::round(100.0 * decoded / static_cast<double>(*compressed)) / 100.0));
+  }
+  lossy.methods.push_back(step);
 }
 
 // Places every frame: per-frame and shared functional groups (enhanced objects), or the
@@ -573,7 +648,9 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
     return Invalid(*instance, "PixelData has an invalid VR");
   }
   const E_TransferSyntax syntax = ds.getOriginalXfer();
-  if (!IsSupportedTransferSyntax(syntax)) {
+  const std::string syntax_uid = TransferSyntaxUid(*instance->file);
+  instance->jpeg2000 = IsJpeg2000Syntax(syntax_uid);
+  if (!instance->jpeg2000 && !IsSupportedTransferSyntax(syntax)) {
     const DcmXfer xfer(syntax);
     return Invalid(*instance, absl::StrCat("unsupported transfer syntax ", xfer.getXferName(),
                                            " (", xfer.getXferID(), ")"));
@@ -590,9 +667,15 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
   instance->modality = DicomText(ds, DCM_Modality, /*max_bytes=*/16);
   instance->series_description = DicomText(ds, DCM_SeriesDescription, /*max_bytes=*/256);
   RETURN_IF_ERROR(ReadImageAttributes(limits, instance.get()));
+  if (instance->jpeg2000 && instance->format.bits_allocated > 16) {
+    return Invalid(*instance, absl::StrCat("JPEG 2000 with BitsAllocated ",
+                                           instance->format.bits_allocated,
+                                           " is not supported (only 8 and 16)"));
+  }
+  ReadLossy(syntax_uid, *static_cast<DcmPixelData*>(pixel_element), instance.get());
   // Native pixel data can be measured now, before the volume is allocated for it; the size
   // of compressed data is only known once decoded.
-  if (!DcmXfer(syntax).isEncapsulated()) {
+  if (!instance->jpeg2000 && !DcmXfer(syntax).isEncapsulated()) {
     const uint64_t available = pixel_element->getLength();
     const uint64_t needed = static_cast<uint64_t>(instance->rows) *
                             static_cast<uint64_t>(instance->cols) *
@@ -777,6 +860,51 @@ absl::Status CheckFramesDecode(Instance& instance) {
       return Invalid(instance,
                      absl::StrCat("cannot decode pixel data (", syntax, "): ", decoded.text()));
     }
+  }
+  return absl::OkStatus();
+}
+
+// JPEG 2000 pixel data through our codec, one frame at a time: each frame is decoded and
+// converted into its slice (volume set) or only proved to decode (volume null), so memory
+// is one decoded frame whatever the instance holds. The codec's limits are this instance's
+// Rows and Columns: a codestream claiming more is refused before it is decoded.
+absl::Status DecodeJpeg2000Instance(Instance& instance, const std::vector<int64_t>* slice_of_frame,
+                                    ImageVolume* volume) {
+  DcmElement* element = nullptr;
+  if (instance.dataset->findAndGetElement(DCM_PixelData, element).bad() || element == nullptr ||
+      element->ident() != EVR_PixelData) {
+    return Invalid(instance, "missing PixelData");
+  }
+  absl::StatusOr<std::vector<FrameFragments>> frames =
+      SplitFrames(*static_cast<DcmPixelData*>(element), instance.frames);
+  if (!frames.ok()) return Invalid(instance, frames.status().message());
+  Jpeg2000Limits limits;
+  limits.max_rows_or_cols = std::max(instance.rows, instance.cols);
+  limits.max_pixels = instance.rows * instance.cols;
+  limits.max_components = 1;
+  // A JPEG 2000 codestream holds the stored bits right-aligned (PS3.5 8.2.4).
+  PixelFormat format = instance.format;
+  format.high_bit = format.bits_stored - 1;
+  std::string joined;
+  for (int64_t f = 0; f < instance.frames; ++f) {
+    const FrameFragments& fragments = (*frames)[static_cast<size_t>(f)];
+    absl::StatusOr<Jpeg2000Image> image = DecodeJpeg2000(
+        JoinFragments(fragments, &joined), limits, instance.format.bytes_per_sample());
+    if (!image.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Describe(instance, f), ": cannot decode pixel data: ", image.status().message()));
+    }
+    if (image->header.rows != instance.rows || image->header.cols != instance.cols) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Describe(instance, f), ": the JPEG 2000 image is ", image->header.rows, "x",
+          image->header.cols, " where Rows and Columns say ", instance.rows, "x", instance.cols));
+    }
+    if (volume == nullptr) continue;
+    const FrameInfo& info = instance.frame_info[static_cast<size_t>(f)];
+    const int64_t slice_size = volume->geometry.slice_size();
+    ConvertFrame(image->samples.data(), format, SampleOrder::kLittle, info.slope, info.intercept,
+                 slice_size,
+                 volume->voxels.data() + (*slice_of_frame)[static_cast<size_t>(f)] * slice_size);
   }
   return absl::OkStatus();
 }
@@ -1071,7 +1199,11 @@ absl::Status DecodeSeries(const std::vector<Instance*>& instances, const Placeme
   absl::StatusOr<std::string> header;
   for (Instance* instance : instances) {
     RETURN_IF_ERROR(Reload(source, limits, instance));
-    if (mode == PixelMode::kCheckOnly &&
+    if (instance->jpeg2000) {
+      RETURN_IF_ERROR(DecodeJpeg2000Instance(
+          *instance, &slice_of_frame[instance],
+          mode == PixelMode::kVolume ? &series->image : nullptr));
+    } else if (mode == PixelMode::kCheckOnly &&
         DcmXfer(instance->dataset->getOriginalXfer()).isEncapsulated()) {
       RETURN_IF_ERROR(CheckFramesDecode(*instance));
     } else {
@@ -1109,6 +1241,12 @@ absl::StatusOr<SeriesVolume> AssembleSeries(const std::vector<Instance*>& instan
   series.frame_of_reference_uid = reference.frame_of_reference_uid;
   series.modality = reference.modality;
   series.series_description = reference.series_description;
+  for (const Instance* instance : instances) {
+    if (instance->lossy.lossy) {
+      series.lossy = instance->lossy;
+      break;
+    }
+  }
   return series;
 }
 

@@ -108,6 +108,14 @@ struct TrainerConfig {
   int64_t inference_batch = 16;  // slices per forward pass in validation
   int64_t log_every = 1;         // step metrics every n steps
 
+  // Speed only, never values (issue 15): the network's weights and activations in
+  // channels-last memory format where the device prefers it (CUDA; see
+  // core/train/memory_layout.h for why not the CPU).
+  bool channels_last = true;
+  // CUDA only: forward passes in bfloat16 autocast, losses in float32
+  // (core/train/mixed_precision.h). Ignored on the CPU.
+  bool cuda_bf16 = true;
+
   // Checks ranges and combinations; InvalidArgument naming the first bad field.
   absl::Status Validate() const;
 };

@@ -1,17 +1,52 @@
 // Segmenter: a model loaded once, applied to whole volumes.
 #include "core/train/inference.h"
 
+#include <filesystem>
+#include <optional>
+
+#include <torch/script.h>
+
 #include "absl/strings/str_cat.h"
+#include "core/common/status_macros.h"
+#include "core/train/export.h"
+#include "core/train/frozen_unet.h"
+#include "core/train/labeling_scores.h"
+#include "core/train/memory_layout.h"
 #include "core/train/model_io.h"
 #include "core/train/preprocess.h"
 #include "core/train/torch_status.h"
 
 namespace miseg {
+namespace {
+
+// An imported module and the spec inside it, on device, in eval mode.
+absl::Status LoadTorchScript(const std::string& path, const torch::Device& device,
+                             ModelSpec* spec, torch::jit::Module* module) {
+  if (!std::filesystem::is_regular_file(path)) {
+    return absl::NotFoundError(absl::StrCat("model file not found: ", path));
+  }
+  torch::jit::ExtraFilesMap extra{{kTorchScriptSpecFile, ""}};
+  RETURN_IF_ERROR(GuardTorch(absl::StrCat("reading ", path), absl::StatusCode::kDataLoss, [&] {
+    *module = torch::jit::load(path, device, extra);
+    module->eval();
+    return absl::OkStatus();
+  }));
+  if (extra[kTorchScriptSpecFile].empty()) {
+    return absl::DataLossError(absl::StrCat("not an imported miseg model: no spec inside ", path));
+  }
+  ASSIGN_OR_RETURN(*spec, ParseModelSpec(extra[kTorchScriptSpecFile]));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 struct Segmenter::State {
   InferenceOptions options;
   torch::Device device{torch::kCPU};
-  LoadedModel loaded;
+  LoadedModel loaded;           // kMiseg: the U-Net; kTorchScript: its spec only
+  torch::jit::Module scripted;  // kTorchScript
+  // kMiseg: what Segment runs, the U-Net with batch norm folded (core/train/frozen_unet.h).
+  std::optional<FrozenUNet> frozen;
 };
 
 Segmenter::Segmenter(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -25,9 +60,18 @@ absl::StatusOr<std::unique_ptr<Segmenter>> Segmenter::Load(const std::string& mo
   auto device = ResolveDevice(options.device);
   if (!device.ok()) return device.status();
   state->device = *device;
+  if (options.format == ModelFormat::kTorchScript) {
+    RETURN_IF_ERROR(
+        LoadTorchScript(model_path, state->device, &state->loaded.spec, &state->scripted));
+    return std::unique_ptr<Segmenter>(new Segmenter(std::move(state)));
+  }
   auto loaded = LoadModel(model_path, state->device);
   if (!loaded.ok()) return loaded.status();
   state->loaded = std::move(*loaded);
+  RETURN_IF_ERROR(GuardTorch("freezing the model", absl::StatusCode::kInternal, [&] {
+    state->frozen = FrozenUNet::Fold(state->loaded.model, PrefersChannelsLast(state->device));
+    return absl::OkStatus();
+  }));
   return std::unique_ptr<Segmenter>(new Segmenter(std::move(state)));
 }
 
@@ -37,13 +81,48 @@ absl::StatusOr<LabelVolume> Segmenter::Segment(const ImageVolume& image) const {
   auto prepared = PrepareVolume(image, nullptr, state_->loaded.spec);
   if (!prepared.ok()) return prepared.status();
   LabelVolume labels;
+  const InferenceOptions& options = state_->options;
   absl::Status status = GuardTorch("segmenting", absl::StatusCode::kInternal, [&] {
-    labels = SegmentPrepared(state_->loaded.model, *prepared, state_->device,
-                             state_->options.batch_slices, state_->options.flip_tta);
+    if (options.format == ModelFormat::kTorchScript) {
+      // A scripted module's forward may run on several threads at once (eval mode, read only).
+      torch::jit::Module& module = state_->scripted;
+      labels = SegmentPrepared(
+          [&module](const torch::Tensor& x) { return module.forward({x}).toTensor(); },
+          *prepared, state_->device, options.batch_slices, options.flip_tta);
+    } else {
+      const FrozenUNet& frozen = *state_->frozen;
+      labels = SegmentPrepared([&frozen](const torch::Tensor& x) { return frozen.forward(x); },
+                               *prepared, state_->device, options.batch_slices, options.flip_tta);
+    }
     return absl::OkStatus();
   });
   if (!status.ok()) return status;
   return labels;
+}
+
+absl::StatusOr<LabelingScores> Segmenter::ScoreForLabeling(const ImageVolume& image) const {
+  auto prepared = PrepareVolume(image, nullptr, state_->loaded.spec);
+  if (!prepared.ok()) return prepared.status();
+  LabelingScores scores;
+  const torch::Device device = state_->device;
+  absl::Status status = GuardTorch("scoring for labeling", absl::StatusCode::kInternal, [&] {
+    ProbabilityFn predict;
+    if (state_->options.format == ModelFormat::kTorchScript) {
+      torch::jit::Module& module = state_->scripted;
+      predict = [&module, device](const torch::Tensor& x) {
+        return torch::softmax(module.forward({x.to(device)}).toTensor(), 1);
+      };
+    } else {
+      UNet& model = state_->loaded.model;
+      predict = [&model, device](const torch::Tensor& x) {
+        return torch::softmax(model->forward(x.to(device)), 1);
+      };
+    }
+    scores = ScoreSlices(predict, prepared->images, state_->options.batch_slices);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return scores;
 }
 
 }  // namespace miseg

@@ -9,22 +9,30 @@
 
 #include "absl/status/statusor.h"
 #include "core/train/config.h"
+#include "core/train/labeling_priority.h"
 #include "core/volume/volume.h"
 
 namespace miseg {
+
+// How a model file is read: miseg's U-Net archive (trained here, model_io.h) or a
+// TorchScript module with the spec inside (imported, export.h).
+enum class ModelFormat { kMiseg, kTorchScript };
 
 struct InferenceOptions {
   std::string device = "cpu";
   int64_t batch_slices = 16;  // slices per forward pass: bounds memory on large volumes
   bool flip_tta = false;      // average the predictions of the identity and the three flips
+  // Last, so that callers initialising the fields above in order keep compiling.
+  ModelFormat format = ModelFormat::kMiseg;
 };
 
 // A loaded model, ready to segment. Segment is const and safe to call from several threads
 // at once: the network is in eval mode and only read.
 class Segmenter {
  public:
-  // Loads a model file or a training checkpoint. NotFound, DataLoss (corrupt or not a
-  // model), InvalidArgument / FailedPrecondition (device).
+  // Loads a model file or a training checkpoint (or, with format kTorchScript, an
+  // imported module). NotFound, DataLoss (corrupt or not a model), InvalidArgument /
+  // FailedPrecondition (device).
   static absl::StatusOr<std::unique_ptr<Segmenter>> Load(const std::string& model_path,
                                                          const InferenceOptions& options = {});
   ~Segmenter();
@@ -36,6 +44,10 @@ class Segmenter {
   // Labels in 0..classes-1 on exactly the grid of image. InvalidArgument for an
   // inconsistent volume.
   absl::StatusOr<LabelVolume> Segment(const ImageVolume& image) const;
+
+  // Active learning's per-study scores (core/train/labeling_priority.h) of image on the
+  // model grid, batch_slices slices at a time. InvalidArgument for an inconsistent volume.
+  absl::StatusOr<LabelingScores> ScoreForLabeling(const ImageVolume& image) const;
 
  private:
   struct State;

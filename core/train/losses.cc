@@ -7,20 +7,22 @@
 
 namespace miseg {
 
-torch::Tensor MutualInformationLoss(const torch::Tensor& a, const torch::Tensor& c,
-                                    const MutualInformationOptions& options) {
+torch::Tensor NeighbourJoints(const torch::Tensor& a, const torch::Tensor& c, int64_t window) {
   TORCH_CHECK(a.dim() == 4 && a.sizes() == c.sizes(),
               "MutualInformationLoss: a and c must both be B x K x H x W of the same shape");
-  const int64_t d = options.window;
+  const int64_t d = window;
   const int64_t classes = a.size(1);
   const int64_t displacements = (2 * d + 1) * (2 * d + 1);
   // conv2d(input = a as K x B x H x W, weight = c as K x B x H x W, padding d) gives
   // out[i, j, p, q] = sum_b,u a[b, i, u + s] * c[b, j, u] with s = (p - d, q - d): the joint
   // for displacement -s. Every t with |t| <= d appears exactly once, which is all we sum.
-  torch::Tensor joint = torch::conv2d(a.transpose(0, 1), c.transpose(0, 1), /*bias=*/{},
-                                      /*stride=*/1, /*padding=*/d);
-  joint = joint.permute({2, 3, 0, 1}).reshape({displacements, classes, classes});
-  joint = joint / joint.sum({1, 2}, /*keepdim=*/true);
+  const torch::Tensor joint = torch::conv2d(a.transpose(0, 1), c.transpose(0, 1), /*bias=*/{},
+                                            /*stride=*/1, /*padding=*/d);
+  return joint.permute({2, 3, 0, 1}).reshape({displacements, classes, classes});
+}
+
+torch::Tensor MeanInformation(const torch::Tensor& joints, const MutualInformationOptions& options) {
+  torch::Tensor joint = joints / joints.sum({1, 2}, /*keepdim=*/true);
   joint = (joint + joint.transpose(1, 2)) / 2;
   const torch::Tensor row_marginal = joint.sum(2, /*keepdim=*/true);  // r[i]
   const torch::Tensor col_marginal = joint.sum(1, /*keepdim=*/true);  // s[j]
@@ -30,7 +32,12 @@ torch::Tensor MutualInformationLoss(const torch::Tensor& a, const torch::Tensor&
                 options.lambda * torch::log(torch::clamp_min(row_marginal, eps)) -
                 options.lambda * torch::log(torch::clamp_min(col_marginal, eps))))
           .sum({1, 2});
-  return -information.mean();
+  return information.mean();
+}
+
+torch::Tensor MutualInformationLoss(const torch::Tensor& a, const torch::Tensor& c,
+                                    const MutualInformationOptions& options) {
+  return -MeanInformation(NeighbourJoints(a, c, options.window), options);
 }
 
 torch::Tensor ConsistencyLoss(const torch::Tensor& c, const torch::Tensor& a,

@@ -26,6 +26,14 @@ struct MutualInformationOptions {
 torch::Tensor MutualInformationLoss(const torch::Tensor& a, const torch::Tensor& c,
                                     const MutualInformationOptions& options = {});
 
+// The two halves of MutualInformationLoss, for callers that accumulate the joints over
+// several batches before taking the information (per-study scores, labeling_priority.h).
+// NeighbourJoints: the unnormalised J_t, (2d+1)^2 x K x K, summed over the batch and pixels.
+// MeanInformation: mean over t of I_t of those joints (each normalised and symmetrised).
+torch::Tensor NeighbourJoints(const torch::Tensor& a, const torch::Tensor& c, int64_t window);
+torch::Tensor MeanInformation(const torch::Tensor& joints,
+                              const MutualInformationOptions& options = {});
+
 // Mean over pixels and classes of (c - stopgrad(a))^2, or the KL divergence
 // KL(stopgrad(a) || c) averaged over pixels.
 torch::Tensor ConsistencyLoss(const torch::Tensor& c, const torch::Tensor& a,

@@ -152,6 +152,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const torch::Devi
 
 LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const torch::Device& device,
                             int64_t batch_slices, bool flip_tta) {
+  return SegmentPrepared([&model](const torch::Tensor& x) { return model->forward(x); }, volume,
+                         device, batch_slices, flip_tta);
+}
+
+LabelVolume SegmentPrepared(const ForwardFn& forward, const PreparedVolume& volume,
+                            const torch::Device& device, int64_t batch_slices, bool flip_tta) {
   torch::NoGradGuard no_grad;
   const VolumeGeometry& g = volume.geometry;
   LabelVolume labels(g);
@@ -164,7 +170,7 @@ LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const tor
     torch::Tensor probs;
     for (size_t v = 0; v < views; ++v) {
       const torch::Tensor view_probs = InvertDihedral(
-          flips[v], torch::softmax(model->forward(ApplyDihedral(flips[v], input)), 1));
+          flips[v], torch::softmax(forward(ApplyDihedral(flips[v], input)), 1));
       probs = probs.defined() ? probs + view_probs : view_probs;
     }
     if (views > 1) probs = probs / static_cast<double>(views);

@@ -5,6 +5,7 @@
 #ifndef MISEG_CORE_TRAIN_MODEL_IO_H_
 #define MISEG_CORE_TRAIN_MODEL_IO_H_
 
+#include <functional>
 #include <string>
 
 #include <torch/serialize/input-archive.h>
@@ -48,6 +49,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const torch::Devi
 // original grid, argmax. The caller sets eval mode; this runs under NoGradGuard.
 LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const torch::Device& device,
                             int64_t batch_slices, bool flip_tta);
+// The same with any network: forward maps a normalised S x 1 x G x G batch to logits.
+using ForwardFn = std::function<torch::Tensor(const torch::Tensor&)>;
+LabelVolume SegmentPrepared(const ForwardFn& forward, const PreparedVolume& volume,
+                            const torch::Device& device, int64_t batch_slices, bool flip_tta);
 
 }  // namespace miseg
 

@@ -18,6 +18,8 @@
 #include "core/train/collectives.h"
 #include "core/train/dice.h"
 #include "core/train/losses.h"
+#include "core/train/memory_layout.h"
+#include "core/train/mixed_precision.h"
 #include "core/train/model_io.h"
 #include "core/train/perturbation.h"
 #include "core/train/preprocess.h"
@@ -243,17 +245,23 @@ struct Trainer::State {
       u.transforms.push_back(SampleDihedral(*random.local, config.perturb_flip_probability,
                                             config.perturb_rotate90 && square));
     }
-    u.x = batch.images.to(device);
+    u.x = ToDevice(batch.images, device);
     u.perturbed = PerturbIntensity(ApplyDihedral(u.transforms, u.x), intensity_perturbation,
                                    *random.local, *random.noise);
     return u;
+  }
+
+  // A forward pass of net (the model or the teacher): the network in bf16 autocast on CUDA
+  // when configured, float32 logits either way, so the losses are float32.
+  torch::Tensor Forward(UNet& net, const torch::Tensor& x) {
+    return ForwardMixed(net, x, device, config.cuda_bf16);
   }
 
   // The objective's unsupervised term, before the ramp-up weight; m gets its parts.
   torch::Tensor UnsupervisedTerm(const UnlabeledBatch& u, StepMetrics& m) {
     const TrainerConfig& c = config;
     if (c.objective == Objective::kEntropyMinimization) {
-      const torch::Tensor entropy = EntropyLoss(torch::softmax(model->forward(u.x), 1));
+      const torch::Tensor entropy = EntropyLoss(torch::softmax(Forward(model, u.x), 1));
       m.entropy = entropy.item<double>();
       return c.w_entropy * entropy;
     }
@@ -261,9 +269,9 @@ struct Trainer::State {
       torch::Tensor target;
       {
         torch::NoGradGuard no_grad;
-        target = ApplyDihedral(u.transforms, torch::softmax(teacher->forward(u.x), 1));
+        target = ApplyDihedral(u.transforms, torch::softmax(Forward(teacher, u.x), 1));
       }
-      const torch::Tensor student = torch::softmax(model->forward(u.perturbed), 1);
+      const torch::Tensor student = torch::softmax(Forward(model, u.perturbed), 1);
       const torch::Tensor cons = ConsistencyLoss(student, target, c.consistency);
       m.consistency = cons.item<double>();
       return c.w_cons * cons;
@@ -271,7 +279,7 @@ struct Trainer::State {
     // The method: x and T x in one pass, so both branches share batch statistics.
     const int64_t n = u.x.size(0);
     const torch::Tensor probs =
-        torch::softmax(model->forward(torch::cat({u.x, u.perturbed}, 0)), 1);
+        torch::softmax(Forward(model, torch::cat({u.x, u.perturbed}, 0)), 1);
     const torch::Tensor a = ApplyDihedral(u.transforms, probs.narrow(0, 0, n));
     const torch::Tensor cp = probs.narrow(0, n, n);
     // Only the terms the objective weighs are computed (and reported): the MI's joint
@@ -312,7 +320,7 @@ struct Trainer::State {
     const bool unsupervised = UnsupervisedActive();
     const int64_t nl = c.labeled_batch;
     const int64_t nu = unsupervised ? c.unlabeled_batch : 0;
-    const torch::Tensor labeled_input = labeled_batch.images.to(device);
+    const torch::Tensor labeled_input = ToDevice(labeled_batch.images, device);
     UnlabeledBatch unlabeled_batch;
     if (unsupervised) unlabeled_batch = SampleUnlabeled(nu, random);
     model->train();
@@ -320,7 +328,7 @@ struct Trainer::State {
     // supervised loss trains under are those of labeled data alone; concatenating them with
     // the unlabeled slices was measured to wreck eval-mode Dice on the phantom (bench/RESULTS.md).
     const torch::Tensor supervised = SupervisedLoss(
-        model->forward(labeled_input), labeled_batch.labels.to(device), c.dice_weight);
+        Forward(model, labeled_input), ToDevice(labeled_batch.labels, device), c.dice_weight);
     torch::Tensor loss = supervised;
     StepMetrics m;
     m.unsupervised_weight = RampUpWeight(step, c.rampup_steps);
@@ -330,7 +338,9 @@ struct Trainer::State {
     for (auto& group : optimizer->param_groups()) {
       static_cast<torch::optim::AdamOptions&>(group.options()).lr(m.learning_rate);
     }
-    optimizer->zero_grad();
+    // Gradients set to none rather than zero-filled: the first accumulation then takes the
+    // gradient as is (0 + g is g exactly), saving a fill and an add per parameter.
+    for (torch::Tensor& p : model->parameters()) p.mutable_grad() = torch::Tensor();
     loss.backward();
     if (distributed()) {
       AverageGradients(m);
@@ -421,6 +431,14 @@ struct Trainer::State {
       BroadcastFromRankZero(teacher->parameters());
       BroadcastFromRankZero(teacher->buffers());
     }
+  }
+
+  // The layout of the model's weights (and so of every activation), after building or
+  // loading them: loading replaces a parameter's strides with the file's.
+  void ApplyMemoryLayout() {
+    if (!config.channels_last || !PrefersChannelsLast(device)) return;
+    ToChannelsLast(*model);
+    if (teacher) ToChannelsLast(*teacher);
   }
 
   // A new network with the model's weights and buffers (the mean teacher's start).
@@ -647,6 +665,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
     state->model->InitializeParameters(init_generator);
     state->model->to(state->device);
     if (config.objective == Objective::kMeanTeacher) state->teacher = state->CopyOfModel();
+    state->ApplyMemoryLayout();
     state->optimizer = std::make_unique<torch::optim::Adam>(
         state->model->parameters(),
         torch::optim::AdamOptions(config.learning_rate).weight_decay(config.weight_decay));
@@ -789,6 +808,7 @@ absl::Status Trainer::LoadCheckpointLocally(State& s, const std::string& path) {
       s.teacher->load(teacher);
       s.teacher->to(s.device);
     }
+    s.ApplyMemoryLayout();
     s.optimizer->load(optimizer);
     // Optimizer state was read on the CPU; it must live where the parameters are.
     for (auto& entry : s.optimizer->state()) {

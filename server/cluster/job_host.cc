@@ -268,6 +268,68 @@ void JobHost::ObserveStep(const v1::StepEvent& step) {
 
 std::string JobHost::CheckpointDir() const { return options_.work_dir + "/checkpoints"; }
 
+absl::StatusOr<CheckpointRetention> ParseCheckpointRetention(const std::string& text) {
+  if (text == "all") return CheckpointRetention::kAll;
+  if (text == "last") return CheckpointRetention::kLast;
+  if (text == "none") return CheckpointRetention::kNone;
+  return absl::InvalidArgumentError(
+      absl::StrCat("checkpoint retention '", text, "': expected all, last or none"));
+}
+
+namespace {
+
+int64_t RemoveCounted(const std::string& path) {
+  std::error_code ec;
+  const std::uintmax_t size = fs::file_size(path, ec);
+  if (!fs::remove(path, ec) || ec) return 0;
+  return static_cast<int64_t>(size);
+}
+
+}  // namespace
+
+int64_t JobHost::RemoveCheckpointsOf(const std::vector<int64_t>& job_ids) {
+  int64_t freed = 0;
+  for (int64_t job_id : job_ids) {
+    for (const auto& [file, path] : CheckpointsOf(job_id)) freed += RemoveCounted(path);
+  }
+  return freed;
+}
+
+int64_t JobHost::ApplyCheckpointRetention() {
+  std::set<int64_t> job_ids;
+  std::error_code ec;
+  for (fs::directory_iterator it(CheckpointDir(), ec), end; !ec && it != end; it.increment(ec)) {
+    std::optional<CheckpointName> name = ParseCheckpointName(it->path().filename().string());
+    if (name) job_ids.insert(name->job_id);
+  }
+  int64_t freed = 0;
+  for (int64_t job_id : job_ids) {
+    absl::StatusOr<JobRecord> job = store_->GetJob(job_id);
+    if (absl::IsNotFound(job.status())) {
+      freed += RemoveCheckpointsOf({job_id});  // its dataset was deleted
+      continue;
+    }
+    const bool finished = job.ok() && (job->state == StoredJobState::kSucceeded ||
+                                       job->state == StoredJobState::kFailed ||
+                                       job->state == StoredJobState::kCancelled);
+    if (!finished || options_.checkpoint_retention == CheckpointRetention::kAll) continue;
+    std::vector<std::pair<CheckpointFile, std::string>> files = CheckpointsOf(job_id);
+    // kLast keeps the job's recorded checkpoint (the newest when it records none).
+    std::string keep;
+    if (options_.checkpoint_retention == CheckpointRetention::kLast && !files.empty()) {
+      keep = files.front().second;
+      for (const auto& [file, path] : files) {
+        if (path == job->checkpoint_path) keep = path;
+      }
+    }
+    for (const auto& [file, path] : files) {
+      if (path != keep) freed += RemoveCounted(path);
+    }
+    if (keep.empty() && !job->checkpoint_path.empty()) (void)store_->ForgetCheckpoint(job_id);
+  }
+  return freed;
+}
+
 std::vector<std::pair<CheckpointFile, std::string>> JobHost::CheckpointsOf(int64_t job_id) const {
   std::vector<std::pair<CheckpointFile, std::string>> found;
   std::error_code ec;

@@ -33,8 +33,15 @@ struct CheckpointFile {
   std::string sha256;
 };
 
+// What is kept of a finished (failed or cancelled) job's checkpoints; a succeeded job's go
+// when its model commits, whatever this says. kAll: what the job left (its last two).
+enum class CheckpointRetention { kAll, kLast, kNone };
+// "all", "last" or "none"; InvalidArgument otherwise.
+absl::StatusOr<CheckpointRetention> ParseCheckpointRetention(const std::string& text);
+
 struct JobHostOptions {
   std::string work_dir;  // checkpoints/ and models/ go here
+  CheckpointRetention checkpoint_retention = CheckpointRetention::kAll;
   absl::Duration collective_timeout = absl::Seconds(60);
   bool verify_replicas = false;  // debug: ranks compare parameter hashes every step
 };
@@ -76,6 +83,14 @@ class JobHost {
                                       const v1::ValidationEvent& validation);
   // Where remote ranks' uploads are received before they are committed.
   std::string IncomingDir() const;
+  std::string ModelsDir() const { return options_.work_dir + "/models"; }
+  // Applies checkpoint_retention to every finished job's checkpoint files (clearing the
+  // job's checkpoint path when none is left), and removes those of jobs that no longer
+  // exist (a deleted dataset's). Returns the bytes freed. Called when a job fails or is
+  // cancelled (before its end is published) and at startup.
+  int64_t ApplyCheckpointRetention();
+  // Removes every checkpoint file of these jobs; returns the bytes freed.
+  int64_t RemoveCheckpointsOf(const std::vector<int64_t>& job_ids);
   Scheduler& scheduler() { return *scheduler_; }
 
  private:

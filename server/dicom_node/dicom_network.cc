@@ -1,6 +1,6 @@
 // The DICOM networking layer: a storage SCP on DCMTK's DcmThreadSCP (one thread per
 // connection, behind our own listening socket and thread), a C-STORE SCU on dcmnet's
-// ASC/DIMSE calls, and a STOW-RS client on libcurl.
+// ASC/DIMSE calls, and a STOW-RS client on libcurl (http_client.h).
 #include "server/dicom_node/dicom_network.h"
 
 #include <arpa/inet.h>
@@ -38,7 +38,6 @@
 #include <dcmtk/dcmnet/scpthrd.h>
 #include <dcmtk/ofstd/ofstd.h>
 
-#include <curl/curl.h>
 
 #include "absl/base/const_init.h"
 #include "absl/base/thread_annotations.h"
@@ -49,6 +48,8 @@
 #include "absl/synchronization/mutex.h"
 #include "core/dicom/dicom_util.h"
 #include "core/dicom/series_reader.h"
+#include "core/common/status_macros.h"
+#include "server/dicom_node/http_client.h"
 
 namespace miseg {
 namespace {
@@ -141,14 +142,17 @@ std::vector<std::string> DefaultStorageSopClasses() {
 
 std::vector<std::string> StorageTransferSyntaxes() {
   return {// Lossless compressed: taken as they come.
-          UID_JPEGLSLosslessTransferSyntax, UID_JPEGProcess14SV1TransferSyntax,
-          UID_JPEGProcess14TransferSyntax, UID_RLELosslessTransferSyntax,
+          UID_JPEGLSLosslessTransferSyntax, UID_JPEG2000LosslessOnlyTransferSyntax,
+          UID_JPEGProcess14SV1TransferSyntax, UID_JPEGProcess14TransferSyntax,
+          UID_RLELosslessTransferSyntax,
           // Uncompressed.
           UID_LittleEndianExplicitTransferSyntax, UID_LittleEndianImplicitTransferSyntax,
           UID_BigEndianExplicitTransferSyntax, UID_DeflatedExplicitVRLittleEndianTransferSyntax,
-          // Lossy: only when nothing else is proposed.
-          UID_JPEGLSLossyTransferSyntax, UID_JPEGProcess1TransferSyntax,
-          UID_JPEGProcess2_4TransferSyntax};
+          // Lossy: only when nothing else is proposed. JPEG 2000 (lossless or lossy, the
+          // series reader's own codec) first; the study is then flagged lossy. HTJ2K (.201-.203)
+          // is not here: DCMTK 3.6.7's DIMSE layer cannot receive a syntax it does not know.
+          UID_JPEG2000TransferSyntax, UID_JPEGLSLossyTransferSyntax,
+          UID_JPEGProcess1TransferSyntax, UID_JPEGProcess2_4TransferSyntax};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -932,61 +936,6 @@ absl::Status SendByCStore(const DicomPeer& peer, const std::string& calling_ae_t
 
 namespace {
 
-void InitCurlOnce() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
-
-// The multipart body as a list of pieces (our boundaries and headers, the caller's files),
-// read by libcurl without concatenating them.
-struct BodyReader {
-  std::vector<absl::string_view> pieces;
-  size_t total = 0;
-  size_t piece = 0, offset = 0;
-
-  static size_t Read(char* buffer, size_t size, size_t count, void* user) {
-    auto* self = static_cast<BodyReader*>(user);
-    const size_t capacity = size * count;
-    size_t written = 0;
-    while (written < capacity && self->piece < self->pieces.size()) {
-      const absl::string_view p = self->pieces[self->piece];
-      const size_t n = std::min(capacity - written, p.size() - self->offset);
-      std::memcpy(buffer + written, p.data() + self->offset, n);
-      written += n;
-      self->offset += n;
-      if (self->offset == p.size()) {
-        ++self->piece;
-        self->offset = 0;
-      }
-    }
-    return written;
-  }
-
-  static int Seek(void* user, curl_off_t position, int origin) {
-    auto* self = static_cast<BodyReader*>(user);
-    if (origin != SEEK_SET || position < 0 || static_cast<size_t>(position) > self->total) {
-      return CURL_SEEKFUNC_CANTSEEK;
-    }
-    size_t left = static_cast<size_t>(position);
-    self->piece = 0;
-    self->offset = 0;
-    while (self->piece < self->pieces.size() && left >= self->pieces[self->piece].size()) {
-      left -= self->pieces[self->piece].size();
-      ++self->piece;
-    }
-    self->offset = left;
-    return CURL_SEEKFUNC_OK;
-  }
-};
-
-size_t AppendResponse(char* data, size_t size, size_t count, void* user) {
-  auto* body = static_cast<std::string*>(user);
-  const size_t n = size * count;
-  constexpr size_t kMaxResponse = size_t{16} << 20;
-  if (body->size() < kMaxResponse) body->append(data, std::min(n, kMaxResponse - body->size()));
-  return n;
-}
-
 std::string RandomBoundary() {
   static thread_local std::mt19937_64 random(std::random_device{}());
   return absl::StrFormat("miseg-%016x%016x", random(), random());
@@ -1041,7 +990,6 @@ absl::Status SendByStowRs(const std::string& studies_url, const std::string& bea
     return absl::InvalidArgumentError("STOW-RS: the bearer token holds a line break");
   }
   if (part10_files.empty()) return absl::OkStatus();
-  InitCurlOnce();
 
   // A boundary that occurs in no file.
   std::string boundary;
@@ -1064,65 +1012,29 @@ absl::Status SendByStowRs(const std::string& studies_url, const std::string& bea
       absl::StrCat("--", boundary, "\r\nContent-Type: application/dicom\r\n\r\n");
   const std::string part_tail = "\r\n";
   const std::string closing = absl::StrCat("--", boundary, "--\r\n");
-  BodyReader body;
+  std::vector<absl::string_view> pieces;
   for (const std::string& f : part10_files) {
-    body.pieces.push_back(part_head);
-    body.pieces.push_back(f);
-    body.pieces.push_back(part_tail);
+    pieces.push_back(part_head);
+    pieces.push_back(f);
+    pieces.push_back(part_tail);
   }
-  body.pieces.push_back(closing);
-  for (absl::string_view p : body.pieces) body.total += p.size();
+  pieces.push_back(closing);
 
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return absl::InternalError("STOW-RS: curl_easy_init failed");
-  curl_slist* headers = nullptr;
-  headers = curl_slist_append(
-      headers, absl::StrCat("Content-Type: multipart/related; type=\"application/dicom\"; "
-                            "boundary=",
-                            boundary)
-                   .c_str());
-  headers = curl_slist_append(headers, "Accept: application/dicom+json");
-  headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
-  if (!bearer_token.empty()) {
-    headers =
-        curl_slist_append(headers, absl::StrCat("Authorization: Bearer ", bearer_token).c_str());
-  }
-  std::string response;
-  const long timeout_ms = static_cast<long>(std::max<int64_t>(1, timeout.count()) * 1000);
-  curl_easy_setopt(curl, CURLOPT_URL, studies_url.c_str());
-  curl_easy_setopt(curl, CURLOPT_POST, 1L);
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(curl, CURLOPT_READFUNCTION, &BodyReader::Read);
-  curl_easy_setopt(curl, CURLOPT_READDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, &BodyReader::Seek);
-  curl_easy_setopt(curl, CURLOPT_SEEKDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.total));
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &AppendResponse);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-  char curl_error[CURL_ERROR_SIZE] = {};
-  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_error);
-  const CURLcode code = curl_easy_perform(curl);
-  long http = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-
+  HttpRequest request;
+  request.method = "POST";
+  request.url = studies_url;
+  request.headers = {
+      absl::StrCat("Content-Type: multipart/related; type=\"application/dicom\"; boundary=",
+                   boundary),
+      "Accept: application/dicom+json"};
+  request.body = std::move(pieces);
+  request.bearer_token = bearer_token;
+  request.timeout = std::chrono::seconds(std::max<int64_t>(1, timeout.count()));
   const std::string where = absl::StrCat("STOW-RS to ", studies_url);
-  if (code != CURLE_OK) {
-    const std::string message =
-        absl::StrCat(where, ": ", curl_easy_strerror(code), curl_error[0] ? ": " : "", curl_error);
-    if (code == CURLE_URL_MALFORMAT || code == CURLE_UNSUPPORTED_PROTOCOL) {
-      return absl::InvalidArgumentError(message);
-    }
-    return absl::UnavailableError(message);
-  }
+  ASSIGN_OR_RETURN(HttpResponse reply, PerformHttp(request, where));
+  const std::string& response = reply.body;
+  const long http = reply.status;
   const std::string excerpt = OneLine(response, 300);
-  const std::string message =
-      absl::StrCat(where, ": HTTP ", http, excerpt.empty() ? "" : ": ", excerpt);
   if (http == 200) {
     if (HasFailedSops(response)) {
       return absl::FailedPreconditionError(
@@ -1130,9 +1042,11 @@ absl::Status SendByStowRs(const std::string& studies_url, const std::string& bea
     }
     return absl::OkStatus();
   }
-  if (http >= 500 || http == 408 || http == 429) return absl::UnavailableError(message);
-  if (http == 400 || http == 413 || http == 415) return absl::InvalidArgumentError(message);
-  return absl::FailedPreconditionError(message);
+  // 404 stays FailedPrecondition here (a wrong STOW-RS URL is a configuration matter).
+  if (http == 404) {
+    return absl::FailedPreconditionError(absl::StrCat(where, ": HTTP 404: ", excerpt));
+  }
+  return HttpError(where, reply);
 }
 
 }  // namespace miseg

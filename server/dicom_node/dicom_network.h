@@ -54,8 +54,9 @@ std::vector<std::string> DefaultStorageSopClasses();
 
 // The transfer syntaxes a StorageScp accepts, those the series reader decodes, in the order
 // it prefers them when one presentation context proposes several: lossless compressed (so a
-// sender need not decompress), then uncompressed (explicit LE, implicit LE, explicit BE,
-// deflated), then lossy JPEG / JPEG-LS (chosen only when a sender proposes nothing else).
+// sender need not decompress; JPEG 2000 lossless included), then uncompressed (explicit LE,
+// implicit LE, explicit BE, deflated), then lossy JPEG 2000 / JPEG-LS / JPEG (chosen only
+// when a sender proposes nothing else).
 std::vector<std::string> StorageTransferSyntaxes();
 
 struct StorageScpOptions {

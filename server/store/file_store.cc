@@ -21,6 +21,11 @@
 #include "core/common/status_macros.h"
 
 namespace miseg {
+
+absl::Mutex& ObjectReferenceMutex() {
+  static absl::Mutex* const mutex = new absl::Mutex();
+  return *mutex;
+}
 namespace {
 
 namespace fs = std::filesystem;

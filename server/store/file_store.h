@@ -17,8 +17,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 namespace miseg {
+
+// Held shared by whoever stores objects and then commits rows referencing them (an upload
+// from its first Put or Commit to its InsertStudy), and exclusively by whoever removes
+// objects it found unreferenced, while it checks them again and unlinks them: an object is
+// never removed between a writer storing it and committing its reference. Process wide.
+absl::Mutex& ObjectReferenceMutex();
 
 // Lowercase hex SHA-256 of bytes.
 std::string Sha256Hex(const std::string& bytes);

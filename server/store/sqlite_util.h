@@ -221,6 +221,7 @@ inline absl::StatusOr<sqlite3*> OpenDatabase(const std::string& path, const char
       ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "PRAGMA user_version"));
       ASSIGN_OR_RETURN(bool row, s.Step());
       const int64_t found = row ? s.Int(0) : 0;
+      s.Reset();  // a statement left pending makes a migration's DROP TABLE fail (locked)
       if (found == version) return absl::OkStatus();
       if (found > version || (found > 0 && found - 1 + static_cast<int64_t>(migrations.size()) <
                                                version - 1)) {

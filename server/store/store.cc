@@ -22,8 +22,6 @@
 namespace miseg {
 namespace {
 
-constexpr int kSchemaVersion = 3;
-
 // Ids use AUTOINCREMENT so a deleted study's id is never handed out again (a client may
 // still hold it). active_model_id and model_id use 0 for "none" rather than NULL so the
 // structs map one to one; they are therefore not foreign keys.
@@ -49,6 +47,8 @@ CREATE TABLE studies (
   segmentation_sop_instance_uid TEXT NOT NULL,
   created_unix_ms INTEGER NOT NULL,
   series_description TEXT NOT NULL DEFAULT '',
+  lossy_compressed INTEGER NOT NULL DEFAULT 0,
+  lossy_compression_method TEXT NOT NULL DEFAULT '',
   UNIQUE (dataset_id, series_instance_uid)
 );
 CREATE TABLE instances (
@@ -99,7 +99,7 @@ CREATE TABLE models (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   dataset_id INTEGER NOT NULL REFERENCES datasets(id),
   version INTEGER NOT NULL,
-  job_id INTEGER NOT NULL REFERENCES jobs(id),
+  job_id INTEGER REFERENCES jobs(id),  -- NULL for an imported model (no job made it)
   path TEXT NOT NULL,
   dice_per_class TEXT NOT NULL,
   mean_dice REAL NOT NULL,
@@ -108,10 +108,55 @@ CREATE TABLE models (
   created_unix_ms INTEGER NOT NULL,
   UNIQUE (dataset_id, version)
 );
+-- How a model's file is read, when it is not miseg's own archive (no row: format 1).
+CREATE TABLE IF NOT EXISTS model_formats (
+  model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+  format INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantined_objects (
   object_hash TEXT PRIMARY KEY,
   reason TEXT NOT NULL,
   quarantined_unix_ms INTEGER NOT NULL
+);
+-- Imports from a PACS (server/import/): the job, and each instance it will fetch, with the
+-- object it was stored as once fetched (state 0 pending, 1 fetched, 2 already in the
+-- dataset, 3 not needed), so a restarted import fetches nothing twice.
+CREATE TABLE IF NOT EXISTS imports (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  source TEXT NOT NULL,
+  role INTEGER NOT NULL,
+  study_instance_uid TEXT NOT NULL,
+  series_instance_uid TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  error TEXT NOT NULL DEFAULT '',
+  message TEXT NOT NULL DEFAULT '',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  stored_series TEXT NOT NULL DEFAULT '',
+  created_unix_ms INTEGER NOT NULL,
+  started_unix_ms INTEGER NOT NULL DEFAULT 0,
+  finished_unix_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS imports_by_state ON imports(state, id);
+CREATE TABLE IF NOT EXISTS import_instances (
+  import_id INTEGER NOT NULL REFERENCES imports(id) ON DELETE CASCADE,
+  sop_instance_uid TEXT NOT NULL,
+  series_instance_uid TEXT NOT NULL,
+  is_segmentation INTEGER NOT NULL,
+  state INTEGER NOT NULL DEFAULT 0,
+  object_hash TEXT NOT NULL DEFAULT '',
+  size_bytes INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (import_id, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labeling_priorities (
+  study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+  score REAL NOT NULL,
+  disagreement REAL NOT NULL,
+  mutual_information REAL NOT NULL,
+  entropy REAL NOT NULL,
+  model_id INTEGER NOT NULL,
+  scored_unix_ms INTEGER NOT NULL
 );
 )sql";
 
@@ -190,7 +235,8 @@ SELECT s.id, s.dataset_id, s.role, s.study_instance_uid, s.series_instance_uid,
   COALESCE((SELECT 'instance ' || i.sop_instance_uid || ' (object ' || q.object_hash ||
                    '): ' || q.reason
             FROM instances i JOIN quarantined_objects q ON q.object_hash = i.object_hash
-            WHERE i.study_id = s.id LIMIT 1), '')
+            WHERE i.study_id = s.id LIMIT 1), ''),
+  s.lossy_compressed, s.lossy_compression_method
 FROM studies s )sql";
 
 StudyRecord ReadStudy(const Stmt& s) {
@@ -208,6 +254,8 @@ StudyRecord ReadStudy(const Stmt& s) {
   r.created_unix_ms = s.Int(10);
   r.series_description = s.Text(11);
   r.damage = s.Text(12);
+  r.lossy_compressed = s.Int(13) != 0;
+  r.lossy_compression_method = s.Text(14);
   return r;
 }
 
@@ -254,8 +302,10 @@ JobRecord ReadJob(const Stmt& s) {
 
 constexpr const char* kModelSelect = R"sql(
 SELECT m.id, m.dataset_id, d.name, m.version, m.job_id, m.path, m.dice_per_class,
-  m.mean_dice, m.size_bytes, m.steps, m.created_unix_ms, d.active_model_id = m.id
-FROM models m JOIN datasets d ON d.id = m.dataset_id )sql";
+  m.mean_dice, m.size_bytes, m.steps, m.created_unix_ms, d.active_model_id = m.id,
+  COALESCE(f.format, 1)
+FROM models m JOIN datasets d ON d.id = m.dataset_id
+  LEFT JOIN model_formats f ON f.model_id = m.id )sql";
 
 absl::StatusOr<ModelRecord> ReadModel(const Stmt& s) {
   ModelRecord m;
@@ -271,6 +321,9 @@ absl::StatusOr<ModelRecord> ReadModel(const Stmt& s) {
   m.steps = s.Int(9);
   m.created_unix_ms = s.Int(10);
   m.active = s.Int(11) != 0;
+  m.format = s.Int(12) == static_cast<int64_t>(StoredModelFormat::kTorchScript)
+                 ? StoredModelFormat::kTorchScript
+                 : StoredModelFormat::kMiseg;
   return m;
 }
 
@@ -456,13 +509,88 @@ const std::vector<const char*>& Migrations() {
       // 2 -> 3: objects `miseg-server verify` found damaged and moved to quarantine/.
       "CREATE TABLE IF NOT EXISTS quarantined_objects (object_hash TEXT PRIMARY KEY, "
       "reason TEXT NOT NULL, quarantined_unix_ms INTEGER NOT NULL)",
+      // 3 -> 4: imports from a PACS (issue 16): the jobs and the instances each fetches.
+      R"sql(
+CREATE TABLE IF NOT EXISTS imports (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  source TEXT NOT NULL,
+  role INTEGER NOT NULL,
+  study_instance_uid TEXT NOT NULL,
+  series_instance_uid TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  error TEXT NOT NULL DEFAULT '',
+  message TEXT NOT NULL DEFAULT '',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  stored_series TEXT NOT NULL DEFAULT '',
+  created_unix_ms INTEGER NOT NULL,
+  started_unix_ms INTEGER NOT NULL DEFAULT 0,
+  finished_unix_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS imports_by_state ON imports(state, id);
+CREATE TABLE IF NOT EXISTS import_instances (
+  import_id INTEGER NOT NULL REFERENCES imports(id) ON DELETE CASCADE,
+  sop_instance_uid TEXT NOT NULL,
+  series_instance_uid TEXT NOT NULL,
+  is_segmentation INTEGER NOT NULL,
+  state INTEGER NOT NULL DEFAULT 0,
+  object_hash TEXT NOT NULL DEFAULT '',
+  size_bytes INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (import_id, sop_instance_uid)
+) WITHOUT ROWID;
+)sql",
+      // 4 -> 5: models in (issue 16): an imported model has no job (models.job_id may be
+      // NULL: the table is rebuilt, SQLite cannot drop a NOT NULL), and a format (2 for a
+      // TorchScript module; a model without a row is miseg's own archive, 1).
+      R"sql(
+CREATE TABLE models_new (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+  version INTEGER NOT NULL,
+  job_id INTEGER REFERENCES jobs(id),
+  path TEXT NOT NULL,
+  dice_per_class TEXT NOT NULL,
+  mean_dice REAL NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  steps INTEGER NOT NULL,
+  created_unix_ms INTEGER NOT NULL,
+  UNIQUE (dataset_id, version)
+);
+INSERT INTO models_new SELECT id, dataset_id, version, job_id, path, dice_per_class, mean_dice,
+  size_bytes, steps, created_unix_ms FROM models;
+DROP TABLE models;
+ALTER TABLE models_new RENAME TO models;
+CREATE TABLE IF NOT EXISTS model_formats (
+  model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+  format INTEGER NOT NULL
+);
+)sql",
+      // Active learning (issue 14): the last SuggestStudies score of each study.
+      R"sql(
+CREATE TABLE IF NOT EXISTS labeling_priorities (
+  study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
+  score REAL NOT NULL,
+  disagreement REAL NOT NULL,
+  mutual_information REAL NOT NULL,
+  entropy REAL NOT NULL,
+  model_id INTEGER NOT NULL,
+  scored_unix_ms INTEGER NOT NULL
+);
+)sql",
+      // Lossy-compressed sources (issue 21): a study whose images were lossy-compressed.
+      "ALTER TABLE studies ADD COLUMN lossy_compressed INTEGER NOT NULL DEFAULT 0; "
+      "ALTER TABLE studies ADD COLUMN lossy_compression_method TEXT NOT NULL DEFAULT ''",
   };
   return *migrations;
 }
 
+// The schema version follows from the migrations: a new one is appended, never inserted.
+int SchemaVersion() { return static_cast<int>(Migrations().size()) + 1; }
+
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   ASSIGN_OR_RETURN(sqlite3 * db,
-                   sqlite::OpenDatabase(path, kSchema, kSchemaVersion, Migrations()));
+                   sqlite::OpenDatabase(path, kSchema, SchemaVersion(), Migrations()));
   return std::unique_ptr<Store>(new Store(db));
 }
 
@@ -589,9 +717,10 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
                                            "study_instance_uid, series_instance_uid, modality, "
                                            "num_slices, num_rows, num_columns, "
                                            "segmentation_sop_instance_uid, created_unix_ms, "
-                                           "series_description) "
+                                           "series_description, lossy_compressed, "
+                                           "lossy_compression_method) "
                                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-                                           "?11)"));
+                                           "?11, ?12, ?13)"));
     s.Bind(1, study.dataset_id)
         .Bind(2, static_cast<int64_t>(role))
         .BindText(3, study.study_instance_uid)
@@ -602,7 +731,9 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
         .Bind(8, static_cast<int64_t>(study.columns))
         .BindText(9, study.segmentation_sop_instance_uid)
         .Bind(10, NowUnixMs())
-        .BindText(11, study.series_description);
+        .BindText(11, study.series_description)
+        .Bind(12, static_cast<int64_t>(study.lossy_compressed ? 1 : 0))
+        .BindText(13, study.lossy_compression_method);
     RETURN_IF_ERROR(s.Run());
     const int64_t study_id = sqlite3_last_insert_rowid(db_);
     ASSIGN_OR_RETURN(Stmt insert, Stmt::Prepare(db_,
@@ -677,6 +808,49 @@ absl::StatusOr<std::vector<StudyRecord>> Store::ListStudies(int64_t dataset_id,
   return out;
 }
 
+absl::Status Store::ReplaceLabelingPriorities(
+    int64_t dataset_id, const std::vector<LabelingPriorityRecord>& priorities) {
+  absl::MutexLock lock(&mutex_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Stmt clear, Stmt::Prepare(db_,
+                                               "DELETE FROM labeling_priorities WHERE study_id "
+                                               "IN (SELECT id FROM studies WHERE dataset_id = ?1)"));
+    clear.Bind(1, dataset_id);
+    RETURN_IF_ERROR(clear.Run());
+    for (const LabelingPriorityRecord& p : priorities) {
+      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                             "INSERT INTO labeling_priorities SELECT id, ?3, ?4, "
+                                             "?5, ?6, ?7, ?8 FROM studies WHERE dataset_id = ?1 "
+                                             "AND series_instance_uid = ?2"));
+      s.Bind(1, dataset_id).BindText(2, p.series_instance_uid).Bind(3, p.score)
+          .Bind(4, p.disagreement).Bind(5, p.mutual_information)
+          .Bind(6, p.entropy).Bind(7, p.model_id).Bind(8, p.scored_unix_ms);
+      RETURN_IF_ERROR(s.Run());
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<LabelingPriorityRecord>> Store::ListLabelingPriorities(
+    int64_t dataset_id) {
+  absl::MutexLock lock(&mutex_);
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                         "SELECT s.series_instance_uid, p.score, p.disagreement, "
+                                         "p.mutual_information, p.entropy, p.model_id, "
+                                         "p.scored_unix_ms FROM labeling_priorities p JOIN "
+                                         "studies s ON s.id = p.study_id WHERE s.dataset_id = ?1 "
+                                         "ORDER BY s.id"));
+  s.Bind(1, dataset_id);
+  std::vector<LabelingPriorityRecord> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    out.push_back({s.Text(0), s.Double(1), s.Double(2), s.Double(3), s.Double(4), s.Int(5),
+                   s.Int(6)});
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<std::string>> Store::DeleteStudy(int64_t dataset_id,
                                                             const std::string& series_uid,
                                                             int64_t* deleted_instances) {
@@ -726,8 +900,13 @@ absl::StatusOr<std::vector<std::string>> Store::DeleteStudy(int64_t dataset_id,
 absl::StatusOr<std::vector<std::string>> Store::ReferencedObjects() {
   absl::MutexLock lock(&mutex_);
   ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                         "SELECT DISTINCT object_hash FROM instances "
-                                         "ORDER BY object_hash"));
+                                         "SELECT object_hash FROM instances UNION "
+                                         // An unfinished import's fetched instances: kept
+                                         // for its resume or retry.
+                                         "SELECT ii.object_hash FROM import_instances ii "
+                                         "JOIN imports i ON i.id = ii.import_id "
+                                         "WHERE i.state <> 3 AND ii.object_hash <> '' "
+                                         "ORDER BY 1"));
   return sqlite::ReadStrings(s);
 }
 
@@ -1141,6 +1320,165 @@ absl::StatusOr<ModelRecord> Store::PromoteModel(int64_t id) {
     return absl::OkStatus();
   }));
   return promoted;
+}
+
+// --- Models in, and deletes (issue 16). ---
+
+namespace {
+
+absl::StatusOr<int64_t> NextModelVersion(sqlite3* db, int64_t dataset_id) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, "SELECT COALESCE(MAX(version), 0) + 1 FROM "
+                                             "models WHERE dataset_id = ?1"));
+  s.Bind(1, dataset_id);
+  ASSIGN_OR_RETURN(bool row, s.Step());
+  return row ? s.Int(0) : 1;
+}
+
+absl::StatusOr<std::vector<int64_t>> ReadIds(sqlite3* db, const char* sql, int64_t key) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, sql));
+  s.Bind(1, key);
+  return sqlite::ReadRows(s, [](const Stmt& row) { return row.Int(0); });
+}
+
+absl::StatusOr<int64_t> RunCounted(sqlite3* db, const char* sql, int64_t key) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db, sql));
+  s.Bind(1, key);
+  RETURN_IF_ERROR(s.Run());
+  return static_cast<int64_t>(sqlite3_changes(db));
+}
+
+// The objects a dataset's instances and imports hold (candidates to free when it goes).
+absl::StatusOr<std::vector<std::string>> ObjectsOfDataset(sqlite3* db, int64_t dataset_id) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                         "SELECT object_hash FROM instances WHERE dataset_id = ?1 "
+                                         "UNION SELECT ii.object_hash FROM import_instances ii "
+                                         "JOIN imports i ON i.id = ii.import_id WHERE "
+                                         "i.dataset_id = ?1 AND ii.object_hash <> ''"));
+  s.Bind(1, dataset_id);
+  return sqlite::ReadRows(s, [](const Stmt& row) { return row.Text(0); });
+}
+
+// Of `hashes`, those nothing references any more: no instance of any dataset, no import.
+absl::StatusOr<std::vector<std::string>> Unreferenced(sqlite3* db,
+                                                      const std::vector<std::string>& hashes) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                         "SELECT 1 FROM instances WHERE object_hash = ?1 UNION "
+                                         "ALL SELECT 1 FROM import_instances WHERE "
+                                         "object_hash = ?1 LIMIT 1"));
+  std::vector<std::string> orphans;
+  for (const std::string& hash : hashes) {
+    s.Reset();
+    s.BindText(1, hash);
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) orphans.push_back(hash);
+  }
+  return orphans;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelRecord> Store::InsertImportedModel(const ModelRecord& model) {
+  absl::MutexLock lock(&mutex_);
+  ModelRecord inserted;
+  RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
+    RETURN_IF_ERROR(LoadDatasetById(db_, model.dataset_id).status());
+    ASSIGN_OR_RETURN(int64_t version, NextModelVersion(db_, model.dataset_id));
+    // No job made it: job_id is NULL in the table (a foreign key), 0 in the record.
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
+                                           "INSERT INTO models (dataset_id, version, job_id, "
+                                           "path, dice_per_class, mean_dice, size_bytes, steps, "
+                                           "created_unix_ms) VALUES (?1, ?2, NULL, ?3, ?4, ?5, "
+                                           "?6, ?7, ?8)"));
+    s.Bind(1, model.dataset_id)
+        .Bind(2, version)
+        .BindText(3, model.path)
+        .BindText(4, JoinDoubles(model.dice_per_class))
+        .Bind(5, model.mean_dice)
+        .Bind(6, model.size_bytes)
+        .Bind(7, model.steps)
+        .Bind(8, NowUnixMs());
+    RETURN_IF_ERROR(s.Run());
+    const int64_t id = sqlite3_last_insert_rowid(db_);
+    ASSIGN_OR_RETURN(Stmt f, Stmt::Prepare(db_, "INSERT INTO model_formats (model_id, format) "
+                                                "VALUES (?1, ?2)"));
+    f.Bind(1, id).Bind(2, static_cast<int64_t>(model.format));
+    RETURN_IF_ERROR(f.Run());
+    ASSIGN_OR_RETURN(inserted, LoadModel(db_, id));
+    return absl::OkStatus();
+  }));
+  return inserted;
+}
+
+absl::StatusOr<ModelRecord> Store::DeleteModel(int64_t id) {
+  absl::MutexLock lock(&mutex_);
+  ModelRecord deleted;
+  RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(deleted, LoadModel(db_, id));
+    if (deleted.active) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", id, " is the active model of dataset '", deleted.dataset_name,
+          "': promote another version first"));
+    }
+    return RunCounted(db_, "DELETE FROM models WHERE id = ?1", id).status();
+  }));
+  return deleted;
+}
+
+absl::StatusOr<DeletedDataset> Store::DeleteDataset(int64_t id) {
+  absl::MutexLock lock(&mutex_);
+  DeletedDataset out;
+  RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
+    out = DeletedDataset();
+    ASSIGN_OR_RETURN(DatasetRecord dataset, LoadDatasetById(db_, id));
+    ASSIGN_OR_RETURN(std::vector<int64_t> busy,
+                     ReadIds(db_, "SELECT id FROM jobs WHERE dataset_id = ?1 AND state IN (1, 2)",
+                             id));
+    if (!busy.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "dataset '", dataset.name, "' has ", busy.size(), " queued or running job(s) (job ",
+          busy.front(), "): cancel them first, or delete with force"));
+    }
+    ASSIGN_OR_RETURN(std::vector<std::string> objects, ObjectsOfDataset(db_, id));
+    ASSIGN_OR_RETURN(Stmt paths, Stmt::Prepare(db_, "SELECT path FROM models WHERE dataset_id = ?1"));
+    paths.Bind(1, id);
+    ASSIGN_OR_RETURN(out.model_paths, sqlite::ReadRows(paths, [](const Stmt& row) {
+                       return row.Text(0);
+                     }));
+    ASSIGN_OR_RETURN(out.job_ids, ReadIds(db_, "SELECT id FROM jobs WHERE dataset_id = ?1", id));
+    // Children first: models reference jobs, jobs and studies the dataset (job_events,
+    // instances, imports and their instances go by cascade).
+    ASSIGN_OR_RETURN(out.models, RunCounted(db_, "DELETE FROM models WHERE dataset_id = ?1", id));
+    ASSIGN_OR_RETURN(out.jobs, RunCounted(db_, "DELETE FROM jobs WHERE dataset_id = ?1", id));
+    RETURN_IF_ERROR(RunCounted(db_, "DELETE FROM instances WHERE dataset_id = ?1", id).status());
+    ASSIGN_OR_RETURN(out.studies, RunCounted(db_, "DELETE FROM studies WHERE dataset_id = ?1", id));
+    RETURN_IF_ERROR(RunCounted(db_, "DELETE FROM datasets WHERE id = ?1", id).status());
+    ASSIGN_OR_RETURN(out.orphan_objects, Unreferenced(db_, objects));
+    ASSIGN_OR_RETURN(Stmt forget, Stmt::Prepare(db_, "DELETE FROM quarantined_objects "
+                                                     "WHERE object_hash = ?1"));
+    for (const std::string& hash : out.orphan_objects) {
+      forget.Reset();
+      forget.BindText(1, hash);
+      RETURN_IF_ERROR(forget.Run());
+    }
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> Store::ModelPaths() {
+  absl::MutexLock lock(&mutex_);
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, "SELECT path FROM models"));
+  return sqlite::ReadRows(s, [](const Stmt& row) { return row.Text(0); });
+}
+
+absl::Status Store::ForgetCheckpoint(int64_t job_id) {
+  absl::MutexLock lock(&mutex_);
+  return InTransaction(db_, [&]() -> absl::Status {
+    return RunCounted(db_,
+                      "UPDATE jobs SET checkpoint_path = '' WHERE id = ?1 AND state IN (3, 4, 5)",
+                      job_id)
+        .status();
+  });
 }
 
 absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> Store::CountJobsByState() {

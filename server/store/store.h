@@ -36,6 +36,9 @@ enum class StoredJobState : int {
   kCancelled = 5
 };
 
+// Matches miseg.v1.ModelFormat numbers: how a model file is read (core/train/inference.h).
+enum class StoredModelFormat : int { kMiseg = 1, kTorchScript = 2 };
+
 struct DatasetRecord {
   int64_t id = 0;
   std::string name;
@@ -74,7 +77,23 @@ struct StudyRecord {
   // quarantined and why (the study cannot be trained on or segmented until it is deleted or
   // the object is stored again).
   std::string damage;
+  // The source images were lossy-compressed (SeriesVolume::lossy); the methods as
+  // LossyImageCompressionMethod values, backslash-separated, may be empty.
+  bool lossy_compressed = false;
+  std::string lossy_compression_method;
   std::vector<InstanceRecord> instances;  // images and (if any) the SEG
+};
+
+// Active learning: the last score SuggestStudies stored for a study (the proto's
+// LabelingPriority; core/train/labeling_priority.h says what each value is).
+struct LabelingPriorityRecord {
+  std::string series_instance_uid;
+  double score = 0;
+  double disagreement = 0;
+  double mutual_information = 0;
+  double entropy = 0;
+  int64_t model_id = 0;
+  int64_t scored_unix_ms = 0;
 };
 
 struct JobRecord {
@@ -108,7 +127,7 @@ struct ModelRecord {
   int64_t dataset_id = 0;
   std::string dataset_name;  // filled on reads
   int64_t version = 0;       // assigned: 1 + the dataset's highest
-  int64_t job_id = 0;
+  int64_t job_id = 0;        // 0 for an imported model
   std::string path;          // model file
   std::vector<double> dice_per_class;
   double mean_dice = 0;
@@ -116,6 +135,56 @@ struct ModelRecord {
   int64_t steps = 0;
   int64_t created_unix_ms = 0;
   bool active = false;  // filled on reads
+  StoredModelFormat format = StoredModelFormat::kMiseg;
+};
+
+// What DeleteDataset removed from the metadata, and the files the caller removes after the
+// commit (a crash before they go leaves them unreferenced: the startup sweep takes them).
+struct DeletedDataset {
+  int64_t studies = 0, jobs = 0, models = 0;
+  std::vector<std::string> orphan_objects;  // hashes no other instance or import references
+  std::vector<std::string> model_paths;
+  std::vector<int64_t> job_ids;  // their checkpoint files go too
+};
+
+// An import from a PACS (server/import/). States match miseg.v1.ImportState numbers.
+enum class StoredImportState : int {
+  kQueued = 1,
+  kRunning = 2,
+  kSucceeded = 3,
+  kFailed = 4,
+  kCancelled = 5
+};
+// One instance an import fetches. kPending: not yet; kFetched: in the file store as
+// object_hash; kPresent: already in the dataset, not fetched; kNotNeeded: listed at the
+// source but not part of what is imported (a SEG of another series).
+enum class ImportInstanceState : int { kPending = 0, kFetched = 1, kPresent = 2, kNotNeeded = 3 };
+
+struct ImportInstanceRecord {
+  std::string sop_instance_uid;
+  std::string series_instance_uid;
+  bool is_segmentation = false;
+  ImportInstanceState state = ImportInstanceState::kPending;
+  std::string object_hash;  // set when kFetched
+  int64_t size_bytes = 0;
+};
+
+struct ImportRecord {
+  int64_t id = 0;
+  int64_t dataset_id = 0;
+  std::string dataset_name;  // filled on reads
+  std::string source;
+  StoredRole role = StoredRole::kUnlabeled;
+  std::string study_instance_uid;
+  std::string series_instance_uid;  // empty: every image series of the study
+  StoredImportState state = StoredImportState::kQueued;
+  std::string error, message;
+  int32_t attempts = 0;
+  bool cancel_requested = false;
+  std::vector<std::string> stored_series;
+  int64_t created_unix_ms = 0, started_unix_ms = 0, finished_unix_ms = 0;
+  // Filled on reads from its instances: all but kNotNeeded, and those fetched or present.
+  int64_t instances_total = 0, instances_fetched = 0;
 };
 
 // Thread safety: every method takes mutex_ for its whole run (a transaction included), so
@@ -150,6 +219,13 @@ class Store {
   absl::StatusOr<std::vector<std::string>> DeleteStudy(int64_t dataset_id,
                                                        const std::string& series_uid,
                                                        int64_t* deleted_instances);
+  // Replaces the dataset's stored labeling priorities with these, in one transaction (the
+  // combined score is relative to the set scored together, so older scores go). Studies
+  // deleted since they were scored are skipped.
+  absl::Status ReplaceLabelingPriorities(int64_t dataset_id,
+                                         const std::vector<LabelingPriorityRecord>& priorities);
+  // The dataset's stored priorities, ordered by study id.
+  absl::StatusOr<std::vector<LabelingPriorityRecord>> ListLabelingPriorities(int64_t dataset_id);
   // Every object hash referenced by an instance (startup garbage collection).
   absl::StatusOr<std::vector<std::string>> ReferencedObjects();
 
@@ -209,6 +285,18 @@ class Store {
   absl::StatusOr<ModelRecord> GetModel(int64_t id);
   absl::StatusOr<std::vector<ModelRecord>> ListModels(int64_t dataset_id);  // 0: all
   absl::StatusOr<ModelRecord> PromoteModel(int64_t id);
+  // An imported model (no job): a new version of model.dataset_id, not active.
+  absl::StatusOr<ModelRecord> InsertImportedModel(const ModelRecord& model);
+  // Deletes a model version's row; its file is the caller's to remove after this returns.
+  // FailedPrecondition for its dataset's active model.
+  absl::StatusOr<ModelRecord> DeleteModel(int64_t id);
+  // Deletes a dataset with its studies, imports, jobs (and their events) and models in one
+  // transaction. FailedPrecondition while one of its jobs is queued or running.
+  absl::StatusOr<DeletedDataset> DeleteDataset(int64_t id);
+  // Every model file path (the startup sweep keeps these).
+  absl::StatusOr<std::vector<std::string>> ModelPaths();
+  // A finished job's checkpoint file was removed (retention): its path is cleared.
+  absl::Status ForgetCheckpoint(int64_t job_id);
 
   // PRAGMA integrity_check: its complaints, empty when the database is sound.
   absl::StatusOr<std::vector<std::string>> IntegrityCheck();
@@ -220,6 +308,35 @@ class Store {
 
   // Counts of jobs per state (for metrics).
   absl::StatusOr<std::vector<std::pair<StoredJobState, int64_t>>> CountJobsByState();
+
+  // Imports (server/store/store_imports.cc). CreateImport returns the import of the same
+  // dataset, study and series that is not finished (or failed or cancelled: queued again,
+  // keeping its fetched instances) instead of creating another; *created says which.
+  absl::StatusOr<ImportRecord> CreateImport(const ImportRecord& import, bool* created);
+  absl::StatusOr<ImportRecord> GetImport(int64_t id);
+  // dataset_id 0: all. Newest first.
+  absl::StatusOr<std::vector<ImportRecord>> ListImports(int64_t dataset_id);
+  // Queued imports, oldest first.
+  absl::StatusOr<std::vector<ImportRecord>> ListQueuedImports();
+  // Takes a queued import (running, attempts + 1); nullopt when it is not queued.
+  absl::StatusOr<std::optional<ImportRecord>> ClaimImport(int64_t id);
+  // After a crash or at shutdown: running imports go back to queued (a cancelled one is
+  // cancelled). Returns how many were requeued.
+  absl::StatusOr<int> RequeueRunningImports();
+  // A queued import is cancelled at once, a running one marked. FailedPrecondition when
+  // finished.
+  absl::StatusOr<ImportRecord> RequestImportCancel(int64_t id);
+  // The instances listed at the source, added to those already recorded (a re-listing after
+  // a restart keeps what was fetched).
+  absl::Status AddImportInstances(int64_t import_id,
+                                  const std::vector<ImportInstanceRecord>& instances);
+  absl::StatusOr<std::vector<ImportInstanceRecord>> ListImportInstances(int64_t import_id);
+  // One instance's new state (and object when fetched), committed on its own.
+  absl::Status SetImportInstance(int64_t import_id, const ImportInstanceRecord& instance);
+  // Terminal: kSucceeded, kFailed or kCancelled, with the outcome.
+  absl::Status FinishImport(int64_t id, StoredImportState state, const std::string& error,
+                            const std::string& message,
+                            const std::vector<std::string>& stored_series);
 
  private:
   explicit Store(sqlite3* db);

@@ -301,7 +301,8 @@ class CliScreenTest(unittest.TestCase):
         self.assert_ok(screen)
         self.assert_fits(screen)
         self.assertEqual(screen.lines[0].split(), ["SERIES", "ROLE", "MOD", "SLICES", "MATRIX",
-                                                   "SEG", "DESCRIPTION"], screen.describe())
+                                                   "SEG", "PRIORITY", "DESCRIPTION"],
+                         screen.describe())
         rows = screen.lines[1:]
         self.assertEqual(len(rows), len(real), screen.describe())
         self.assert_shortened_uids([r.split()[0] for r in rows], real, screen)

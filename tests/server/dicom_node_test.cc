@@ -8,6 +8,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <iterator>
+#include <map>
+#include <optional>
 #include <fstream>
 #include <thread>
 
@@ -306,6 +310,90 @@ TEST_F(DicomNodeTest, UnknownPeersAreRefusedAndMalformedInstancesLeaveNothing) {
   // Nothing was written to the file store.
   auto [rc, listing] = RunCommand("find " + dir_.path() + "/miseg/objects -type f 2>/dev/null | wc -l");
   EXPECT_EQ(listing, "0\n");
+}
+
+// JPEG 2000 studies (the frames encoded by opj_compress, wrapped by pydicom) sent by DCMTK's
+// storescu in their own transfer syntax, as a PACS that stores JPEG 2000 sends them: stored,
+// segmented and delivered like any other; the lossy one is flagged in the dataset and its
+// SEG carries Lossy Image Compression "01" with the method (PS3.3 C.7.6.1.1.5).
+TEST_F(DicomNodeTest, StorescuSendsJpeg2000StudiesThatAreSegmentedAndDelivered) {
+  if (!std::filesystem::exists(MISEG_STORESCU) || !std::filesystem::exists("/usr/bin/opj_compress")) {
+    GTEST_SKIP() << "storescu or opj_compress is not installed";
+  }
+  StartMiseg("pacs");
+  TrainModel();
+  std::map<std::string, bool> lossy_of_series;
+  for (bool lossy : {false, true}) {
+    absl::StatusOr<PhantomStudy> study = SmallPhantomStudy(66, lossy ? 1 : 0, false);
+    ASSERT_TRUE(study.ok());
+    lossy_of_series[study->series.series_instance_uid] = lossy;
+    const std::string dir = absl::StrCat(dir_.path(), "/j2k-", lossy);
+    std::filesystem::create_directories(dir);
+    std::string encode = absl::StrCat("/usr/bin/python3 ", MISEG_JPEG2000_REENCODE,
+                                      lossy ? " --lossy 8" : "");
+    // -xv / -xw: propose the file's JPEG 2000 syntax (storescu cannot decompress it);
+    // -R: only the contexts these files need.
+    std::string send = absl::StrCat(MISEG_STORESCU, lossy ? " -xw" : " -xv",
+                                    " -R -aet ORTHANC -aec MISEG 127.0.0.1 ", node_port_);
+    for (size_t i = 0; i < study->image_files.size(); ++i) {
+      const std::string in = absl::StrCat(dir, "/native", i, ".dcm");
+      std::ofstream(in, std::ios::binary) << study->image_files[i].bytes;
+      absl::StrAppend(&encode, " ", in, " ", dir, "/j2k", i, ".dcm");
+      absl::StrAppend(&send, " ", dir, "/j2k", i, ".dcm");
+    }
+    auto [encoded, encode_output] = RunCommand(encode + " 2>&1");
+    ASSERT_EQ(encoded, 0) << encode_output;
+    std::ifstream first(dir + "/j2k0.dcm", std::ios::binary);
+    const std::string first_bytes((std::istreambuf_iterator<char>(first)), {});
+    ASSERT_NE(first_bytes.find(lossy ? "1.2.840.10008.1.2.4.91" : "1.2.840.10008.1.2.4.90"),
+              std::string::npos);
+    auto [sent, send_output] = RunCommand(send + " 2>&1");
+    ASSERT_EQ(sent, 0) << send_output << miseg_->log();
+  }
+
+  for (const auto& [series_uid, lossy] : lossy_of_series) {
+    SCOPED_TRACE(lossy ? "lossy" : "lossless");
+    std::optional<v1::Delivery> delivered = WaitForDelivery(
+        [&series_uid = series_uid](const v1::Delivery& d) {
+          return d.state() == v1::DELIVERY_STATE_DELIVERED &&
+                 d.source_series_instance_uid() == series_uid;
+        },
+        std::chrono::seconds(120));
+    ASSERT_TRUE(delivered.has_value()) << miseg_->log();
+    ExpectSegInOrthanc(delivered->segmentation_sop_instance_uid(), series_uid);
+    // The SEG's provenance, as Orthanc holds it.
+    absl::StatusOr<std::vector<std::pair<std::string, std::string>>> found =
+        orthanc_->Lookup(delivered->segmentation_sop_instance_uid());
+    ASSERT_TRUE(found.ok());
+    for (const auto& [id, type] : *found) {
+      if (type != "Instance") continue;
+      absl::StatusOr<std::string> bytes = orthanc_->DownloadInstance(id);
+      ASSERT_TRUE(bytes.ok());
+      absl::StatusOr<std::unique_ptr<DcmFileFormat>> seg = ParseDicom(*bytes, "seg");
+      ASSERT_TRUE(seg.ok());
+      OFString flag, method;
+      (*seg)->getDataset()->findAndGetOFString(DCM_LossyImageCompression, flag);
+      (*seg)->getDataset()->findAndGetOFStringArray(DCM_LossyImageCompressionMethod, method);
+      EXPECT_EQ(std::string(flag.c_str()), lossy ? "01" : "00");
+      EXPECT_EQ(std::string(method.c_str()), lossy ? "ISO_15444_1" : "");
+    }
+  }
+  // Both stored into the dataset, the lossy one flagged.
+  v1::ListStudiesRequest request;
+  request.set_dataset("cardiac");
+  request.set_role(v1::STUDY_ROLE_UNLABELED);
+  v1::ListStudiesResponse response;
+  auto context = client_->Context();
+  ASSERT_TRUE(client_->datasets->ListStudies(context.get(), request, &response).ok());
+  int seen = 0;
+  for (const v1::Study& study : response.studies()) {
+    auto it = lossy_of_series.find(study.series_instance_uid());
+    if (it == lossy_of_series.end()) continue;
+    ++seen;
+    EXPECT_EQ(study.lossy_compressed(), it->second) << study.series_instance_uid();
+    EXPECT_EQ(study.lossy_compression_method(), it->second ? "ISO_15444_1" : "");
+  }
+  EXPECT_EQ(seen, 2);
 }
 
 }  // namespace

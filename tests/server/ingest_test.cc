@@ -14,8 +14,13 @@
 #include <utility>
 #include <vector>
 
+#include <dcmtk/config/osconfig.h>  // must come first
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/dicom/dicom_util.h"
 #include "core/dicom/phantom_study.h"
 #include "core/phantom/phantom.h"
 #include "gmock/gmock.h"
@@ -267,6 +272,51 @@ TEST_F(IngestTest, StoresAnUnlabeledStudy) {
   auto loaded = LoadStoredStudy(streamed_->files(), streamed_->Studies()[0], {});
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(loaded->series.image.voxels == study.series.image.voxels);
+}
+
+// Issue 21: pydicom's MR_small_jp2klossless.dcm is MR_small.dcm re-encoded as JPEG 2000
+// under the same UIDs. After MR_small it is refused, naming the reused UID (other bytes
+// under a stored UID are not the stored instance), instead of passing as a duplicate; the
+// same bytes again are a duplicate; with new UIDs it is a new study whose voxels equal
+// MR_small's.
+TEST_F(IngestTest, SameUidOtherBytesIsRefusedAndNewUidsStoreTheJpeg2000Study) {
+  const std::string dir = MISEG_PYDICOM_TEST_FILES;
+  if (!fs::exists(dir + "/MR_small_jp2klossless.dcm")) GTEST_SKIP() << "no pydicom samples";
+  const DicomBuffer native{"MR_small.dcm", ReadFileToString(dir + "/MR_small.dcm").value()};
+  const DicomBuffer j2k{"MR_small_jp2klossless.dcm",
+                        ReadFileToString(dir + "/MR_small_jp2klossless.dcm").value()};
+  IngestResult result = ExpectSameAsInMemory(StoredRole::kUnlabeled, {native}, "MR_small");
+  ASSERT_EQ(result.stored.size(), 1u);
+  result = ExpectSameAsInMemory(StoredRole::kUnlabeled, {j2k}, "the same UIDs in JPEG 2000");
+  ASSERT_EQ(result.files.size(), 1u);
+  EXPECT_EQ(result.files[0].outcome, IngestOutcome::kRefused);
+  EXPECT_THAT(result.files[0].reason,
+              HasSubstr("is already stored in this dataset with other content"));
+  result = ExpectSameAsInMemory(StoredRole::kUnlabeled, {native}, "MR_small again");
+  EXPECT_EQ(result.files[0].outcome, IngestOutcome::kDuplicate);
+
+  // New study, series and instance UIDs; the pixel data untouched (still JPEG 2000).
+  auto parsed = ParseDicom(j2k.bytes, j2k.name);
+  ASSERT_TRUE(parsed.ok());
+  DcmDataset& ds = *(*parsed)->getDataset();
+  const std::string sop_uid = NewUid();
+  ds.putAndInsertString(DCM_StudyInstanceUID, NewUid().c_str());
+  ds.putAndInsertString(DCM_SeriesInstanceUID, NewUid().c_str());
+  ds.putAndInsertString(DCM_SOPInstanceUID, sop_uid.c_str());
+  (*parsed)->getMetaInfo()->putAndInsertString(DCM_MediaStorageSOPInstanceUID, sop_uid.c_str());
+  absl::StatusOr<std::string> renamed = SerializeDicom(**parsed, EXS_JPEG2000LosslessOnly);
+  ASSERT_TRUE(renamed.ok()) << renamed.status();
+  result = ExpectSameAsInMemory(StoredRole::kUnlabeled, {{"renamed.dcm", *renamed}}, "new UIDs");
+  ASSERT_EQ(result.stored.size(), 1u);
+  EXPECT_FALSE(result.stored[0].lossy_compressed);
+  const std::vector<StudyRecord> studies = streamed_->Studies();
+  ASSERT_EQ(studies.size(), 2u);
+  auto first = LoadStoredStudy(streamed_->files(), studies[0], {});
+  auto second = LoadStoredStudy(streamed_->files(), studies[1], {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->series.image.voxels.size(), 64u * 64u);
+  EXPECT_TRUE(second->series.image.voxels == first->series.image.voxels);
 }
 
 TEST_F(IngestTest, StoresALabeledStudyWithItsSegmentation) {

@@ -148,6 +148,8 @@ absl::StatusOr<std::unique_ptr<OrthancProcess>> OrthancProcess::Start(
   orthanc->http_port_ = http.port();
   orthanc->dicom_port_ = dicom.port();
 
+  std::vector<std::string> lua_scripts;
+  for (const std::string& script : options.lua_scripts) lua_scripts.push_back(JsonQuote(script));
   std::vector<std::string> modalities;
   for (const auto& [name, m] : options.modalities) {
     modalities.push_back(absl::StrCat("    ", JsonQuote(name), ": [", JsonQuote(m.ae_title), ", ",
@@ -164,6 +166,7 @@ absl::StatusOr<std::unique_ptr<OrthancProcess>> OrthancProcess::Start(
       "  \"DicomWeb\": {\"Enable\": ", options.enable_dicomweb ? "true" : "false",
       ", \"Root\": \"/dicom-web/\"},\n", "  \"DicomAlwaysAllowStore\": true,\n",
       "  \"DicomCheckCalledAet\": false,\n", "  \"SaveJobs\": false,\n",
+      "  \"LuaScripts\": [", absl::StrJoin(lua_scripts, ", "), "],\n",
       "  \"DicomModalities\": {\n", absl::StrJoin(modalities, ",\n"), "\n  }\n", "}\n");
   {
     std::ofstream out(orthanc->config_path_, std::ios::trunc);

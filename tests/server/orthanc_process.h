@@ -42,6 +42,7 @@ struct OrthancOptions {
   std::string dicom_aet = "ORTHANC";
   std::map<std::string, OrthancModality> modalities;  // name -> where /modalities/name/store goes
   bool enable_dicomweb = true;
+  std::vector<std::string> lua_scripts;  // paths, Orthanc's "LuaScripts" (e.g. a request log)
 };
 
 struct HttpReply {

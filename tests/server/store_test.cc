@@ -1123,9 +1123,12 @@ TEST_F(StoreTest, ASchemaOneDatabaseIsUpgradedInPlace) {
   const DatasetRecord d = MakeDataset("old");
   ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "1.2.3", StoredRole::kUnlabeled, 2, 0, false)).ok());
   store_.reset();
-  // Back to schema 1 exactly as that release created it.
+  // Back to schema 1 exactly as that release created it (nor had it the lossy flag).
   schema::Exec(Path("miseg.db"),
-               "ALTER TABLE studies DROP COLUMN series_description; PRAGMA user_version = 1;");
+               "ALTER TABLE studies DROP COLUMN series_description; "
+               "ALTER TABLE studies DROP COLUMN lossy_compressed; "
+               "ALTER TABLE studies DROP COLUMN lossy_compression_method; "
+               "PRAGMA user_version = 1;");
 
   Reopen();
   auto studies = store_->ListStudies(d.id, std::nullopt);
@@ -1133,12 +1136,52 @@ TEST_F(StoreTest, ASchemaOneDatabaseIsUpgradedInPlace) {
   ASSERT_EQ(studies->size(), 1u);
   EXPECT_EQ(studies->front().series_instance_uid, "1.2.3");
   EXPECT_EQ(studies->front().series_description, "");
+  EXPECT_FALSE(studies->front().lossy_compressed);
   StudyRecord described = MakeStudy(d.id, "1.2.4", StoredRole::kUnlabeled, 1, 10, false);
   described.series_description = "Süßes Herz";
+  described.lossy_compressed = true;
+  described.lossy_compression_method = "ISO_10918_1\\ISO_15444_1";
   ASSERT_TRUE(store_->InsertStudy(described).ok());
   auto stored = store_->GetStudy(d.id, "1.2.4");
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_EQ(stored->series_description, "Süßes Herz");
+  // Issue 21: the lossy flag and its methods, after every migration.
+  EXPECT_TRUE(stored->lossy_compressed);
+  EXPECT_EQ(stored->lossy_compression_method, "ISO_10918_1\\ISO_15444_1");
+}
+
+// Active learning's scores: a call replaces the dataset's scores (not another dataset's),
+// skips studies gone since, and a deleted study takes its score with it.
+TEST_F(StoreTest, LabelingPrioritiesAreReplacedPerDatasetAndFollowTheirStudies) {
+  const DatasetRecord d = MakeDataset("d");
+  const DatasetRecord other = MakeDataset("other");
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "a", StoredRole::kUnlabeled, 1, 0, false)).ok());
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "b", StoredRole::kUnlabeled, 1, 1, false)).ok());
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(other.id, "c", StoredRole::kUnlabeled, 1, 2, false)).ok());
+  ASSERT_TRUE(store_->ReplaceLabelingPriorities(other.id, {{"c", 1.5, 0.1, 0.2, 0.3, 7, 100}}).ok());
+  ASSERT_TRUE(store_->ReplaceLabelingPriorities(
+                        d.id, {{"a", 2.0, 0.4, 0.1, 0.9, 3, 200}, {"gone", 1.0, 0, 0, 0, 3, 200}})
+                  .ok());
+  ASSERT_TRUE(store_->ReplaceLabelingPriorities(d.id, {{"b", 0.5, 0.2, 0.3, 0.4, 4, 300}}).ok());
+  auto listed = store_->ListLabelingPriorities(d.id);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);  // "a" replaced away, "gone" never stored
+  const LabelingPriorityRecord& b = listed->front();
+  EXPECT_EQ(b.series_instance_uid, "b");
+  EXPECT_EQ(b.score, 0.5);
+  EXPECT_EQ(b.disagreement, 0.2);
+  EXPECT_EQ(b.mutual_information, 0.3);
+  EXPECT_EQ(b.entropy, 0.4);
+  EXPECT_EQ(b.model_id, 4);
+  EXPECT_EQ(b.scored_unix_ms, 300);
+  auto others = store_->ListLabelingPriorities(other.id);
+  ASSERT_TRUE(others.ok());
+  ASSERT_EQ(others->size(), 1u);
+  EXPECT_EQ(others->front().score, 1.5);
+  ASSERT_TRUE(store_->DeleteStudy(d.id, "b", nullptr).ok());
+  listed = store_->ListLabelingPriorities(d.id);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->empty());
 }
 
 TEST_F(StoreTest, ADatabaseOfANewerSchemaIsRefusedUntouched) {
@@ -1148,6 +1191,78 @@ TEST_F(StoreTest, ADatabaseOfANewerSchemaIsRefusedUntouched) {
   ASSERT_FALSE(reopened.ok());
   EXPECT_TRUE(absl::IsFailedPrecondition(reopened.status())) << reopened.status();
   EXPECT_NE(reopened.status().message().find("newer"), std::string::npos) << reopened.status();
+}
+
+// Issue 16: a dataset goes with its studies, jobs and models in one transaction, handing
+// back the objects nothing else references (not those another dataset still holds), the
+// model files and the jobs whose checkpoints go; refused while a job is queued or running.
+TEST_F(StoreTest, DeleteDatasetTakesItsRowsAndOnlyItsOwnObjects) {
+  const DatasetRecord d = MakeDataset("d");
+  const DatasetRecord other = MakeDataset("other");
+  // d: hashes 0, 1, 1000 and 5; other shares hash 0.
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "a", StoredRole::kLabeled, 2, 0, true)).ok());
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(d.id, "b", StoredRole::kUnlabeled, 1, 5, false)).ok());
+  ASSERT_TRUE(store_->InsertStudy(MakeStudy(other.id, "c", StoredRole::kUnlabeled, 1, 0, false)).ok());
+  const JobRecord job = MakeJob(d.id);
+  EXPECT_EQ(store_->DeleteDataset(d.id).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->ClaimJob(job.id, "cpu").ok());
+  ASSERT_TRUE(store_->FinishJobWithModel(job.id, ModelOf(10), /*activate=*/true).ok());
+
+  absl::StatusOr<DeletedDataset> deleted = store_->DeleteDataset(d.id);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->studies, 2);
+  EXPECT_EQ(deleted->jobs, 1);
+  EXPECT_EQ(deleted->models, 1);
+  EXPECT_EQ(deleted->job_ids, std::vector<int64_t>{job.id});
+  EXPECT_EQ(deleted->model_paths, std::vector<std::string>{"/models/m.pt"});
+  std::vector<std::string> orphans = deleted->orphan_objects;
+  std::sort(orphans.begin(), orphans.end());
+  std::vector<std::string> expected = {Hash(1), Hash(5), Hash(1000)};
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(orphans, expected);
+  EXPECT_EQ(store_->GetDatasetById(d.id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetJob(job.id).status().code(), absl::StatusCode::kNotFound);
+  auto referenced = store_->ReferencedObjects();
+  ASSERT_TRUE(referenced.ok());
+  EXPECT_EQ(*referenced, std::vector<std::string>{Hash(0)});
+  EXPECT_EQ(store_->DeleteDataset(d.id).status().code(), absl::StatusCode::kNotFound);
+}
+
+// Issue 16: an imported model has no job and its format; the active model is not deleted.
+TEST_F(StoreTest, ImportedModelsAndModelDeletes) {
+  const DatasetRecord d = MakeDataset("d");
+  const JobRecord job = MakeJob(d.id);
+  ASSERT_TRUE(store_->ClaimJob(job.id, "cpu").ok());
+  auto trained = store_->FinishJobWithModel(job.id, ModelOf(10), /*activate=*/true);
+  ASSERT_TRUE(trained.ok());
+  EXPECT_EQ(trained->format, StoredModelFormat::kMiseg);
+  ModelRecord record = ModelOf(7);
+  record.dataset_id = d.id;
+  record.path = "/models/import-1.model";
+  record.format = StoredModelFormat::kTorchScript;
+  auto imported = store_->InsertImportedModel(record);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(imported->version, 2);
+  EXPECT_EQ(imported->job_id, 0);
+  EXPECT_FALSE(imported->active);
+  EXPECT_EQ(imported->format, StoredModelFormat::kTorchScript);
+  Reopen();
+  auto read = store_->GetModel(imported->id);
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->format, StoredModelFormat::kTorchScript);
+
+  EXPECT_EQ(store_->DeleteModel(trained->id).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(store_->PromoteModel(imported->id).ok());
+  auto deleted = store_->DeleteModel(trained->id);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->path, "/models/m.pt");
+  auto paths = store_->ModelPaths();
+  ASSERT_TRUE(paths.ok());
+  EXPECT_EQ(*paths, std::vector<std::string>{"/models/import-1.model"});
+  EXPECT_EQ(store_->DeleteModel(trained->id).status().code(), absl::StatusCode::kNotFound);
+  ModelRecord nowhere = record;
+  nowhere.dataset_id = 999;
+  EXPECT_EQ(store_->InsertImportedModel(nowhere).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

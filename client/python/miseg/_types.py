@@ -111,6 +111,11 @@ class Study:
     created: Optional[datetime.datetime]
     #: SeriesDescription decoded to text (undecodable bytes escaped as \\xNN); "" if none.
     series_description: str = ""
+    #: The images were lossy-compressed (JPEG 2000 lossy, JPEG baseline, or the source's
+    #: LossyImageCompression "01"): a model may behave differently on them.
+    lossy_compressed: bool = False
+    #: LossyImageCompressionMethod values, backslash-separated (e.g. "ISO_15444_1").
+    lossy_compression_method: str = ""
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -125,7 +130,9 @@ class Study:
                      slices=s.slices, rows=s.rows, columns=s.columns, instances=s.instances,
                      segmentation_sop_instance_uid=s.segmentation_sop_instance_uid or None,
                      created=_time(s.created_unix_ms),
-                     series_description=s.series_description)
+                     series_description=s.series_description,
+                     lossy_compressed=s.lossy_compressed,
+                     lossy_compression_method=s.lossy_compression_method)
 
 
 @dataclass(frozen=True)

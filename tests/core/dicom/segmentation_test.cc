@@ -279,6 +279,41 @@ TEST(Segmentation, EmptySegmentIsWrittenAndReadBack) {
   EXPECT_EQ(read->labels.voxels, w.labels.voxels);
 }
 
+// Issue 21: a SEG derived from lossy-compressed images says so (PS3.3 C.7.6.1.1.5), with
+// the source's methods and ratios in step order; a value that is not a valid CS or DS is
+// left out rather than failing the SEG; a lossless source's SEG has no such attributes.
+TEST(Segmentation, SegOfLossySourceCarriesLossyImageCompression) {
+  const PhantomSubject subject = SmallSubject();
+  WrittenSeries w = WriteSmallSeries(subject);
+  w.series.lossy.lossy = true;
+  w.series.lossy.methods = {"ISO_10918_1", "ISO_15444_1", "bad\\value"};
+  w.series.lossy.ratios = {"8.5", "12.25", "not a number"};
+  auto seg = WriteSegmentation(w.series, w.labels, PhantomOptionsForSeg());
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  TempDir dir;
+  const std::string seg_file = dir.Write("seg.dcm", *seg);
+  EXPECT_THAT(DciodvfyErrors(seg_file, "SEG of a lossy source"), ::testing::IsEmpty());
+  auto parsed = ParseDicom(*seg, "seg");
+  ASSERT_TRUE(parsed.ok());
+  DcmDataset& ds = *(*parsed)->getDataset();
+  OFString flag, methods, ratios;
+  ds.findAndGetOFString(DCM_LossyImageCompression, flag);
+  ds.findAndGetOFStringArray(DCM_LossyImageCompressionMethod, methods);
+  ds.findAndGetOFStringArray(DCM_LossyImageCompressionRatio, ratios);
+  EXPECT_EQ(std::string(flag.c_str()), "01");
+  EXPECT_EQ(std::string(methods.c_str()), "ISO_10918_1\\ISO_15444_1");
+  EXPECT_EQ(std::string(ratios.c_str()), "8.5\\12.25");
+
+  w.series.lossy = {};
+  seg = WriteSegmentation(w.series, w.labels, PhantomOptionsForSeg());
+  ASSERT_TRUE(seg.ok()) << seg.status();
+  parsed = ParseDicom(*seg, "seg");
+  ASSERT_TRUE(parsed.ok());
+  flag.clear();
+  (*parsed)->getDataset()->findAndGetOFString(DCM_LossyImageCompression, flag);
+  EXPECT_NE(std::string(flag.c_str()), "01");
+}
+
 TEST(Segmentation, AllBackgroundAndGenericClassesWork) {
   const PhantomSubject subject = SmallSubject();
   WrittenSeries w = WriteSmallSeries(subject);

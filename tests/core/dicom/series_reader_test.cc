@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -27,6 +28,9 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmb.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrlerp.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
@@ -339,14 +343,6 @@ TEST(SeriesReader, PydicomNoMetaSampleIsRefusedCleanly) {
   EXPECT_THAT(volumes.status().message(), HasSubstr("no_meta.dcm"));
 }
 
-TEST(SeriesReader, RejectsJpeg2000AsUnsupportedTransferSyntax) {
-  auto volumes = ReadFiles({Pydicom("MR_small_jp2klossless.dcm")});
-  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(volumes.status().message(), HasSubstr("MR_small_jp2klossless.dcm"));
-  EXPECT_THAT(volumes.status().message(),
-              HasSubstr("1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"));
-  EXPECT_THAT(volumes.status().message(), HasSubstr("unsupported transfer syntax JPEG 2000"));
-}
 
 TEST(SeriesReader, RejectsTruncatedFile) {
   auto volumes = ReadFiles({Pydicom("MR_truncated.dcm")});
@@ -1271,6 +1267,297 @@ TEST(SeriesReader, RejectsCorruptCompressedPixelData) {
   ASSERT_FALSE(volumes.ok());
   EXPECT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(volumes.status().message(), HasSubstr(buffers[0].name));
+}
+
+// ---------------------------------------------------------------------------------------
+// JPEG 2000 (our OpenJPEG codec; DCMTK 3.6.7 has none).
+
+TEST(SeriesReader, MrSmallJpeg2000LosslessEqualsNativeMrSmall) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  auto native = ReadFiles({Pydicom("MR_small.dcm")});
+  auto j2k = ReadFiles({Pydicom("MR_small_jp2klossless.dcm")});
+  ASSERT_TRUE(native.ok()) << native.status();
+  ASSERT_TRUE(j2k.ok()) << j2k.status();
+  ASSERT_THAT(*j2k, SizeIs(1));
+  EXPECT_EQ(j2k->front().image.voxels, native->front().image.voxels);
+  EXPECT_EQ(j2k->front().image.geometry.origin_mm, native->front().image.geometry.origin_mm);
+  EXPECT_EQ(j2k->front().slices.front().sop_instance_uid,
+            native->front().slices.front().sop_instance_uid);
+  EXPECT_FALSE(j2k->front().lossy.lossy);
+}
+
+TEST(SeriesReader, Jpeg2000LossySamplesMatchPydicomAndAreFlaggedLossy) {
+  for (const char* name : {"JPEG2000.dcm", "693_J2KI.dcm"}) {
+    SCOPED_TRACE(name);
+    SKIP_IF_ABSENT(Pydicom(name));
+    ExpectMatchesPydicom(Pydicom(name));
+    auto volumes = ReadFiles({Pydicom(name)});
+    ASSERT_TRUE(volumes.ok()) << volumes.status();
+    const LossyCompression& lossy = volumes->front().lossy;
+    EXPECT_TRUE(lossy.lossy);
+    ASSERT_FALSE(lossy.methods.empty());
+    EXPECT_EQ(lossy.methods.back(), "ISO_15444_1");
+    EXPECT_EQ(lossy.ratios.size(), lossy.methods.size());
+  }
+}
+
+TEST(SeriesReader, Jpeg2000WithPixelRepresentationMismatchMatchesPydicom) {
+  SKIP_IF_ABSENT(Pydicom("J2K_pixelrep_mismatch.dcm"));
+  ExpectMatchesPydicom(Pydicom("J2K_pixelrep_mismatch.dcm"));
+}
+
+TEST(SeriesReader, Jpeg2000ColourIsRefusedAsColour) {
+  SKIP_IF_ABSENT(Pydicom("GDCMJ2K_TextGBR.dcm"));
+  auto volumes = ReadFiles({Pydicom("GDCMJ2K_TextGBR.dcm")});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("colour images are not supported"));
+}
+
+
+// The buffers re-encoded to JPEG 2000 lossless by opj_compress; nullopt when the tools or
+// pydicom are missing.
+std::optional<std::vector<DicomBuffer>> ReencodeWithOpjCompress(
+    const std::vector<DicomBuffer>& buffers, int fragments_per_frame, bool offset_table) {
+  if (!std::filesystem::exists(MISEG_SYSTEM_PYTHON) ||
+      !std::filesystem::exists("/usr/bin/opj_compress")) {
+    return std::nullopt;
+  }
+  const std::string dir = testing::TempDir() + "/miseg_j2k_series";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // opj_compress encodes, pydicom wraps: nothing of ours touches the encoding.
+  std::string command = absl::StrCat(MISEG_SYSTEM_PYTHON, " ", MISEG_JPEG2000_REENCODE,
+                                     " --fragments ", fragments_per_frame,
+                                     offset_table ? "" : " --no-offset-table");
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const std::string in = absl::StrCat(dir, "/in", i, ".dcm");
+    std::ofstream(in, std::ios::binary) << buffers[i].bytes;
+    absl::StrAppend(&command, " ", in, " ", dir, "/out", i, ".dcm");
+  }
+  if (std::system((command + " >/dev/null 2>&1").c_str()) != 0) return std::nullopt;
+  std::vector<DicomBuffer> encoded;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    std::optional<std::string> bytes = ReadFileBytes(absl::StrCat(dir, "/out", i, ".dcm"));
+    if (!bytes) return std::nullopt;
+    encoded.push_back({buffers[i].name, *bytes});
+  }
+  return encoded;
+}
+
+TEST(SeriesReader, SeriesReencodedByOpjCompressGivesTheSameVolume) {
+  for (bool is_signed : {true, false}) {
+    SeriesSpec spec;
+    spec.is_signed = is_signed;
+    if (!is_signed) {
+      spec.bits_allocated = spec.bits_stored = 8;
+      spec.high_bit = 7;
+    }
+    SCOPED_TRACE(is_signed ? "16-bit signed" : "8-bit unsigned");
+    const std::vector<DicomBuffer> native = MakeSeries(spec);
+    const SeriesVolume expected = ReadOneSeries(native);
+    ExpectSeriesVolume(expected, spec);
+    std::optional<std::vector<DicomBuffer>> j2k = ReencodeWithOpjCompress(native, 1, true);
+    if (!j2k) GTEST_SKIP() << "opj_compress or pydicom is missing";
+    auto parsed = ParseDicom(j2k->front().bytes, "check");
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ((*parsed)->getDataset()->getOriginalXfer(), EXS_JPEG2000LosslessOnly);
+    const SeriesVolume volume = ReadOneSeries(*j2k);
+    EXPECT_EQ(volume.image.voxels, expected.image.voxels);
+    EXPECT_EQ(volume.image.geometry.origin_mm, expected.image.geometry.origin_mm);
+    EXPECT_EQ(volume.slices.front().sop_instance_uid, expected.slices.front().sop_instance_uid);
+    EXPECT_FALSE(volume.lossy.lossy);
+  }
+}
+
+TEST(SeriesReader, Jpeg2000MultiFrameInEveryFragmentLayout) {
+  const SeriesSpec spec;
+  const std::string plain = MakeEnhancedMr(spec, false);
+  const SeriesVolume expected = ReadOneSeries({{"enhanced.dcm", plain}});
+  // One fragment per frame or three; with a Basic Offset Table or without (frames then found
+  // by their count, or by the codestreams' SOC markers).
+  for (int fragments : {1, 3}) {
+    for (bool offset_table : {true, false}) {
+      SCOPED_TRACE(absl::StrCat(fragments, " fragments per frame, offset table ", offset_table));
+      std::optional<std::vector<DicomBuffer>> j2k =
+          ReencodeWithOpjCompress({{"enhanced.dcm", plain}}, fragments, offset_table);
+      if (!j2k) GTEST_SKIP() << "opj_compress or pydicom is missing";
+      EXPECT_EQ(ReadOneSeries(*j2k).image.voxels, expected.image.voxels);
+      // And checked from disk without its voxels, one frame at a time.
+      const std::string path = testing::TempDir() + "/miseg_j2k_enhanced.dcm";
+      std::ofstream(path, std::ios::binary) << j2k->front().bytes;
+      auto checked = CheckSeriesFiles({path}, {"enhanced.dcm"});
+      ASSERT_TRUE(checked.ok()) << checked.status();
+      EXPECT_EQ(checked->front().image.geometry.slices, spec.slices);
+    }
+  }
+}
+
+// A Part-10 buffer with its transfer syntax UID replaced (and the meta group length fixed).
+std::string WithTransferSyntax(const std::string& bytes, const std::string& from,
+                               const std::string& to) {
+  std::string padded = to;
+  if (padded.size() % 2 == 1) padded.push_back('\0');
+  std::string old_element = std::string("\x02\x00\x10\x00UI", 6);
+  old_element += static_cast<char>(from.size()), old_element += '\0', old_element += from;
+  std::string new_element = std::string("\x02\x00\x10\x00UI", 6);
+  new_element += static_cast<char>(padded.size()), new_element += '\0', new_element += padded;
+  std::string out = bytes;
+  const size_t at = out.find(old_element);
+  if (at == std::string::npos) return out;
+  out.replace(at, old_element.size(), new_element);
+  const size_t group = out.find(std::string("\x02\x00\x00\x00UL\x04\x00", 8));
+  uint32_t length = 0;
+  std::memcpy(&length, out.data() + group + 8, 4);
+  length += static_cast<uint32_t>(new_element.size() - old_element.size());
+  std::memcpy(out.data() + group + 8, &length, 4);
+  return out;
+}
+
+TEST(SeriesReader, HighThroughputJpeg2000SyntaxIsDecodedAndLossyOneFlagged) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  const std::string original = *ReadFileBytes(Pydicom("MR_small_jp2klossless.dcm"));
+  auto native = ReadFiles({Pydicom("MR_small.dcm")});
+  ASSERT_TRUE(native.ok());
+  // DCMTK 3.6.7 does not know the HTJ2K UIDs. A Part 1 codestream under them (which HTJ2K
+  // decoders read too) decodes; HT code-blocks themselves are refused (next test).
+  for (const char* syntax : {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.203"}) {
+    SCOPED_TRACE(syntax);
+    const std::string bytes = WithTransferSyntax(original, "1.2.840.10008.1.2.4.90", syntax);
+    ASSERT_NE(bytes, original);
+    auto volumes = ReadSeries({{"ht.dcm", bytes}});
+    ASSERT_TRUE(volumes.ok()) << volumes.status();
+    EXPECT_EQ(volumes->front().image.voxels, native->front().image.voxels);
+    const bool lossy = std::string(syntax) == "1.2.840.10008.1.2.4.203";
+    EXPECT_EQ(volumes->front().lossy.lossy, lossy);
+    if (lossy) EXPECT_THAT(volumes->front().lossy.methods, ElementsAre("ISO_15444_15"));
+  }
+}
+
+// MR_small_jp2klossless with its Rows and Columns edited, or its codestream replaced.
+std::string EditedMrSmallJpeg2000(const std::function<void(DcmDataset&)>& edit) {
+  auto file = ParseDicom(*ReadFileBytes(Pydicom("MR_small_jp2klossless.dcm")), "j2k");
+  EXPECT_TRUE(file.ok());
+  edit(*(*file)->getDataset());
+  auto bytes = SerializeDicom(**file, EXS_JPEG2000LosslessOnly);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  return bytes.ok() ? *bytes : "";
+}
+
+TEST(SeriesReader, Jpeg2000LargerThanRowsAndColumnsIsRefusedBeforeDecoding) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  const std::string smaller = EditedMrSmallJpeg2000([](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Rows, 32);
+    ds.putAndInsertUint16(DCM_Columns, 32);
+  });
+  auto volumes = ReadSeries({{"small.dcm", smaller}});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("small.dcm"));
+  EXPECT_THAT(volumes.status().message(), HasSubstr("image of 64x64 exceeds the limit of 32"));
+}
+
+TEST(SeriesReader, Jpeg2000ClaimingAHugeImageIsRefusedBeforeDecoding) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  // The codestream's SIZ says 60000 x 60000 (7 GB of 16-bit samples): refused by its header.
+  const std::string huge = EditedMrSmallJpeg2000([](DcmDataset& ds) {
+    DcmElement* element = nullptr;
+    ASSERT_TRUE(ds.findAndGetElement(DCM_PixelData, element).good());
+    DcmPixelSequence* sequence = nullptr;
+    ASSERT_TRUE(static_cast<DcmPixelData*>(element)
+                    ->getEncapsulatedRepresentation(EXS_JPEG2000LosslessOnly, nullptr, sequence)
+                    .good());
+    DcmPixelItem* item = nullptr;
+    ASSERT_TRUE(sequence->getItem(item, 1).good());
+    Uint8* data = nullptr;
+    ASSERT_TRUE(item->getUint8Array(data).good());
+    for (size_t at : {8, 12}) {  // Xsiz, Ysiz (big endian)
+      data[at] = 0x00, data[at + 1] = 0x00, data[at + 2] = 0xEA, data[at + 3] = 0x60;
+    }
+  });
+  auto volumes = ReadSeries({{"huge.dcm", huge}});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("image of 60000x60000 exceeds the limit"));
+}
+
+TEST(SeriesReader, HighThroughputCodestreamInDicomIsRefusedByName) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  // A real HTJ2K codestream (20 x 20, 8-bit; OpenJPEG's test data) in MR_small's place,
+  // under the HTJ2K lossless UID: refused, not handed to OpenJPEG 2.5.0's HT decoder (which
+  // aborts on malformed HT code-blocks; see jpeg2000.h).
+  const std::string ht =
+      *ReadFileBytes(std::string(MISEG_JPEG2000_SEEDS) + "/htj2k_byte_causal.j2c");
+  const std::string j2k = EditedMrSmallJpeg2000([&ht](DcmDataset& ds) {
+    ds.putAndInsertUint16(DCM_Rows, 20);
+    ds.putAndInsertUint16(DCM_Columns, 20);
+    ds.putAndInsertUint16(DCM_BitsAllocated, 8);
+    ds.putAndInsertUint16(DCM_BitsStored, 8);
+    ds.putAndInsertUint16(DCM_HighBit, 7);
+    ds.putAndInsertUint16(DCM_PixelRepresentation, 0);
+    DcmElement* element = nullptr;
+    ASSERT_TRUE(ds.findAndGetElement(DCM_PixelData, element).good());
+    DcmPixelSequence* sequence = nullptr;
+    ASSERT_TRUE(static_cast<DcmPixelData*>(element)
+                    ->getEncapsulatedRepresentation(EXS_JPEG2000LosslessOnly, nullptr, sequence)
+                    .good());
+    DcmPixelItem* item = nullptr;
+    ASSERT_TRUE(sequence->getItem(item, 1).good());
+    ASSERT_TRUE(item->putUint8Array(reinterpret_cast<const Uint8*>(ht.data()), ht.size()).good());
+  });
+  const std::string bytes =
+      WithTransferSyntax(j2k, "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201");
+  auto volumes = ReadSeries({{"ht.dcm", bytes}});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("ht.dcm"));
+  EXPECT_THAT(volumes.status().message(), HasSubstr("(HTJ2K) is not decoded"));
+}
+
+TEST(SeriesReader, Jpeg2000WithMissingFramesIsRefused) {
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  // Two frames claimed, one codestream and no offset table.
+  const std::string bytes = EditedMrSmallJpeg2000(
+      [](DcmDataset& ds) {
+        ds.putAndInsertString(DCM_NumberOfFrames, "2");
+        ds.putAndInsertString(DCM_SpacingBetweenSlices, "5");
+      });
+  auto volumes = ReadSeries({{"two.dcm", bytes}});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("1 codestreams for 2 frames"))
+      << volumes.status();
+}
+
+TEST(SeriesReader, JpegBaselineAndLossyImageCompressionAreFlagged) {
+  SeriesSpec spec;
+  spec.bits_allocated = spec.bits_stored = 8;
+  spec.high_bit = 7;
+  spec.is_signed = false;
+  spec.rows = spec.cols = 32;
+  const SeriesVolume jpeg = ReadOneSeries(MakeSeries(spec, EXS_JPEGProcess1));
+  EXPECT_TRUE(jpeg.lossy.lossy);
+  EXPECT_THAT(jpeg.lossy.methods, ElementsAre("ISO_10918_1"));
+  ASSERT_THAT(jpeg.lossy.ratios, SizeIs(1));
+  EXPECT_GT(std::stod(jpeg.lossy.ratios[0]), 1.0);
+  // Native pixels that were lossy-compressed before: the source's own record is kept.
+  const SeriesVolume recorded = ReadOneSeries(MakeSeries(
+      spec, EXS_LittleEndianExplicit, [](int, DcmDataset& ds) {
+        ds.putAndInsertString(DCM_LossyImageCompression, "01");
+        ds.putAndInsertString(DCM_LossyImageCompressionMethod, "ISO_10918_1");
+        ds.putAndInsertString(DCM_LossyImageCompressionRatio, "12.5");
+      }));
+  EXPECT_TRUE(recorded.lossy.lossy);
+  EXPECT_THAT(recorded.lossy.methods, ElementsAre("ISO_10918_1"));
+  EXPECT_THAT(recorded.lossy.ratios, ElementsAre("12.5"));
+  EXPECT_FALSE(ReadOneSeries(MakeSeries(spec)).lossy.lossy);
+}
+
+TEST(SeriesReader, RejectsUnsupportedTransferSyntaxByName) {
+  // MPEG-2 video: no decoder, refused by name, naming the instance.
+  SKIP_IF_ABSENT(Pydicom("MR_small_jp2klossless.dcm"));
+  const std::string bytes =
+      WithTransferSyntax(*ReadFileBytes(Pydicom("MR_small_jp2klossless.dcm")),
+                         "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.100");
+  auto volumes = ReadSeries({{"video.dcm", bytes}});
+  ASSERT_EQ(volumes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(volumes.status().message(), HasSubstr("video.dcm"));
+  EXPECT_THAT(volumes.status().message(), HasSubstr("unsupported transfer syntax MPEG2"));
 }
 
 // ---------------------------------------------------------------------------------------
