@@ -113,6 +113,11 @@ int64_t TotalBytes(const std::vector<DicomBuffer>& files) {
 
 }  // namespace
 
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
+}
+
 ConnectionOptions OptionsFromEnvironment() {
   ConnectionOptions options;
   auto env = [](const char* name, std::string* out) {
@@ -146,6 +151,25 @@ struct Client::State {
     Prepare(context, std::chrono::seconds(options.call_timeout_seconds));
   }
 };
+
+namespace {
+
+// One unary call: a prepared context (token, deadline), the stub's method, the status
+// mapped to absl's.
+template <typename State, typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> UnaryCall(const State& state, Stub& stub,
+                                   grpc::Status (Stub::*method)(grpc::ClientContext*,
+                                                                const Request&, Response*),
+                                   const Request& request) {
+  grpc::ClientContext context;
+  state.Prepare(&context);
+  Response response;
+  grpc::Status status = (stub.*method)(&context, request, &response);
+  if (!status.ok()) return FromGrpc(status);
+  return response;
+}
+
+}  // namespace
 
 Client::Client(std::unique_ptr<State> state) : state_(std::move(state)) {}
 Client::~Client() = default;
@@ -210,7 +234,8 @@ absl::Status Client::Health() {
   std::vector<grpc::Slice> slices;
   std::string bytes;
   if (response.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    for (const grpc::Slice& s : slices)
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
   // HealthCheckResponse: field 1 (status) = 1 (SERVING).
   if (bytes != std::string("\x08\x01", 2)) {
@@ -226,32 +251,20 @@ absl::StatusOr<v1::Dataset> Client::CreateDataset(const std::string& name,
   request.set_name(name);
   for (const std::string& c : class_names) request.add_class_names(c);
   request.set_modality(modality);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Dataset response;
-  grpc::Status status = state_->datasets->CreateDataset(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::CreateDataset, request);
 }
 
 absl::StatusOr<std::vector<v1::Dataset>> Client::ListDatasets() {
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListDatasetsResponse response;
-  grpc::Status status = state_->datasets->ListDatasets(&context, {}, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(v1::ListDatasetsResponse response,
+                   UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::ListDatasets,
+                             v1::ListDatasetsRequest()));
   return std::vector<v1::Dataset>(response.datasets().begin(), response.datasets().end());
 }
 
 absl::StatusOr<v1::Dataset> Client::GetDataset(const std::string& name) {
   v1::GetDatasetRequest request;
   request.set_name(name);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Dataset response;
-  grpc::Status status = state_->datasets->GetDataset(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::GetDataset, request);
 }
 
 absl::StatusOr<v1::UploadResponse> Client::Upload(const std::string& dataset,
@@ -304,11 +317,9 @@ absl::StatusOr<std::vector<v1::Study>> Client::ListStudies(const std::string& da
   v1::ListStudiesRequest request;
   request.set_dataset(dataset);
   request.set_role(role);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListStudiesResponse response;
-  grpc::Status status = state_->datasets->ListStudies(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::ListStudiesResponse response,
+      UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::ListStudies, request));
   return std::vector<v1::Study>(response.studies().begin(), response.studies().end());
 }
 
@@ -317,11 +328,9 @@ absl::StatusOr<int64_t> Client::DeleteStudy(const std::string& dataset,
   v1::DeleteStudyRequest request;
   request.set_dataset(dataset);
   request.set_series_instance_uid(series_uid);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::DeleteStudyResponse response;
-  grpc::Status status = state_->datasets->DeleteStudy(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::DeleteStudyResponse response,
+      UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::DeleteStudy, request));
   return response.deleted_instances();
 }
 
@@ -330,12 +339,7 @@ absl::StatusOr<v1::SuggestStudiesResponse> Client::SuggestStudies(const std::str
   v1::SuggestStudiesRequest request;
   request.set_dataset(dataset);
   request.set_count(count);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::SuggestStudiesResponse response;
-  grpc::Status status = state_->datasets->SuggestStudies(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->datasets, &v1::DatasetService::Stub::SuggestStudies, request);
 }
 
 absl::StatusOr<v1::Job> Client::StartJob(const std::string& dataset,
@@ -343,54 +347,35 @@ absl::StatusOr<v1::Job> Client::StartJob(const std::string& dataset,
   v1::StartJobRequest request;
   request.set_dataset(dataset);
   *request.mutable_hyperparameters() = hyperparameters;
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Job response;
-  grpc::Status status = state_->training->StartJob(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->training, &v1::TrainingService::Stub::StartJob, request);
 }
 
 absl::StatusOr<v1::Job> Client::GetJob(int64_t id) {
   v1::GetJobRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Job response;
-  grpc::Status status = state_->training->GetJob(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->training, &v1::TrainingService::Stub::GetJob, request);
 }
 
 absl::StatusOr<std::vector<v1::Job>> Client::ListJobs(const std::string& dataset) {
   v1::ListJobsRequest request;
   request.set_dataset(dataset);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListJobsResponse response;
-  grpc::Status status = state_->training->ListJobs(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::ListJobsResponse response,
+      UnaryCall(*state_, *state_->training, &v1::TrainingService::Stub::ListJobs, request));
   return std::vector<v1::Job>(response.jobs().begin(), response.jobs().end());
 }
 
 absl::StatusOr<std::vector<v1::Worker>> Client::ListWorkers() {
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListWorkersResponse response;
-  grpc::Status status = state_->workers->ListWorkers(&context, v1::ListWorkersRequest(), &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(v1::ListWorkersResponse response,
+                   UnaryCall(*state_, *state_->workers, &v1::WorkerService::Stub::ListWorkers,
+                             v1::ListWorkersRequest()));
   return std::vector<v1::Worker>(response.workers().begin(), response.workers().end());
 }
 
 absl::StatusOr<v1::Job> Client::CancelJob(int64_t id) {
   v1::CancelJobRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Job response;
-  grpc::Status status = state_->training->CancelJob(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->training, &v1::TrainingService::Stub::CancelJob, request);
 }
 
 absl::Status Client::WatchJob(int64_t id, const WatchOptions& options,
@@ -417,11 +402,7 @@ absl::Status Client::WatchJob(int64_t id, const WatchOptions& options,
       reconnect_until = std::chrono::steady_clock::time_point::min();
       if (event.sequence() > 0) last_sequence = event.sequence();
       on_event(event);
-      if (event.has_state() && (event.state().state() == v1::JOB_STATE_SUCCEEDED ||
-                                event.state().state() == v1::JOB_STATE_FAILED ||
-                                event.state().state() == v1::JOB_STATE_CANCELLED)) {
-        ended = true;
-      }
+      if (event.has_state() && IsTerminal(event.state().state())) ended = true;
     }
     grpc::Status status = reader->Finish();
     if (status.ok() || ended) return absl::OkStatus();
@@ -443,97 +424,67 @@ absl::Status Client::WatchJob(int64_t id, const WatchOptions& options,
 absl::StatusOr<std::vector<v1::Model>> Client::ListModels(const std::string& dataset) {
   v1::ListModelsRequest request;
   request.set_dataset(dataset);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListModelsResponse response;
-  grpc::Status status = state_->models->ListModels(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::ListModelsResponse response,
+      UnaryCall(*state_, *state_->models, &v1::ModelService::Stub::ListModels, request));
   return std::vector<v1::Model>(response.models().begin(), response.models().end());
 }
 
 absl::StatusOr<v1::Model> Client::GetModel(int64_t id) {
   v1::GetModelRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Model response;
-  grpc::Status status = state_->models->GetModel(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->models, &v1::ModelService::Stub::GetModel, request);
 }
 
 absl::StatusOr<v1::Model> Client::PromoteModel(int64_t id) {
   v1::PromoteModelRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Model response;
-  grpc::Status status = state_->models->PromoteModel(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->models, &v1::ModelService::Stub::PromoteModel, request);
 }
 
 absl::StatusOr<std::vector<v1::Delivery>> Client::ListDeliveries(v1::DeliveryState state) {
   v1::ListDeliveriesRequest request;
   request.set_state(state);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListDeliveriesResponse response;
-  grpc::Status status = state_->node->ListDeliveries(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::ListDeliveriesResponse response,
+      UnaryCall(*state_, *state_->node, &v1::DicomNodeService::Stub::ListDeliveries, request));
   return std::vector<v1::Delivery>(response.deliveries().begin(), response.deliveries().end());
 }
 
 absl::StatusOr<std::vector<v1::Import>> Client::StartImport(
     const v1::StartImportRequest& request) {
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::StartImportResponse response;
-  grpc::Status status = state_->imports->StartImport(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::StartImportResponse response,
+      UnaryCall(*state_, *state_->imports, &v1::ImportService::Stub::StartImport, request));
   return std::vector<v1::Import>(response.imports().begin(), response.imports().end());
 }
 
 absl::StatusOr<v1::Import> Client::GetImport(int64_t id) {
   v1::GetImportRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Import response;
-  grpc::Status status = state_->imports->GetImport(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->imports, &v1::ImportService::Stub::GetImport, request);
 }
 
 absl::StatusOr<std::vector<v1::Import>> Client::ListImports(const std::string& dataset) {
   v1::ListImportsRequest request;
   request.set_dataset(dataset);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListImportsResponse response;
-  grpc::Status status = state_->imports->ListImports(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::ListImportsResponse response,
+      UnaryCall(*state_, *state_->imports, &v1::ImportService::Stub::ListImports, request));
   return std::vector<v1::Import>(response.imports().begin(), response.imports().end());
 }
 
 absl::StatusOr<v1::Import> Client::CancelImport(int64_t id) {
   v1::CancelImportRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::Import response;
-  grpc::Status status = state_->imports->CancelImport(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
-  return response;
+  return UnaryCall(*state_, *state_->imports, &v1::ImportService::Stub::CancelImport, request);
 }
 
 absl::StatusOr<std::vector<v1::ImportSource>> Client::ListImportSources() {
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::ListImportSourcesResponse response;
-  grpc::Status status =
-      state_->imports->ListImportSources(&context, v1::ListImportSourcesRequest(), &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(v1::ListImportSourcesResponse response,
+                   UnaryCall(*state_, *state_->imports,
+                             &v1::ImportService::Stub::ListImportSources,
+                             v1::ListImportSourcesRequest()));
   return std::vector<v1::ImportSource>(response.sources().begin(), response.sources().end());
 }
 
@@ -713,11 +664,9 @@ absl::StatusOr<v1::Model> Client::ImportModel(const std::string& dataset, const 
 absl::StatusOr<int64_t> Client::DeleteModel(int64_t id) {
   v1::DeleteModelRequest request;
   request.set_id(id);
-  grpc::ClientContext context;
-  state_->Prepare(&context);
-  v1::DeleteModelResponse response;
-  grpc::Status status = state_->models->DeleteModel(&context, request, &response);
-  if (!status.ok()) return FromGrpc(status);
+  ASSIGN_OR_RETURN(
+      v1::DeleteModelResponse response,
+      UnaryCall(*state_, *state_->models, &v1::ModelService::Stub::DeleteModel, request));
   return response.freed_bytes();
 }
 

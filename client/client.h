@@ -62,6 +62,9 @@ struct SegmentResult {
   v1::SegmentSummary summary;
 };
 
+// True for the states a job never leaves (succeeded, failed, cancelled).
+bool IsTerminal(v1::JobState state);
+
 class Client {
  public:
   // Connects lazily (the first call dials); InvalidArgument for unreadable TLS files.

@@ -1,16 +1,15 @@
 #include "server/convert.h"
+#include "server/enum_maps.h"
 
-#include <chrono>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 
 namespace miseg {
 
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+bool IsTerminal(v1::JobState state) {
+  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
+         state == v1::JOB_STATE_CANCELLED;
 }
 
 absl::Status ValidateDatasetName(const std::string& name) {
@@ -80,7 +79,7 @@ v1::LabelingPriority ToProto(const LabelingPriorityRecord& record) {
 v1::Study ToProto(const StudyRecord& r, const std::string& dataset_name) {
   v1::Study s;
   s.set_dataset(dataset_name);
-  s.set_role(static_cast<v1::StudyRole>(r.role));
+  s.set_role(ToProto(r.role));
   s.set_study_instance_uid(r.study_instance_uid);
   s.set_series_instance_uid(r.series_instance_uid);
   s.set_modality(r.modality);
@@ -103,7 +102,7 @@ v1::Job ToProto(const JobRecord& r) {
   v1::Job j;
   j.set_id(r.id);
   j.set_dataset(r.dataset_name);
-  j.set_state(static_cast<v1::JobState>(r.state));
+  j.set_state(ToProto(r.state));
   j.mutable_hyperparameters()->ParseFromString(r.hyperparameters);
   j.set_step(r.step);
   j.set_total_steps(r.total_steps);
@@ -133,8 +132,7 @@ v1::Model ToProto(const ModelRecord& r, const std::vector<std::string>& class_na
   m.set_size_bytes(r.size_bytes);
   m.set_created_unix_ms(r.created_unix_ms);
   m.set_steps(r.steps);
-  m.set_format(r.format == StoredModelFormat::kTorchScript ? v1::MODEL_FORMAT_TORCHSCRIPT
-                                                          : v1::MODEL_FORMAT_MISEG);
+  m.set_format(ToProto(r.format));
   return m;
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/common/unix_time.h"
 #include "core/train/config.h"
 #include "miseg/v1/miseg.pb.h"
 #include "server/rank/hyperparameters.h"
@@ -26,7 +27,8 @@ v1::LabelingPriority ToProto(const LabelingPriorityRecord& record);
 v1::Job ToProto(const JobRecord& record);
 v1::Model ToProto(const ModelRecord& record, const std::vector<std::string>& class_names);
 
-int64_t NowUnixMs();
+// True for the states a job never leaves (succeeded, failed, cancelled).
+bool IsTerminal(v1::JobState state);
 
 }  // namespace miseg
 

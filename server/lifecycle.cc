@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
+#include "server/convert.h"
 #include "server/event_hub.h"
 #include "server/log.h"
 
@@ -23,11 +24,6 @@ int64_t RemoveCounted(const std::string& path) {
   if (ec) return 0;
   if (!fs::remove(path, ec) || ec) return 0;
   return static_cast<int64_t>(size);
-}
-
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED;
 }
 
 // Follows jobs until each has published its terminal state event (the hub pushes events

@@ -1,3 +1,4 @@
+#include "server/enum_maps.h"
 #include "server/services.h"
 
 #include <map>
@@ -97,10 +98,8 @@ class DatasetServiceImpl final : public v1::DatasetService::CallbackService {
       ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
       std::optional<StoredRole> role;
       if (request->role() != v1::STUDY_ROLE_UNSPECIFIED) {
-        if (!v1::StudyRole_IsValid(request->role())) {
-          return absl::InvalidArgumentError("unknown role");
-        }
-        role = static_cast<StoredRole>(request->role());
+        role = FromProto(request->role());
+        if (!role) return absl::InvalidArgumentError("unknown role");
       }
       ASSIGN_OR_RETURN(std::vector<StudyRecord> studies,
                        deps_.store->ListStudies(dataset.id, role));
@@ -394,10 +393,8 @@ class DicomNodeServiceImpl final : public v1::DicomNodeService::CallbackService 
       }
       std::optional<DeliveryStateCode> state;
       if (request->state() != v1::DELIVERY_STATE_UNSPECIFIED) {
-        if (!v1::DeliveryState_IsValid(request->state())) {
-          return absl::InvalidArgumentError("unknown delivery state");
-        }
-        state = static_cast<DeliveryStateCode>(request->state());
+        state = FromProto(request->state());
+        if (!state) return absl::InvalidArgumentError("unknown delivery state");
       }
       ASSIGN_OR_RETURN(std::vector<DeliveryRecord> deliveries,
                        deps_.node_store->ListDeliveries(state));
@@ -405,7 +402,7 @@ class DicomNodeServiceImpl final : public v1::DicomNodeService::CallbackService 
         v1::Delivery* out = response->add_deliveries();
         out->set_id(d.id);
         out->set_destination(d.destination);
-        out->set_state(static_cast<v1::DeliveryState>(d.state));
+        out->set_state(ToProto(d.state));
         out->set_dataset(d.dataset);
         out->set_model_id(d.model_id);
         out->set_source_series_instance_uid(d.source_series_instance_uid);

@@ -6,6 +6,7 @@
 #include "core/common/status_macros.h"
 #include "server/convert.h"
 #include "server/edge_reactor.h"
+#include "server/enum_maps.h"
 #include "server/ingest.h"
 #include "server/stream_reactors.h"
 #include "server/utf8_check.h"
@@ -29,14 +30,12 @@ class UploadReactor final
       return absl::InvalidArgumentError("the first message must carry the upload header");
     }
     const v1::UploadHeader& header = first.header();
-    if (header.role() != v1::STUDY_ROLE_LABELED && header.role() != v1::STUDY_ROLE_UNLABELED &&
-        header.role() != v1::STUDY_ROLE_VALIDATION) {
-      return absl::InvalidArgumentError("role must be LABELED, UNLABELED or VALIDATION");
-    }
+    const std::optional<StoredRole> role = FromProto(header.role());
+    if (!role) return absl::InvalidArgumentError("role must be LABELED, UNLABELED or VALIDATION");
     ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, header.dataset()));
     dataset_name_ = dataset.name;
     session_ = std::make_unique<IngestSession>(
-        deps_.store, deps_.files, std::move(dataset), static_cast<StoredRole>(header.role()),
+        deps_.store, deps_.files, std::move(dataset), *role,
         ChunkLimits{deps_.max_request_bytes, deps_.max_files}, deps_.reader_limits);
     return absl::OkStatus();
   }
@@ -80,7 +79,7 @@ class UploadReactor final
     r->set_file_name(file.file_name);
     r->set_sop_instance_uid(file.sop_instance_uid);
     r->set_series_instance_uid(file.series_instance_uid);
-    r->set_outcome(static_cast<v1::InstanceOutcome>(file.outcome));
+    r->set_outcome(ToProto(file.outcome));
     r->set_reason(file.reason);
     switch (file.outcome) {
       case IngestOutcome::kStored:

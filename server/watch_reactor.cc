@@ -11,7 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "server/convert.h"
 #include "server/edge_reactor.h"
+#include "server/enum_maps.h"
 #include "server/event_hub.h"
 #include "server/stream_reactors.h"
 #include "server/utf8_check.h"
@@ -21,10 +23,6 @@ namespace {
 
 constexpr int64_t kPage = 200;
 
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED;
-}
 bool IsTerminalEvent(const v1::JobEvent& event) {
   return event.has_state() && IsTerminal(event.state().state());
 }
@@ -226,7 +224,7 @@ class WatchReactor final : public EdgeReactor<grpc::ServerWriteReactor<v1::JobEv
     last_sequence_ = after;
     store_caught_up_ = static_cast<int64_t>(records.size()) < kPage;
     job_terminal_.reset();
-    if (store_caught_up_ && IsTerminal(static_cast<v1::JobState>(job.state))) {
+    if (store_caught_up_ && IsTerminal(ToProto(job.state))) {
       job_terminal_ = TerminalEventOf(job);
       for (const v1::JobEvent& event : page_) {
         if (IsTerminalEvent(event)) job_terminal_.reset();
@@ -240,7 +238,7 @@ class WatchReactor final : public EdgeReactor<grpc::ServerWriteReactor<v1::JobEv
     v1::JobEvent event;
     event.set_job_id(job.id);
     event.set_unix_ms(job.finished_unix_ms);
-    event.mutable_state()->set_state(static_cast<v1::JobState>(job.state));
+    event.mutable_state()->set_state(ToProto(job.state));
     event.mutable_state()->set_step(job.step);
     event.mutable_state()->set_message(job.error);
     return event;

@@ -691,8 +691,7 @@ absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_s
       already_shown.reset();
       if (repeat) return;
       // The bar stays above the final state, as it ended; otherwise it is redrawn below.
-      const bool ended = state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-                         state == v1::JOB_STATE_CANCELLED;
+      const bool ended = client::IsTerminal(state);
       if (ended) bar.Finish(); else bar.Clear();
       PrintJobState(c, job_id, state, detail);
       if (detail.find("resumed from step") != std::string::npos) {
@@ -1023,8 +1022,15 @@ std::string ImportStateName(v1::ImportState state) {
   }
 }
 
+// The same colours as a job's states.
 Colour ImportStateColour(v1::ImportState state) {
-  return StateColour(static_cast<v1::JobState>(static_cast<int>(state)));  // same numbers
+  switch (state) {
+    case v1::IMPORT_STATE_RUNNING: return Colour::kCyan;
+    case v1::IMPORT_STATE_SUCCEEDED: return Colour::kGreen;
+    case v1::IMPORT_STATE_FAILED: return Colour::kRed;
+    case v1::IMPORT_STATE_CANCELLED: return Colour::kYellow;
+    default: return Colour::kNone;
+  }
 }
 
 std::string ImportProgress(const v1::Import& i) {

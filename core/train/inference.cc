@@ -1,8 +1,10 @@
 // Segmenter: a model loaded once, applied to whole volumes.
 #include "core/train/inference.h"
 
+#include <cstring>
 #include <filesystem>
 #include <optional>
+#include <vector>
 
 #include <torch/script.h>
 
@@ -13,7 +15,9 @@
 #include "core/train/labeling_scores.h"
 #include "core/train/memory_layout.h"
 #include "core/train/model_io.h"
+#include "core/train/perturbation.h"
 #include "core/train/preprocess.h"
+#include "core/train/segment_prepared.h"
 #include "core/train/torch_status.h"
 
 namespace miseg {
@@ -123,6 +127,38 @@ absl::StatusOr<LabelingScores> Segmenter::ScoreForLabeling(const ImageVolume& im
   });
   if (!status.ok()) return status;
   return scores;
+}
+
+LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const torch::Device& device,
+                            int64_t batch_slices, bool flip_tta) {
+  return SegmentPrepared([&model](const torch::Tensor& x) { return model->forward(x); }, volume,
+                         device, batch_slices, flip_tta);
+}
+
+LabelVolume SegmentPrepared(const ForwardFn& forward, const PreparedVolume& volume,
+                            const torch::Device& device, int64_t batch_slices, bool flip_tta) {
+  torch::NoGradGuard no_grad;
+  const VolumeGeometry& g = volume.geometry;
+  LabelVolume labels(g);
+  const std::vector<DihedralTransform> flips = {
+      {}, {true, false, 0}, {false, true, 0}, {true, true, 0}};
+  const size_t views = flip_tta ? flips.size() : 1;
+  for (int64_t start = 0; start < g.slices; start += batch_slices) {
+    const int64_t count = std::min(batch_slices, g.slices - start);
+    const torch::Tensor input = volume.images.narrow(0, start, count).to(device);
+    torch::Tensor probs;
+    for (size_t v = 0; v < views; ++v) {
+      const torch::Tensor view_probs = InvertDihedral(
+          flips[v], torch::softmax(forward(ApplyDihedral(flips[v], input)), 1));
+      probs = probs.defined() ? probs + view_probs : view_probs;
+    }
+    if (views > 1) probs = probs / static_cast<double>(views);
+    const torch::Tensor predicted =
+        ArgmaxOverClasses(ProbabilitiesToOriginalGrid(probs, volume.mapping)).to(torch::kCPU).contiguous();
+    std::memcpy(&labels.voxels[static_cast<size_t>(start * g.slice_size())],
+                predicted.data_ptr<uint8_t>(), static_cast<size_t>(count * g.slice_size()));
+  }
+  return labels;
 }
 
 }  // namespace miseg

@@ -1,11 +1,9 @@
-// Model files and prediction shared by the trainer and the segmenter (internal to the
-// training core). A model file is a LibTorch archive holding the ModelSpec text under
+// Model files shared by the trainer and the segmenter (internal to the training core). A model file is a LibTorch archive holding the ModelSpec text under
 // "miseg/spec" and the U-Net parameters and buffers under "model"; a training checkpoint
 // is a model file with optimizer, step and random state added, so it can be served as is.
 #ifndef MISEG_CORE_TRAIN_MODEL_IO_H_
 #define MISEG_CORE_TRAIN_MODEL_IO_H_
 
-#include <functional>
 #include <string>
 
 #include <torch/serialize/input-archive.h>
@@ -43,16 +41,6 @@ struct LoadedModel {
 };
 // Builds the network from the archive's spec and loads its weights, on device, in eval mode.
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const torch::Device& device);
-
-// Segments a prepared volume: forward passes of batch_slices slices, optional flip test-time
-// augmentation (mean of the identity and the three flips), probabilities mapped back to the
-// original grid, argmax. The caller sets eval mode; this runs under NoGradGuard.
-LabelVolume SegmentPrepared(UNet& model, const PreparedVolume& volume, const torch::Device& device,
-                            int64_t batch_slices, bool flip_tta);
-// The same with any network: forward maps a normalised S x 1 x G x G batch to logits.
-using ForwardFn = std::function<torch::Tensor(const torch::Tensor&)>;
-LabelVolume SegmentPrepared(const ForwardFn& forward, const PreparedVolume& volume,
-                            const torch::Device& device, int64_t batch_slices, bool flip_tta);
 
 }  // namespace miseg
 

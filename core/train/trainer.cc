@@ -21,6 +21,7 @@
 #include "core/train/memory_layout.h"
 #include "core/train/mixed_precision.h"
 #include "core/train/model_io.h"
+#include "core/train/segment_prepared.h"
 #include "core/train/perturbation.h"
 #include "core/train/preprocess.h"
 #include "core/train/torch_status.h"

@@ -1,8 +1,11 @@
 // ImportService: request checks and conversions at the edge; the work is the Importer's.
 #include "server/import/import_service.h"
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
+#include "server/enum_maps.h"
 #include "server/unary_handler.h"
 
 namespace miseg {
@@ -13,10 +16,10 @@ v1::Import ToProto(const ImportRecord& r) {
   out.set_id(r.id);
   out.set_dataset(r.dataset_name);
   out.set_source(r.source);
-  out.set_role(static_cast<v1::StudyRole>(r.role));
+  out.set_role(ToProto(r.role));
   out.set_study_instance_uid(r.study_instance_uid);
   out.set_series_instance_uid(r.series_instance_uid);
-  out.set_state(static_cast<v1::ImportState>(r.state));
+  out.set_state(ToProto(r.state));
   out.set_instances_total(r.instances_total);
   out.set_instances_fetched(r.instances_fetched);
   out.set_error(r.error);
@@ -44,14 +47,14 @@ class ImportServiceImpl final : public v1::ImportService::CallbackService {
                 "this server has no import sources (--import_sources)");
           }
           ASSIGN_OR_RETURN(DatasetRecord dataset, FindDataset(deps_, request->dataset()));
-          if (request->role() == v1::STUDY_ROLE_UNSPECIFIED ||
-              !v1::StudyRole_IsValid(request->role())) {
+          const std::optional<StoredRole> role = FromProto(request->role());
+          if (!role) {
             return absl::InvalidArgumentError("role is required: labeled, unlabeled or validation");
           }
           if (request->source().empty()) return absl::InvalidArgumentError("source is required");
           ImportRequest r;
           r.source = request->source();
-          r.role = static_cast<StoredRole>(request->role());
+          r.role = *role;
           r.study_instance_uid = request->study_instance_uid();
           r.series_instance_uid = request->series_instance_uid();
           r.query = request->query();

@@ -4,7 +4,6 @@
 
 #include <sqlite3.h>
 
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -18,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "core/common/status_macros.h"
+#include "core/common/unix_time.h"
 
 namespace miseg {
 namespace {
@@ -159,12 +159,6 @@ CREATE TABLE IF NOT EXISTS labeling_priorities (
   scored_unix_ms INTEGER NOT NULL
 );
 )sql";
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 using sqlite::Exec;
 using sqlite::InTransaction;

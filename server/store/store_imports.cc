@@ -1,7 +1,6 @@
 // The store's imports (issue 16): the import jobs and the instances each one fetches. Kept
 // apart from store.cc so that the tables of one feature read together; same connection,
 // same mutex, same one-transaction-per-mutation rule.
-#include <chrono>
 #include <optional>
 #include <string>
 #include <vector>
@@ -10,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/common/status_macros.h"
+#include "core/common/unix_time.h"
 #include "server/store/sqlite_util.h"
 #include "server/store/store.h"
 
@@ -18,12 +18,6 @@ namespace {
 
 using sqlite::InTransaction;
 using sqlite::Stmt;
-
-int64_t ImportNowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 bool IsFinished(StoredImportState state) {
   return state == StoredImportState::kSucceeded || state == StoredImportState::kFailed ||
@@ -124,7 +118,7 @@ absl::StatusOr<ImportRecord> Store::CreateImport(const ImportRecord& import, boo
         .Bind(3, static_cast<int64_t>(import.role))
         .BindText(4, import.study_instance_uid)
         .BindText(5, import.series_instance_uid)
-        .Bind(6, ImportNowUnixMs());
+        .Bind(6, NowUnixMs());
     RETURN_IF_ERROR(s.Run());
     id = sqlite3_last_insert_rowid(db_);
     *created = true;
@@ -164,7 +158,7 @@ absl::StatusOr<std::optional<ImportRecord>> Store::ClaimImport(int64_t id) {
                                            "UPDATE imports SET state = 2, attempts = attempts "
                                            "+ 1, started_unix_ms = ?2 WHERE id = ?1 AND "
                                            "state = 1"));
-    s.Bind(1, id).Bind(2, ImportNowUnixMs());
+    s.Bind(1, id).Bind(2, NowUnixMs());
     RETURN_IF_ERROR(s.Run());
     claimed = sqlite3_changes(db_) == 1;
     return absl::OkStatus();
@@ -181,7 +175,7 @@ absl::StatusOr<int> Store::RequeueRunningImports() {
                                                 "UPDATE imports SET state = 5, "
                                                 "finished_unix_ms = ?1 WHERE state = 2 AND "
                                                 "cancel_requested = 1"));
-    cancel.Bind(1, ImportNowUnixMs());
+    cancel.Bind(1, NowUnixMs());
     RETURN_IF_ERROR(cancel.Run());
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, "UPDATE imports SET state = 1 WHERE state = 2"));
     RETURN_IF_ERROR(s.Run());
@@ -204,7 +198,7 @@ absl::StatusOr<ImportRecord> Store::RequestImportCancel(int64_t id) {
                                              "UPDATE imports SET state = 5, message = "
                                              "'cancelled before it started', "
                                              "finished_unix_ms = ?2 WHERE id = ?1"));
-      s.Bind(1, id).Bind(2, ImportNowUnixMs());
+      s.Bind(1, id).Bind(2, NowUnixMs());
       return s.Run();
     }
     ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_, "UPDATE imports SET cancel_requested = 1 "
@@ -284,7 +278,7 @@ absl::Status Store::FinishImport(int64_t id, StoredImportState state, const std:
       .BindText(3, error)
       .BindText(4, message)
       .BindText(5, absl::StrJoin(stored_series, "\n"))
-      .Bind(6, ImportNowUnixMs());
+      .Bind(6, NowUnixMs());
   return s.Run();
 }
 

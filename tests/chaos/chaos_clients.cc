@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/client.h"
 #include "core/dicom/dicom_util.h"
 #include "core/dicom/instance_info.h"
 #include "tests/server/api_client.h"
@@ -17,13 +18,10 @@
 namespace miseg::chaos {
 namespace {
 
+using client::IsTerminal;
+
 using miseg::testing::ApiClient;
 using Current = ServerLink::Current;
-
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED;
-}
 
 // One channel per server generation.
 class ClientFor {

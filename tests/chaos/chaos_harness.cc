@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "client/client.h"
 #include "tests/server/child_process.h"
 #include "tests/server/api_client.h"
 #include "tests/server/test_studies.h"
@@ -20,17 +21,14 @@
 namespace miseg::chaos {
 namespace {
 
+using client::IsTerminal;
+
 using miseg::testing::ApiClient;
 
 uint64_t SeedOf(const ChaosOptions& options) {
   if (options.seed != 0) return options.seed;
   return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) %
          1000000007ULL;
-}
-
-bool IsTerminal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED;
 }
 
 // Follows a job to its end; its final state.

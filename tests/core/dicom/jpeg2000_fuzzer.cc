@@ -3,7 +3,12 @@
 // InvalidArgument; never a crash, a hang, an allocation past the limits or a sanitizer
 // report. The seeds (tests/core/dicom/jpeg2000_fuzzer_seeds) are real codestreams: the
 // frames of pydicom's JPEG 2000 samples (lossless and lossy, 16-bit signed) and small ones
-// made with opj_compress (8-bit, 16-bit signed and unsigned, lossy, tiled JP2).
+// made with opj_compress (8-bit, 16-bit signed and unsigned, lossy, tiled JP2). Two more,
+// htj2k_byte.jph and htj2k_byte_causal.j2c, are High-Throughput JPEG 2000 samples from
+// OpenJPEG's conformance data (the uclouvain/openjpeg-data repository), used only as
+// input; regression_htj2k_mel_init_assert.* are the fuzzer's mutations of them that made
+// Debian's OpenJPEG 2.5.0 abort (an assertion in ht_dec.c: mel_init), which the codec now
+// refuses before OpenJPEG sees them.
 // Only miseg's code is instrumented; Debian's libopenjp2 is not, so the cov:/ft: figures
 // count our wrapper, while ASan still sees OpenJPEG's heap through its interceptors.
 // Built with clang's -fsanitize=fuzzer,address,undefined by tests/core/CMakeLists.txt

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "core/train/model_io.h"
+#include "core/train/segment_prepared.h"
 #include "core/train/preprocess.h"
 #include "tests/core/train/trainer_fixtures.h"
 

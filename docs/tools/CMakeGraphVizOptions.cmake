@@ -1,0 +1,4 @@
+set(GRAPHVIZ_EXTERNAL_LIBS FALSE)
+set(GRAPHVIZ_GENERATE_PER_TARGET FALSE)
+set(GRAPHVIZ_GENERATE_DEPENDERS FALSE)
+set(GRAPHVIZ_IGNORE_TARGETS "miseg-fuzz-.*;.*_test$;.*_test_support$;miseg-chaos;.*fuzz.*")
