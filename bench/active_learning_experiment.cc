@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/paired_test.h"
 #include "core/common/status_macros.h"
+#include "bench/phantom_subjects.h"
 #include "core/phantom/phantom.h"
 #include "core/train/dice.h"
 #include "core/train/inference.h"
@@ -68,12 +69,6 @@ const std::vector<std::string>& Arms() {
   return *arms;
 }
 
-struct Subject {
-  std::string id;
-  ImageVolume image;
-  LabelVolume labels;
-};
-
 // Held-out Dice: [subject][foreground class - 1].
 using SubjectDice = std::vector<std::vector<double>>;
 
@@ -82,15 +77,6 @@ struct SeedState {
   std::map<std::string, SubjectDice> dice;         // "base" and each arm
 };
 using AllResults = std::map<uint64_t, SeedState>;
-
-std::vector<Subject> MakeSubjects(int first, int count) {
-  std::vector<Subject> out;
-  for (int i = first; i < first + count; ++i) {
-    PhantomSubject s = GeneratePhantomSubject(absl::GetFlag(FLAGS_population), i);
-    out.push_back({absl::StrCat("subject-", i), std::move(s.image), std::move(s.labels)});
-  }
-  return out;
-}
 
 template <typename T>
 bool ParseList(absl::string_view text, char sep, std::vector<T>* out) {
@@ -410,8 +396,10 @@ int RunActiveLearningExperiment() {
     std::cerr << "need 1 <= --al_start, 1 <= --al_add and --al_start + --al_add < --train_subjects\n";
     return 2;
   }
-  const std::vector<Subject> pool = MakeSubjects(0, pool_size);
-  const std::vector<Subject> heldout = MakeSubjects(pool_size, absl::GetFlag(FLAGS_heldout));
+  const uint64_t population = absl::GetFlag(FLAGS_population);
+  const std::vector<Subject> pool = MakeSubjects(population, 0, pool_size);
+  const std::vector<Subject> heldout =
+      MakeSubjects(population, pool_size, absl::GetFlag(FLAGS_heldout));
   const std::string path = absl::GetFlag(FLAGS_results);
   AllResults all = ReadAll(path);
   for (uint64_t seed : seeds) {

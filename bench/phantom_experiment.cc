@@ -31,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "bench/active_learning_experiment.h"
 #include "core/common/allocator_tuning.h"
+#include "bench/phantom_subjects.h"
 #include "core/phantom/phantom.h"
 #include "core/train/dice.h"
 #include "core/train/inference.h"
@@ -80,12 +81,6 @@ namespace {
 
 constexpr char kAllLabeled[] = "all_labeled";
 
-struct Subject {
-  std::string id;
-  ImageVolume image;
-  LabelVolume labels;
-};
-
 // One finished run: held-out Dice per foreground class, mean over held-out subjects.
 struct RunKey {
   std::string objective;
@@ -96,15 +91,6 @@ struct RunKey {
   }
 };
 using Results = std::map<RunKey, std::vector<double>>;
-
-std::vector<Subject> MakeSubjects(int first, int count) {
-  std::vector<Subject> out;
-  for (int i = first; i < first + count; ++i) {
-    PhantomSubject s = GeneratePhantomSubject(absl::GetFlag(FLAGS_population), i);
-    out.push_back({absl::StrCat("subject-", i), std::move(s.image), std::move(s.labels)});
-  }
-  return out;
-}
 
 template <typename T>
 std::optional<std::vector<T>> ParseList(const std::string& text) {
@@ -467,10 +453,11 @@ int Main() {
   if (!plan) return 2;
   const int pool_size = absl::GetFlag(FLAGS_train_subjects);
   const int validation_size = absl::GetFlag(FLAGS_validation);
-  const std::vector<Subject> pool = MakeSubjects(0, pool_size);
-  const std::vector<Subject> validation = MakeSubjects(pool_size, validation_size);
+  const uint64_t population = absl::GetFlag(FLAGS_population);
+  const std::vector<Subject> pool = MakeSubjects(population, 0, pool_size);
+  const std::vector<Subject> validation = MakeSubjects(population, pool_size, validation_size);
   const std::vector<Subject> heldout =
-      MakeSubjects(pool_size + validation_size, absl::GetFlag(FLAGS_heldout));
+      MakeSubjects(population, pool_size + validation_size, absl::GetFlag(FLAGS_heldout));
   const std::string results_path = absl::GetFlag(FLAGS_results);
   Results results = ReadResults(results_path);
   const absl::Time started = absl::Now();
