@@ -118,6 +118,11 @@ CREATE TABLE IF NOT EXISTS quarantined_objects (
   reason TEXT NOT NULL,
   quarantined_unix_ms INTEGER NOT NULL
 );
+)sql";
+
+// Tables a migration adds, written once: the fresh schema (FreshSchema) and the
+// migration use the same text.
+constexpr const char* kImportTables = R"sql(
 -- Imports from a PACS (server/import/): the job, and each instance it will fetch, with the
 -- object it was stored as once fetched (state 0 pending, 1 fetched, 2 already in the
 -- dataset, 3 not needed), so a restarted import fetches nothing twice.
@@ -149,6 +154,9 @@ CREATE TABLE IF NOT EXISTS import_instances (
   size_bytes INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (import_id, sop_instance_uid)
 ) WITHOUT ROWID;
+)sql";
+
+constexpr const char* kLabelingPriorityTable = R"sql(
 CREATE TABLE IF NOT EXISTS labeling_priorities (
   study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
   score REAL NOT NULL,
@@ -159,6 +167,13 @@ CREATE TABLE IF NOT EXISTS labeling_priorities (
   scored_unix_ms INTEGER NOT NULL
 );
 )sql";
+
+// A new database: the base schema and the tables migrations added since.
+const std::string& FreshSchema() {
+  static const std::string* const schema =
+      new std::string(absl::StrCat(kSchema, kImportTables, kLabelingPriorityTable));
+  return *schema;
+}
 
 using sqlite::Exec;
 using sqlite::InTransaction;
@@ -504,36 +519,7 @@ const std::vector<const char*>& Migrations() {
       "CREATE TABLE IF NOT EXISTS quarantined_objects (object_hash TEXT PRIMARY KEY, "
       "reason TEXT NOT NULL, quarantined_unix_ms INTEGER NOT NULL)",
       // 3 -> 4: imports from a PACS (issue 16): the jobs and the instances each fetches.
-      R"sql(
-CREATE TABLE IF NOT EXISTS imports (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
-  source TEXT NOT NULL,
-  role INTEGER NOT NULL,
-  study_instance_uid TEXT NOT NULL,
-  series_instance_uid TEXT NOT NULL,
-  state INTEGER NOT NULL,
-  error TEXT NOT NULL DEFAULT '',
-  message TEXT NOT NULL DEFAULT '',
-  attempts INTEGER NOT NULL DEFAULT 0,
-  cancel_requested INTEGER NOT NULL DEFAULT 0,
-  stored_series TEXT NOT NULL DEFAULT '',
-  created_unix_ms INTEGER NOT NULL,
-  started_unix_ms INTEGER NOT NULL DEFAULT 0,
-  finished_unix_ms INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS imports_by_state ON imports(state, id);
-CREATE TABLE IF NOT EXISTS import_instances (
-  import_id INTEGER NOT NULL REFERENCES imports(id) ON DELETE CASCADE,
-  sop_instance_uid TEXT NOT NULL,
-  series_instance_uid TEXT NOT NULL,
-  is_segmentation INTEGER NOT NULL,
-  state INTEGER NOT NULL DEFAULT 0,
-  object_hash TEXT NOT NULL DEFAULT '',
-  size_bytes INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (import_id, sop_instance_uid)
-) WITHOUT ROWID;
-)sql",
+      kImportTables,
       // 4 -> 5: models in (issue 16): an imported model has no job (models.job_id may be
       // NULL: the table is rebuilt, SQLite cannot drop a NOT NULL), and a format (2 for a
       // TorchScript module; a model without a row is miseg's own archive, 1).
@@ -561,17 +547,7 @@ CREATE TABLE IF NOT EXISTS model_formats (
 );
 )sql",
       // Active learning (issue 14): the last SuggestStudies score of each study.
-      R"sql(
-CREATE TABLE IF NOT EXISTS labeling_priorities (
-  study_id INTEGER PRIMARY KEY REFERENCES studies(id) ON DELETE CASCADE,
-  score REAL NOT NULL,
-  disagreement REAL NOT NULL,
-  mutual_information REAL NOT NULL,
-  entropy REAL NOT NULL,
-  model_id INTEGER NOT NULL,
-  scored_unix_ms INTEGER NOT NULL
-);
-)sql",
+      kLabelingPriorityTable,
       // Lossy-compressed sources (issue 21): a study whose images were lossy-compressed.
       "ALTER TABLE studies ADD COLUMN lossy_compressed INTEGER NOT NULL DEFAULT 0; "
       "ALTER TABLE studies ADD COLUMN lossy_compression_method TEXT NOT NULL DEFAULT ''",
@@ -583,8 +559,8 @@ CREATE TABLE IF NOT EXISTS labeling_priorities (
 int SchemaVersion() { return static_cast<int>(Migrations().size()) + 1; }
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
-  ASSIGN_OR_RETURN(sqlite3 * db,
-                   sqlite::OpenDatabase(path, kSchema, SchemaVersion(), Migrations()));
+  ASSIGN_OR_RETURN(sqlite3 * db, sqlite::OpenDatabase(path, FreshSchema().c_str(),
+                                                      SchemaVersion(), Migrations()));
   return std::unique_ptr<Store>(new Store(db));
 }
 
