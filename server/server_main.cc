@@ -148,184 +148,62 @@ void CollectGarbage(Store& store, NodeStore* node_store, FileStore& files) {
   if (removed > 0) Log(absl::StrCat("removed ", removed, " unreferenced stored files"));
 }
 
-int Run() {
+// A startup step that failed: the line to log and the exit code (2: bad configuration,
+// 1: the environment refused).
+struct StartupError {
+  int exit_code;
+  std::string message;
+};
+using StartupResult = std::optional<StartupError>;
+
+StartupError Refused(int exit_code, const absl::Status& status) {
+  return {exit_code, std::string(status.message())};
+}
+
+// Signals go to the dedicated thread Serve() starts, never to a worker.
+void SetUpProcess(sigset_t& signals) {
   KeepFreedMemoryForReuse();
   // DCMTK logs two INFO lines per C-STORE by default; warnings and errors are enough.
   OFLog::configure(OFLogger::WARN_LOG_LEVEL);
   InstallLogBridges();  // gRPC's and DCMTK's lines as records of --log_format
   RegisterDicomCodecs();
-
-  // Signals go to the dedicated thread below, never to a worker.
-  sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
 
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  const std::string token_file = absl::GetFlag(FLAGS_token_file);
-  const bool tls = !absl::GetFlag(FLAGS_tls_cert).empty();
-  if (!IsLoopbackAddress(listen) && !(tls && !token_file.empty()) &&
-      !absl::GetFlag(FLAGS_allow_insecure_remote)) {
-    Log(absl::StrCat("refusing to listen on ", listen,
-                     " without TLS and a token file; pass --allow_insecure_remote to insist"));
-    return 2;
-  }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      LoadServerCredentials(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
-                            absl::GetFlag(FLAGS_tls_client_ca));
-  if (!credentials.ok()) {
-    Log(std::string(credentials.status().message()));
-    return 2;
-  }
-  Authenticator auth = Authenticator::AllowAll();
-  if (!token_file.empty()) {
-    absl::StatusOr<Authenticator> loaded = Authenticator::LoadTokenFile(token_file);
-    if (!loaded.ok()) {
-      Log(std::string(loaded.status().message()));
-      return 2;
-    }
-    auth = *std::move(loaded);
-  }
-
-  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
-  std::error_code ec;
-  std::filesystem::create_directories(data_dir, ec);
-  if (ec) {
-    Log(absl::StrCat("cannot create ", data_dir, ": ", ec.message()));
-    return 1;
-  }
-  // Held until exit, and taken before anything in the directory is read: a second server
-  // would requeue the job this one runs and remove the files its uploads are staging.
-  absl::StatusOr<DirLock> dir_lock = DirLock::Acquire(data_dir, DirLock::Mode::kExclusive);
-  if (!dir_lock.ok()) {
-    Log(std::string(dir_lock.status().message()));
-    return absl::IsFailedPrecondition(dir_lock.status()) ? 2 : 1;
-  }
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(data_dir + "/miseg.db");
-  if (!store.ok()) {
-    Log(std::string(store.status().message()));
-    return 1;
-  }
-  absl::StatusOr<FileStore> files = FileStore::Open(data_dir);
-  if (!files.ok()) {
-    Log(std::string(files.status().message()));
-    return 1;
-  }
-  // The DICOM node's configuration is checked before anything starts.
-  std::optional<server::DicomNodeConfig> node_config;
-  if (!absl::GetFlag(FLAGS_dicom_node_config).empty()) {
-    absl::StatusOr<server::DicomNodeConfig> loaded =
-        LoadDicomNodeConfig(absl::GetFlag(FLAGS_dicom_node_config));
-    if (!loaded.ok()) {
-      Log(std::string(loaded.status().message()));
-      return 2;
-    }
-    node_config = *std::move(loaded);
-  }
-  std::vector<ImportSourceSpec> import_sources;
-  if (!absl::GetFlag(FLAGS_import_sources).empty()) {
-    absl::StatusOr<std::vector<ImportSourceSpec>> loaded =
-        LoadImportSources(absl::GetFlag(FLAGS_import_sources));
-    if (!loaded.ok()) {
-      Log(std::string(loaded.status().message()));
-      return 2;
-    }
-    import_sources = *std::move(loaded);
-  }
-
-  ServerMetrics metrics(kVersion);
-  absl::StatusOr<int> metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
-  if (!metrics_port.ok()) {
-    Log(std::string(metrics_port.status().message()));
-    return 1;
-  }
-  metrics.WatchDataDir(data_dir);  // miseg_data_dir_free_bytes, for the low-disk alert
-
-  EventHub hub;
-  JobRunnerOptions runner_options;
-  runner_options.devices = absl::GetFlag(FLAGS_devices);
-  runner_options.work_dir = data_dir;
-  runner_options.training_threads = absl::GetFlag(FLAGS_training_threads);
-  runner_options.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
-  runner_options.scheduler.lease = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_worker_lease_seconds)));
-  runner_options.scheduler.heartbeat_interval =
+absl::StatusOr<JobRunnerOptions> RunnerOptionsFromFlags(const std::string& data_dir) {
+  JobRunnerOptions options;
+  options.devices = absl::GetFlag(FLAGS_devices);
+  options.work_dir = data_dir;
+  options.training_threads = absl::GetFlag(FLAGS_training_threads);
+  options.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
+  options.scheduler.lease = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_worker_lease_seconds)));
+  options.scheduler.heartbeat_interval =
       absl::Milliseconds(std::max(50, absl::GetFlag(FLAGS_worker_heartbeat_ms)));
-  runner_options.collective_timeout =
+  options.collective_timeout =
       absl::Seconds(std::max(1, absl::GetFlag(FLAGS_collective_timeout_seconds)));
-  runner_options.verify_replicas = absl::GetFlag(FLAGS_verify_replicas);
+  options.verify_replicas = absl::GetFlag(FLAGS_verify_replicas);
   absl::StatusOr<CheckpointRetention> retention =
       ParseCheckpointRetention(absl::GetFlag(FLAGS_checkpoint_retention));
-  if (!retention.ok()) {
-    Log(std::string(retention.status().message()));
-    return 2;
-  }
-  runner_options.checkpoint_retention = *retention;
-  // Before any job can commit a model: files a crash left between a model delete's commit
-  // and its unlink, or between a model file's move into place and its row.
-  SweepModelFiles(**store, data_dir + "/models");
-  JobRunner runner(store->get(), &*files, &metrics, &hub, runner_options);
-  if (absl::Status started = runner.Start(); !started.ok()) {
-    Log(std::string(started.message()));
-    return 1;
-  }
+  if (!retention.ok()) return retention.status();
+  options.checkpoint_retention = *retention;
+  return options;
+}
 
-  SegmentationEngineOptions engine_options;
-  engine_options.device = absl::GetFlag(FLAGS_inference_device);
-  engine_options.concurrency = std::max(1, absl::GetFlag(FLAGS_inference_concurrency));
-  engine_options.queue = std::max(0, absl::GetFlag(FLAGS_inference_queue));
-  engine_options.cached_models = absl::GetFlag(FLAGS_model_cache);
-  engine_options.version = kVersion;
-  SegmentationEngine engine(store->get(), &*files, &metrics, engine_options);
+SegmentationEngineOptions EngineOptionsFromFlags() {
+  SegmentationEngineOptions options;
+  options.device = absl::GetFlag(FLAGS_inference_device);
+  options.concurrency = std::max(1, absl::GetFlag(FLAGS_inference_concurrency));
+  options.queue = std::max(0, absl::GetFlag(FLAGS_inference_queue));
+  options.cached_models = absl::GetFlag(FLAGS_model_cache);
+  options.version = kVersion;
+  return options;
+}
 
-  std::unique_ptr<DicomNode> node;
-  if (node_config) {
-    absl::StatusOr<std::unique_ptr<DicomNode>> created =
-        DicomNode::Create(*node_config, data_dir, {store->get(), &*files, &engine, &metrics});
-    if (!created.ok()) {
-      Log(std::string(created.status().message()));
-      runner.Shutdown();
-      return 1;
-    }
-    node = *std::move(created);
-  }
-  // After the node's store is open: its inbox and outbox reference stored files too.
-  CollectGarbage(**store, node ? node->node_store() : nullptr, *files);
-  if (node) {
-    if (absl::Status started = node->Start(); !started.ok()) {
-      Log(std::string(started.message()));
-      runner.Shutdown();
-      return 1;
-    }
-  }
-
-  WorkPool ingest_pool(absl::GetFlag(FLAGS_ingest_threads));
-  StreamSlots stream_slots(std::max(1, absl::GetFlag(FLAGS_max_streams)));
-  IdleWatchdog watchdog(
-      std::chrono::milliseconds(static_cast<int64_t>(
-          1000 * std::max(0.05, absl::GetFlag(FLAGS_stream_idle_timeout_seconds)))),
-      std::max<int64_t>(1, absl::GetFlag(FLAGS_stream_min_progress_kib) << 10));
-  ServiceDeps deps;
-  deps.ingest_pool = &ingest_pool;
-  deps.stream_slots = &stream_slots;
-  deps.watchdog = &watchdog;
-  deps.store = store->get();
-  deps.files = &*files;
-  deps.runner = &runner;
-  deps.engine = &engine;
-  deps.metrics = &metrics;
-  deps.auth = &auth;
-  deps.hub = &hub;
-  deps.node_store = node ? node->node_store() : nullptr;
-  deps.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
-  deps.version = kVersion;
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int grpc_port = 0;
-  builder.AddListeningPort(listen, *credentials, &grpc_port);
-  // Uploads stream in chunks; a single message only needs room for one chunk.
+// Uploads stream in chunks; a single message only needs room for one chunk.
+void ConfigureTransport(grpc::ServerBuilder& builder) {
   builder.SetMaxReceiveMessageSize(64 << 20);
   // Bounded receive windows: with gRPC's bandwidth-delay probing, each stream's window grew
   // on loopback until 8 uploads of 256 MiB held about 500 MiB in transport buffers (measured
@@ -333,75 +211,273 @@ int Run() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                              absl::GetFlag(FLAGS_stream_window_kib) << 10);
-  // Imports run on their own bounded pool, so a slow PACS never holds up uploads.
-  std::unique_ptr<Importer> importer;
-  if (!import_sources.empty()) {
-    ImporterOptions import_options;
-    import_options.threads = std::max(1, absl::GetFlag(FLAGS_import_threads));
-    import_options.test_pause_after = absl::GetFlag(FLAGS_import_test_pause_after);
-    importer = std::make_unique<Importer>(store->get(), &*files, std::move(import_sources),
-                                          import_options);
-    if (absl::Status started = importer->Start(); !started.ok()) {
-      Log(std::string(started.message()));
-      runner.Shutdown();
-      return 1;
-    }
-  }
-  std::vector<std::unique_ptr<grpc::Service>> services = MakeServices(deps);
-  services.push_back(MakeImportService(deps, importer.get()));
-  for (auto& service : services) builder.RegisterService(service.get());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || grpc_port == 0) {
-    Log(absl::StrCat("cannot listen on ", listen));
-    runner.Shutdown();
-    return 1;
-  }
-  server->GetHealthCheckService()->SetServingStatus(true);
-  std::unique_ptr<HealthEndpoint> health;
-  if (!absl::GetFlag(FLAGS_health_listen).empty()) {
-    absl::StatusOr<std::unique_ptr<HealthEndpoint>> started =
-        HealthEndpoint::Start(absl::GetFlag(FLAGS_health_listen));
-    if (!started.ok()) {
-      Log(std::string(started.status().message()));
-      server->Shutdown();
-      runner.Shutdown();
-      return 1;
-    }
-    health = *std::move(started);
-    health->SetServing(true);
-  }
+}
 
+void WriteReadyFile(int grpc_port, int metrics_port) {
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
-  if (!ready_file.empty()) {
-    absl::Status written = WriteFileAtomically(
-        ready_file, absl::StrCat("grpc_port=", grpc_port, "\nmetrics_port=", *metrics_port,
-                                 "\npid=", getpid(), "\n"));
-    if (!written.ok()) Log(std::string(written.message()));
-  }
-  Log(absl::StrCat("serving miseg.v1 on port ", grpc_port, (tls ? " (TLS)" : ""),
-                   auth.enabled() ? " with bearer tokens" : " without authentication",
-                   "; metrics on port ", *metrics_port,
-                   health ? absl::StrCat("; health on port ", health->port()) : "",
-                   "; data in ", data_dir));
+  if (ready_file.empty()) return;
+  absl::Status written = WriteFileAtomically(
+      ready_file, absl::StrCat("grpc_port=", grpc_port, "\nmetrics_port=", metrics_port,
+                               "\npid=", getpid(), "\n"));
+  if (!written.ok()) Log(std::string(written.message()));
+}
 
-  std::thread signal_thread([&] {
-    int received = 0;
-    sigwait(&signals, &received);
-    Log(absl::StrCat("signal ", received, ": shutting down"));
-    hub.Close();  // watchers end now and reconnect to the next server
-    runner.RequestStop();  // the running job checkpoints while calls drain
-    if (node) node->Stop();
-    server->GetHealthCheckService()->SetServingStatus(false);
-    if (health) health->SetServing(false);
-    server->Shutdown(std::chrono::system_clock::now() +
-                     std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
-  });
-  server->Wait();
+// The server's parts in the order they start; members are destroyed in reverse, so each
+// part outlives everything that references it.
+class ServerProcess {
+ public:
+  ServerProcess() { SetUpProcess(signals_); }
+
+  StartupResult LoadEdgeConfig();
+  StartupResult OpenDataDir();
+  StartupResult LoadNodeAndImportConfig();
+  StartupResult StartDomain();
+  StartupResult StartEdge();
+  void Serve();
+
+ private:
+  StartupResult StartImporter();
+  StartupResult StartHealthEndpoint();
+  void MakeServiceDeps();
+  void StopOnSignal();
+  StartupResult FailAfterRunnerStarted(StartupError error) {
+    if (server_) server_->Shutdown();
+    runner_->Shutdown();
+    return error;
+  }
+
+  sigset_t signals_;
+  std::string listen_;
+  bool tls_ = false;
+  std::shared_ptr<grpc::ServerCredentials> credentials_;
+  Authenticator auth_ = Authenticator::AllowAll();
+  std::string data_dir_;
+  std::optional<DirLock> dir_lock_;
+  std::unique_ptr<Store> store_;
+  std::optional<FileStore> files_;
+  std::optional<server::DicomNodeConfig> node_config_;
+  std::vector<ImportSourceSpec> import_sources_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  int metrics_port_ = 0;
+  EventHub hub_;
+  std::unique_ptr<JobRunner> runner_;
+  std::unique_ptr<SegmentationEngine> engine_;
+  std::unique_ptr<DicomNode> node_;
+  std::unique_ptr<WorkPool> ingest_pool_;
+  std::unique_ptr<StreamSlots> stream_slots_;
+  std::unique_ptr<IdleWatchdog> watchdog_;
+  ServiceDeps deps_;
+  std::unique_ptr<Importer> importer_;
+  std::vector<std::unique_ptr<grpc::Service>> services_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  std::unique_ptr<HealthEndpoint> health_;
+};
+
+// Listening beyond loopback needs TLS and tokens (or --allow_insecure_remote).
+StartupResult ServerProcess::LoadEdgeConfig() {
+  listen_ = absl::GetFlag(FLAGS_listen);
+  const std::string token_file = absl::GetFlag(FLAGS_token_file);
+  tls_ = !absl::GetFlag(FLAGS_tls_cert).empty();
+  if (!IsLoopbackAddress(listen_) && !(tls_ && !token_file.empty()) &&
+      !absl::GetFlag(FLAGS_allow_insecure_remote)) {
+    return StartupError{2, absl::StrCat("refusing to listen on ", listen_,
+                                        " without TLS and a token file; pass "
+                                        "--allow_insecure_remote to insist")};
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      LoadServerCredentials(absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key),
+                            absl::GetFlag(FLAGS_tls_client_ca));
+  if (!credentials.ok()) return Refused(2, credentials.status());
+  credentials_ = *std::move(credentials);
+  if (!token_file.empty()) {
+    absl::StatusOr<Authenticator> loaded = Authenticator::LoadTokenFile(token_file);
+    if (!loaded.ok()) return Refused(2, loaded.status());
+    auth_ = *std::move(loaded);
+  }
+  return std::nullopt;
+}
+
+StartupResult ServerProcess::OpenDataDir() {
+  data_dir_ = absl::GetFlag(FLAGS_data_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir_, ec);
+  if (ec) return StartupError{1, absl::StrCat("cannot create ", data_dir_, ": ", ec.message())};
+  // Held until exit, and taken before anything in the directory is read: a second server
+  // would requeue the job this one runs and remove the files its uploads are staging.
+  absl::StatusOr<DirLock> dir_lock = DirLock::Acquire(data_dir_, DirLock::Mode::kExclusive);
+  if (!dir_lock.ok()) {
+    return Refused(absl::IsFailedPrecondition(dir_lock.status()) ? 2 : 1, dir_lock.status());
+  }
+  dir_lock_.emplace(*std::move(dir_lock));
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(data_dir_ + "/miseg.db");
+  if (!store.ok()) return Refused(1, store.status());
+  store_ = *std::move(store);
+  absl::StatusOr<FileStore> files = FileStore::Open(data_dir_);
+  if (!files.ok()) return Refused(1, files.status());
+  files_.emplace(*std::move(files));
+  return std::nullopt;
+}
+
+// Checked before anything starts.
+StartupResult ServerProcess::LoadNodeAndImportConfig() {
+  if (!absl::GetFlag(FLAGS_dicom_node_config).empty()) {
+    absl::StatusOr<server::DicomNodeConfig> loaded =
+        LoadDicomNodeConfig(absl::GetFlag(FLAGS_dicom_node_config));
+    if (!loaded.ok()) return Refused(2, loaded.status());
+    node_config_ = *std::move(loaded);
+  }
+  if (!absl::GetFlag(FLAGS_import_sources).empty()) {
+    absl::StatusOr<std::vector<ImportSourceSpec>> loaded =
+        LoadImportSources(absl::GetFlag(FLAGS_import_sources));
+    if (!loaded.ok()) return Refused(2, loaded.status());
+    import_sources_ = *std::move(loaded);
+  }
+  return std::nullopt;
+}
+
+// Metrics, the job runner, the segmentation engine and the DICOM node.
+StartupResult ServerProcess::StartDomain() {
+  metrics_ = std::make_unique<ServerMetrics>(kVersion);
+  absl::StatusOr<int> metrics_port = metrics_->Serve(absl::GetFlag(FLAGS_metrics_listen));
+  if (!metrics_port.ok()) return Refused(1, metrics_port.status());
+  metrics_port_ = *metrics_port;
+  metrics_->WatchDataDir(data_dir_);  // miseg_data_dir_free_bytes, for the low-disk alert
+  absl::StatusOr<JobRunnerOptions> runner_options = RunnerOptionsFromFlags(data_dir_);
+  if (!runner_options.ok()) return Refused(2, runner_options.status());
+  // Before any job can commit a model: files a crash left between a model delete's commit
+  // and its unlink, or between a model file's move into place and its row.
+  SweepModelFiles(*store_, data_dir_ + "/models");
+  runner_ = std::make_unique<JobRunner>(store_.get(), &*files_, metrics_.get(), &hub_,
+                                        *std::move(runner_options));
+  if (absl::Status started = runner_->Start(); !started.ok()) return Refused(1, started);
+  engine_ = std::make_unique<SegmentationEngine>(store_.get(), &*files_, metrics_.get(),
+                                                 EngineOptionsFromFlags());
+  if (node_config_) {
+    absl::StatusOr<std::unique_ptr<DicomNode>> created = DicomNode::Create(
+        *node_config_, data_dir_, {store_.get(), &*files_, engine_.get(), metrics_.get()});
+    if (!created.ok()) return FailAfterRunnerStarted(Refused(1, created.status()));
+    node_ = *std::move(created);
+  }
+  // After the node's store is open: its inbox and outbox reference stored files too.
+  CollectGarbage(*store_, node_ ? node_->node_store() : nullptr, *files_);
+  if (node_) {
+    if (absl::Status started = node_->Start(); !started.ok()) {
+      return FailAfterRunnerStarted(Refused(1, started));
+    }
+  }
+  return std::nullopt;
+}
+
+void ServerProcess::MakeServiceDeps() {
+  ingest_pool_ = std::make_unique<WorkPool>(absl::GetFlag(FLAGS_ingest_threads));
+  stream_slots_ = std::make_unique<StreamSlots>(std::max(1, absl::GetFlag(FLAGS_max_streams)));
+  watchdog_ = std::make_unique<IdleWatchdog>(
+      std::chrono::milliseconds(static_cast<int64_t>(
+          1000 * std::max(0.05, absl::GetFlag(FLAGS_stream_idle_timeout_seconds)))),
+      std::max<int64_t>(1, absl::GetFlag(FLAGS_stream_min_progress_kib) << 10));
+  deps_.ingest_pool = ingest_pool_.get();
+  deps_.stream_slots = stream_slots_.get();
+  deps_.watchdog = watchdog_.get();
+  deps_.store = store_.get();
+  deps_.files = &*files_;
+  deps_.runner = runner_.get();
+  deps_.engine = engine_.get();
+  deps_.metrics = metrics_.get();
+  deps_.auth = &auth_;
+  deps_.hub = &hub_;
+  deps_.node_store = node_ ? node_->node_store() : nullptr;
+  deps_.max_request_bytes = absl::GetFlag(FLAGS_max_request_mib) << 20;
+  deps_.version = kVersion;
+}
+
+// Imports run on their own bounded pool, so a slow PACS never holds up uploads.
+StartupResult ServerProcess::StartImporter() {
+  if (import_sources_.empty()) return std::nullopt;
+  ImporterOptions options;
+  options.threads = std::max(1, absl::GetFlag(FLAGS_import_threads));
+  options.test_pause_after = absl::GetFlag(FLAGS_import_test_pause_after);
+  importer_ = std::make_unique<Importer>(store_.get(), &*files_, std::move(import_sources_),
+                                         options);
+  if (absl::Status started = importer_->Start(); !started.ok()) {
+    return FailAfterRunnerStarted(Refused(1, started));
+  }
+  return std::nullopt;
+}
+
+StartupResult ServerProcess::StartHealthEndpoint() {
+  if (absl::GetFlag(FLAGS_health_listen).empty()) return std::nullopt;
+  absl::StatusOr<std::unique_ptr<HealthEndpoint>> started =
+      HealthEndpoint::Start(absl::GetFlag(FLAGS_health_listen));
+  if (!started.ok()) return FailAfterRunnerStarted(Refused(1, started.status()));
+  health_ = *std::move(started);
+  health_->SetServing(true);
+  return std::nullopt;
+}
+
+// The gRPC services, the health endpoint and the ready file.
+StartupResult ServerProcess::StartEdge() {
+  MakeServiceDeps();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen_, credentials_, &grpc_port_);
+  ConfigureTransport(builder);
+  if (StartupResult failed = StartImporter()) return failed;
+  services_ = MakeServices(deps_);
+  services_.push_back(MakeImportService(deps_, importer_.get()));
+  for (auto& service : services_) builder.RegisterService(service.get());
+  server_ = builder.BuildAndStart();
+  if (!server_ || grpc_port_ == 0) {
+    return FailAfterRunnerStarted({1, absl::StrCat("cannot listen on ", listen_)});
+  }
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  if (StartupResult failed = StartHealthEndpoint()) return failed;
+  WriteReadyFile(grpc_port_, metrics_port_);
+  Log(absl::StrCat("serving miseg.v1 on port ", grpc_port_, (tls_ ? " (TLS)" : ""),
+                   auth_.enabled() ? " with bearer tokens" : " without authentication",
+                   "; metrics on port ", metrics_port_,
+                   health_ ? absl::StrCat("; health on port ", health_->port()) : "",
+                   "; data in ", data_dir_));
+  return std::nullopt;
+}
+
+void ServerProcess::StopOnSignal() {
+  int received = 0;
+  sigwait(&signals_, &received);
+  Log(absl::StrCat("signal ", received, ": shutting down"));
+  hub_.Close();           // watchers end now and reconnect to the next server
+  runner_->RequestStop();  // the running job checkpoints while calls drain
+  if (node_) node_->Stop();
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  if (health_) health_->SetServing(false);
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+}
+
+// Until SIGTERM/SIGINT, then drains calls and checkpoints the running job.
+void ServerProcess::Serve() {
+  std::thread signal_thread([this] { StopOnSignal(); });
+  server_->Wait();
   signal_thread.join();
-  if (importer) importer->Shutdown();  // running imports are queued again for the next start
+  if (importer_) importer_->Shutdown();  // running imports are queued again for the next start
   Log("calls drained; waiting for the job workers");
-  runner.Shutdown();  // checkpoints and requeues the running job
+  runner_->Shutdown();  // checkpoints and requeues the running job
   Log("stopped");
+}
+
+int Run() {
+  ServerProcess process;
+  for (StartupResult (ServerProcess::*step)() :
+       {&ServerProcess::LoadEdgeConfig, &ServerProcess::OpenDataDir,
+        &ServerProcess::LoadNodeAndImportConfig, &ServerProcess::StartDomain,
+        &ServerProcess::StartEdge}) {
+    if (StartupResult failed = (process.*step)()) {
+      Log(failed->message);
+      return failed->exit_code;
+    }
+  }
+  process.Serve();
   return 0;
 }
 
