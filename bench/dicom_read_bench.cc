@@ -26,6 +26,7 @@
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmjpls/djrparam.h>
 
+#include "bench/bench_figures.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -43,12 +44,6 @@ namespace miseg {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
 
 // An axial MR-like series: a bright ellipse with a gradient over a dark background, plus
 // noise, 12 significant bits in 16, so that the lossless codecs see realistic entropy.

@@ -26,11 +26,13 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/utils.h>
 
+#include "bench/bench_figures.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/common/allocator_tuning.h"
+#include "core/common/status_macros.h"
 #include "core/phantom/phantom.h"
 #include "core/train/frozen_unet.h"
 #include "core/train/inference.h"
@@ -66,6 +68,11 @@ ABSL_FLAG(int64_t, rounds, 1,
 ABSL_FLAG(int64_t, top, 20, "profile: operators listed");
 ABSL_FLAG(bool, channels_last, true,
           "train/profile: TrainerConfig::channels_last (false: the NCHW layout of before issue 15)");
+ABSL_FLAG(int, prefetch_batches, 2,
+          "train/profile: TrainerConfig::prefetch_batches (0: batches drawn on the training "
+          "thread; profile records that thread only, so 0 shows the preparation too)");
+ABSL_FLAG(bool, prefetch_baseline, false,
+          "train: also time each round with prefetch_batches 0, for the loader thread's gain");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "tune glibc malloc to keep freed memory (core/common/allocator_tuning.h); false "
           "measures glibc's defaults");
@@ -76,22 +83,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Figures = std::vector<std::pair<std::string, std::string>>;
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
-}
-
 double PeakRssMb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
-}
-
-std::string Num(double v) {
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "%.4g", v);
-  return buffer;
 }
 
 void Print(const std::string& benchmark, const Figures& figures) {
@@ -139,6 +134,7 @@ TrainerConfig BenchConfig() {
   c.total_steps = absl::GetFlag(FLAGS_warmup) + absl::GetFlag(FLAGS_steps);
   c.validate_every = 0;
   c.channels_last = absl::GetFlag(FLAGS_channels_last);
+  c.prefetch_batches = absl::GetFlag(FLAGS_prefetch_batches);
   return c;
 }
 
@@ -200,44 +196,104 @@ absl::StatusOr<std::vector<double>> TimeTraining(const TrainerConfig& config,
   return ms;
 }
 
+// The step times of --rounds rounds: miseg's full step (and, with --prefetch_baseline, the
+// same step with batches drawn on the training thread), alternating with the reference's
+// two forms on the same shapes.
+struct TrainRounds {
+  std::vector<double> semi, no_prefetch, python_two_pass, python_three_forward;
+  double reference_params = 0;
+};
+
+std::vector<std::string> ReferenceTrainShapes(const TrainerConfig& c) {
+  return {absl::StrCat("--size=", c.model.grid_size), absl::StrCat("--labeled-batch=", c.labeled_batch),
+          absl::StrCat("--unlabeled-batch=", c.unlabeled_batch), absl::StrCat("--classes=", c.model.classes),
+          absl::StrCat("--window=", c.mi_window), WidthsFlag(c.model.widths),
+          absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)), absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
+}
+
+absl::StatusOr<TrainRounds> TimeTrainRounds(const TrainerConfig& full, const TrainingData& data) {
+  TrainRounds r;
+  TrainerConfig no_prefetch = full;
+  no_prefetch.prefetch_batches = 0;
+  const auto time_into = [&](const TrainerConfig& config, std::vector<double>& ms) -> absl::Status {
+    auto steps = TimeTraining(config, data);
+    if (!steps.ok()) return steps.status();
+    ms.insert(ms.end(), steps->begin(), steps->end());
+    return absl::OkStatus();
+  };
+  const bool baseline = absl::GetFlag(FLAGS_prefetch_baseline);
+  for (int64_t round = 0; round < std::max<int64_t>(1, absl::GetFlag(FLAGS_rounds)); ++round) {
+    // The baseline goes first in odd rounds, so that neither always runs after the other.
+    if (baseline && round % 2 == 1) RETURN_IF_ERROR(time_into(no_prefetch, r.no_prefetch));
+    RETURN_IF_ERROR(time_into(full, r.semi));
+    if (baseline && round % 2 == 0) RETURN_IF_ERROR(time_into(no_prefetch, r.no_prefetch));
+    if (!ReferenceWanted()) continue;
+    for (const char* form : {"two_pass", "three_forward"}) {
+      std::vector<std::string> args = ReferenceTrainShapes(full);
+      args.push_back(absl::StrCat("--form=", form));
+      auto ref = RunReference("train", args);
+      if (!ref.ok()) return ref.status();
+      r.reference_params = (*ref)["params"];
+      (std::string(form) == "two_pass" ? r.python_two_pass : r.python_three_forward)
+          .push_back((*ref)["step_ms_median"]);
+    }
+  }
+  return r;
+}
+
+Figures TrainFigures(const TrainerConfig& full, const TrainRounds& r, double baseline_ms,
+                     double rss_after_semi) {
+  const std::vector<double>& semi = r.semi;
+  const double step_ms = Median(semi);
+  Figures f = CommonFigures();
+  const int64_t slices = full.labeled_batch + 2 * full.unlabeled_batch;
+  f.insert(f.end(), {{"size", std::to_string(full.model.grid_size)},
+                     {"labeled_batch", std::to_string(full.labeled_batch)},
+                     {"unlabeled_batch", std::to_string(full.unlabeled_batch)},
+                     {"window", std::to_string(full.mi_window)},
+                     {"prefetch_batches", std::to_string(full.prefetch_batches)},
+                     {"timed_steps", std::to_string(semi.size())},
+                     {"steps_per_second", Num(1000.0 / step_ms)},
+                     {"step_ms_median", Num(step_ms)},
+                     {"step_ms_min", Num(*std::min_element(semi.begin(), semi.end()))},
+                     {"step_ms_max", Num(*std::max_element(semi.begin(), semi.end()))},
+                     {"slices_per_second", Num(slices * 1000.0 / step_ms)},
+                     {"labeled_only_step_ms_median", Num(baseline_ms)},
+                     {"semi_over_labeled_only", Num(step_ms / baseline_ms)},
+                     {"peak_rss_mb", Num(rss_after_semi)}});
+  if (!r.no_prefetch.empty()) {
+    // Batches drawn on the training thread over the loader thread's: above 1, it gains.
+    const double inline_ms = Median(r.no_prefetch);
+    f.insert(f.end(), {{"no_prefetch_step_ms_median", Num(inline_ms)},
+                       {"no_prefetch_step_ms_min", Num(*std::min_element(r.no_prefetch.begin(), r.no_prefetch.end()))},
+                       {"no_prefetch_over_prefetch", Num(inline_ms / step_ms)}});
+  }
+  if (ReferenceWanted()) {
+    // Python's figure over miseg's: above 1, miseg is that many times faster.
+    const double two_pass = Median(r.python_two_pass), three_forward = Median(r.python_three_forward);
+    f.insert(f.end(), {{"rounds", std::to_string(r.python_two_pass.size())},
+                       {"python_params", std::to_string(static_cast<int64_t>(r.reference_params))},
+                       {"python_two_pass_step_ms_median", Num(two_pass)},
+                       {"python_three_forward_step_ms_median", Num(three_forward)},
+                       {"python_two_pass_over_miseg", Num(two_pass / step_ms)},
+                       {"python_three_forward_over_miseg", Num(three_forward / step_ms)}});
+  }
+  return f;
+}
+
 int RunTrain() {
   // The phantom has exactly 4 classes; other K would need another data source.
   const TrainingData data = PhantomData(/*labeled=*/2, /*unlabeled=*/2);
-  TrainerConfig full = BenchConfig();
+  const TrainerConfig full = BenchConfig();
   if (full.model.classes != 4) {
     std::cerr << "train: the phantom has 4 classes; use --classes 4\n";
     return 2;
   }
-  // Rounds alternate miseg's step with the reference's two forms on the same shapes.
-  std::vector<double> semi_ms, python_two_pass, python_three_forward;
-  const std::vector<std::string> shapes = {
-      absl::StrCat("--size=", full.model.grid_size), absl::StrCat("--labeled-batch=", full.labeled_batch),
-      absl::StrCat("--unlabeled-batch=", full.unlabeled_batch), absl::StrCat("--classes=", full.model.classes),
-      absl::StrCat("--window=", full.mi_window), WidthsFlag(full.model.widths),
-      absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)), absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))};
-  double reference_params = 0;
-  for (int64_t round = 0; round < std::max<int64_t>(1, absl::GetFlag(FLAGS_rounds)); ++round) {
-    auto semi = TimeTraining(full, data);
-    if (!semi.ok()) {
-      std::cerr << semi.status() << "\n";
-      return 1;
-    }
-    semi_ms.insert(semi_ms.end(), semi->begin(), semi->end());
-    if (!ReferenceWanted()) continue;
-    for (const char* form : {"two_pass", "three_forward"}) {
-      std::vector<std::string> args = shapes;
-      args.push_back(absl::StrCat("--form=", form));
-      auto ref = RunReference("train", args);
-      if (!ref.ok()) {
-        std::cerr << ref.status() << "\n";
-        return 1;
-      }
-      reference_params = (*ref)["params"];
-      (std::string(form) == "two_pass" ? python_two_pass : python_three_forward)
-          .push_back((*ref)["step_ms_median"]);
-    }
+  auto rounds = TimeTrainRounds(full, data);
+  if (!rounds.ok()) {
+    std::cerr << rounds.status() << "\n";
+    return 1;
   }
-  const std::vector<double>* semi = &semi_ms;
   const double rss_after_semi = PeakRssMb();
   TrainerConfig labeled_only = full;
   labeled_only.w_mi = 0;
@@ -247,34 +303,7 @@ int RunTrain() {
     std::cerr << baseline.status() << "\n";
     return 1;
   }
-  const double step_ms = Median(*semi);
-  const double baseline_ms = Median(*baseline);
-  Figures f = CommonFigures();
-  const int64_t slices = full.labeled_batch + 2 * full.unlabeled_batch;
-  f.insert(f.end(), {{"size", std::to_string(full.model.grid_size)},
-                     {"labeled_batch", std::to_string(full.labeled_batch)},
-                     {"unlabeled_batch", std::to_string(full.unlabeled_batch)},
-                     {"window", std::to_string(full.mi_window)},
-                     {"timed_steps", std::to_string(semi->size())},
-                     {"steps_per_second", Num(1000.0 / step_ms)},
-                     {"step_ms_median", Num(step_ms)},
-                     {"step_ms_min", Num(*std::min_element(semi->begin(), semi->end()))},
-                     {"step_ms_max", Num(*std::max_element(semi->begin(), semi->end()))},
-                     {"slices_per_second", Num(slices * 1000.0 / step_ms)},
-                     {"labeled_only_step_ms_median", Num(baseline_ms)},
-                     {"semi_over_labeled_only", Num(step_ms / baseline_ms)},
-                     {"peak_rss_mb", Num(rss_after_semi)}});
-  if (ReferenceWanted()) {
-    // Python's figure over miseg's: above 1, miseg is that many times faster.
-    const double two_pass = Median(python_two_pass), three_forward = Median(python_three_forward);
-    f.insert(f.end(), {{"rounds", std::to_string(python_two_pass.size())},
-                       {"python_params", std::to_string(static_cast<int64_t>(reference_params))},
-                       {"python_two_pass_step_ms_median", Num(two_pass)},
-                       {"python_three_forward_step_ms_median", Num(three_forward)},
-                       {"python_two_pass_over_miseg", Num(two_pass / step_ms)},
-                       {"python_three_forward_over_miseg", Num(three_forward / step_ms)}});
-  }
-  Print("train", f);
+  Print("train", TrainFigures(full, *rounds, Median(*baseline), rss_after_semi));
   return 0;
 }
 
@@ -434,16 +463,15 @@ int RunMi() {
   return 0;
 }
 
-int RunInfer() {
-  // A model with the requested grid, trained for one step: speed does not depend on weights.
-  TrainerConfig config = BenchConfig();
+// A segmenter of a model with the requested grid, trained for one step: speed does not
+// depend on weights.
+absl::StatusOr<std::unique_ptr<Segmenter>> OneStepSegmenter(TrainerConfig config) {
   config.total_steps = 1;
   auto trainer = Trainer::Create(config, PhantomData(1, 0));
   const std::string model_path =
       (std::filesystem::temp_directory_path() / ("miseg-bench-" + std::to_string(::getpid()) + ".model")).string();
   if (!trainer.ok() || !(*trainer)->Run({}).ok() || !(*trainer)->ExportModel(model_path).ok()) {
-    std::cerr << "infer: could not build a model\n";
-    return 1;
+    return absl::InternalError("infer: could not build a model");
   }
   InferenceOptions inference;
   inference.device = absl::GetFlag(FLAGS_device);
@@ -451,20 +479,21 @@ int RunInfer() {
   inference.flip_tta = absl::GetFlag(FLAGS_tta);
   auto segmenter = Segmenter::Load(model_path, inference);
   std::filesystem::remove(model_path);
-  if (!segmenter.ok()) {
-    std::cerr << segmenter.status() << "\n";
-    return 1;
-  }
-  PhantomOptions options;
-  options.min_slices = options.max_slices = static_cast<int>(absl::GetFlag(FLAGS_slices));
-  options.min_matrix = options.max_matrix = static_cast<int>(absl::GetFlag(FLAGS_matrix));
-  const PhantomSubject subject = GeneratePhantomSubject(7, 0, options);
-  // Rounds alternate miseg's segmentation with the reference's inference on the same slices.
-  std::vector<double> segment_all, python_all;
+  return segmenter;
+}
+
+// Rounds alternate miseg's segmentation with the reference's inference on the same slices.
+struct InferRounds {
+  std::vector<double> segment, python;
   double reference_params = 0;
+};
+
+absl::StatusOr<InferRounds> TimeInferRounds(const TrainerConfig& config, const Segmenter& segmenter,
+                                            const PhantomSubject& subject) {
+  InferRounds r;
   for (int64_t round = 0; round < std::max<int64_t>(1, absl::GetFlag(FLAGS_rounds)); ++round) {
-    const std::vector<double> ms = TimeRepeated([&] { (void)(*segmenter)->Segment(subject.image); });
-    segment_all.insert(segment_all.end(), ms.begin(), ms.end());
+    const std::vector<double> ms = TimeRepeated([&] { (void)segmenter.Segment(subject.image); });
+    r.segment.insert(r.segment.end(), ms.begin(), ms.end());
     if (!ReferenceWanted()) continue;
     auto ref = RunReference(
         "infer", {absl::StrCat("--size=", config.model.grid_size),
@@ -472,29 +501,35 @@ int RunInfer() {
                   absl::StrCat("--classes=", config.model.classes), WidthsFlag(config.model.widths),
                   absl::StrCat("--steps=", absl::GetFlag(FLAGS_steps)),
                   absl::StrCat("--warmup=", absl::GetFlag(FLAGS_warmup))});
-    if (!ref.ok()) {
-      std::cerr << ref.status() << "\n";
-      return 1;
-    }
-    reference_params = (*ref)["params"];
-    python_all.push_back((*ref)["ms_median"]);
+    if (!ref.ok()) return ref.status();
+    r.reference_params = (*ref)["params"];
+    r.python.push_back((*ref)["ms_median"]);
   }
-  const double segment_ms = Median(segment_all);
-  // Baseline: the same network alone on already-prepared slices (weights do not matter).
+  return r;
+}
+
+// Baselines on the already-prepared slices (weights do not matter): the eval-mode U-Net
+// forward alone, and what the segmenter runs, the frozen network (batch norm folded,
+// inference mode) with softmax and argmax as the reference does, in the device's preferred
+// layout and in NCHW.
+struct NetworkTimes {
+  double forward_ms = 0, frozen_ms = 0, frozen_nchw_ms = 0;
+};
+
+NetworkTimes TimeBareNetworks(const TrainerConfig& config, const PhantomSubject& subject) {
   auto device = ResolveDevice(absl::GetFlag(FLAGS_device));
   auto prepared = PrepareVolume(subject.image, nullptr, config.model);
   UNet net(UNetOptionsFor(config.model));
   net->to(*device);
   net->eval();
-  const double forward_ms = Median(TimeRepeated([&] {
+  NetworkTimes t;
+  t.forward_ms = Median(TimeRepeated([&] {
     torch::NoGradGuard no_grad;
     for (int64_t s = 0; s < prepared->images.size(0); s += 16) {
       torch::Tensor out = net->forward(prepared->images.narrow(0, s, std::min<int64_t>(16, prepared->images.size(0) - s)).to(*device));
       out.sum().item<float>();
     }
   }));
-  // What the segmenter runs: the frozen network (batch norm folded, channels-last, inference
-  // mode) with softmax and argmax, as the reference does, on the same prepared slices.
   const auto time_frozen = [&](bool channels_last) {
     const FrozenUNet frozen = FrozenUNet::Fold(net, channels_last);
     return Median(TimeRepeated([&] {
@@ -505,8 +540,13 @@ int RunInfer() {
       }
     }));
   };
-  const double frozen_ms = time_frozen(PrefersChannelsLast(*device));
-  const double frozen_nchw_ms = time_frozen(false);
+  t.frozen_ms = time_frozen(PrefersChannelsLast(*device));
+  t.frozen_nchw_ms = time_frozen(false);
+  return t;
+}
+
+Figures InferFigures(const TrainerConfig& config, const InferRounds& r, const NetworkTimes& t) {
+  const double segment_ms = Median(r.segment);
   Figures f = CommonFigures();
   f.insert(f.end(), {{"slices", std::to_string(absl::GetFlag(FLAGS_slices))},
                      {"matrix", std::to_string(absl::GetFlag(FLAGS_matrix))},
@@ -514,23 +554,43 @@ int RunInfer() {
                      {"tta", absl::GetFlag(FLAGS_tta) ? "true" : "false"},
                      {"ms_median", Num(segment_ms)},
                      {"slices_per_second", Num(absl::GetFlag(FLAGS_slices) * 1000.0 / segment_ms)},
-                     {"network_only_ms_median", Num(forward_ms)},
-                     {"segment_over_network_only", Num(segment_ms / forward_ms)},
-                     {"frozen_network_ms_median", Num(frozen_ms)},
-                     {"network_only_over_frozen", Num(forward_ms / frozen_ms)},
-                     {"frozen_nchw_ms_median", Num(frozen_nchw_ms)},
+                     {"network_only_ms_median", Num(t.forward_ms)},
+                     {"segment_over_network_only", Num(segment_ms / t.forward_ms)},
+                     {"frozen_network_ms_median", Num(t.frozen_ms)},
+                     {"network_only_over_frozen", Num(t.forward_ms / t.frozen_ms)},
+                     {"frozen_nchw_ms_median", Num(t.frozen_nchw_ms)},
                      {"peak_rss_mb", Num(PeakRssMb())}});
   if (ReferenceWanted()) {
     // The reference runs the network on the grid (no resampling): with --matrix equal to
     // --size both do the same work. Above 1, miseg is that many times faster.
-    const double python_ms = Median(python_all);
-    f.insert(f.end(), {{"python_params", std::to_string(static_cast<int64_t>(reference_params))},
+    const double python_ms = Median(r.python);
+    f.insert(f.end(), {{"python_params", std::to_string(static_cast<int64_t>(r.reference_params))},
                        {"python_ms_median", Num(python_ms)},
                        {"python_over_segment", Num(python_ms / segment_ms)},
-                       {"python_over_network_only", Num(python_ms / forward_ms)},
-                       {"python_over_frozen_network", Num(python_ms / frozen_ms)}});
+                       {"python_over_network_only", Num(python_ms / t.forward_ms)},
+                       {"python_over_frozen_network", Num(python_ms / t.frozen_ms)}});
   }
-  Print("infer", f);
+  return f;
+}
+
+int RunInfer() {
+  const TrainerConfig config = BenchConfig();
+  auto segmenter = OneStepSegmenter(config);
+  if (!segmenter.ok()) {
+    std::cerr << segmenter.status() << "\n";
+    return 1;
+  }
+  PhantomOptions options;
+  options.min_slices = options.max_slices = static_cast<int>(absl::GetFlag(FLAGS_slices));
+  options.min_matrix = options.max_matrix = static_cast<int>(absl::GetFlag(FLAGS_matrix));
+  const PhantomSubject subject = GeneratePhantomSubject(7, 0, options);
+  auto rounds = TimeInferRounds(config, **segmenter, subject);
+  if (!rounds.ok()) {
+    std::cerr << rounds.status() << "\n";
+    return 1;
+  }
+  const NetworkTimes networks = TimeBareNetworks(config, subject);
+  Print("infer", InferFigures(config, *rounds, networks));
   return 0;
 }
 

@@ -69,6 +69,10 @@ ABSL_FLAG(int, watchers, 0, "concurrent WatchJob streams on one training job");
 ABSL_FLAG(int64_t, job, 0,
           "the job to watch; 0: the tool trains one on a small labeled phantom dataset");
 ABSL_FLAG(int64_t, job_steps, 400, "steps of the job the tool starts (about steps + 5 events)");
+ABSL_FLAG(int64_t, job_grid, 32, "model grid of the job the tool starts");
+ABSL_FLAG(std::vector<std::string>, job_widths, std::vector<std::string>({"8", "16"}),
+          "U-Net widths of the job the tool starts, one per level (the server's default: "
+          "16,32,64,128,256)");
 ABSL_FLAG(int, watch_timeout, 1800, "seconds a watcher waits for the job to end");
 ABSL_FLAG(int, segmenters, 0, "concurrent callers of Segment");
 ABSL_FLAG(std::string, segment_dataset, "",
@@ -724,9 +728,11 @@ v1::Hyperparameters SmallJob(int64_t steps, uint64_t seed) {
   h.set_total_steps(steps);
   h.set_checkpoint_every(std::max<int64_t>(1, steps / 4));
   h.set_validate_every(std::max<int64_t>(1, steps / 4));
-  h.set_grid_size(32);
-  h.add_widths(8);
-  h.add_widths(16);
+  h.set_grid_size(absl::GetFlag(FLAGS_job_grid));
+  for (const std::string& width : absl::GetFlag(FLAGS_job_widths)) {
+    int64_t w = 0;
+    if (absl::SimpleAtoi(width, &w)) h.add_widths(w);  // the server refuses bad widths
+  }
   h.set_labeled_batch(2);
   h.set_unlabeled_batch(2);
   h.set_warmup_steps(1);
@@ -1101,59 +1107,96 @@ void DescribeJob(client::Client& admin, int64_t job_id, bool started_here, Repor
   }
 }
 
+// The template study the uploads stamp (with --uploaders or --write_studies); its seconds.
+absl::StatusOr<double> MakeUploadTemplate(const WorkDir& work, StudyTemplate* study) {
+  const Clock::time_point t0 = Clock::now();
+  ASSIGN_OR_RETURN(*study, MakeTemplate(work.path() + "/template", absl::GetFlag(FLAGS_study_mib),
+                                        absl::GetFlag(FLAGS_matrix), absl::GetFlag(FLAGS_seed)));
+  const double seconds = SecondsSince(t0);
+  Log(absl::StrFormat("template study: %d files, %.1f MiB in %s/template (%.1f s)",
+                      study->files.size(), static_cast<double>(study->bytes) / (1 << 20),
+                      work.path(), seconds));
+  return seconds;
+}
+
+// What the workers share, from the flags.
+Run MakeRun(const StudyTemplate* study, Recorder* recorder) {
+  Run run;
+  run.connection.address = absl::GetFlag(FLAGS_address);
+  run.connection.token = absl::GetFlag(FLAGS_token);
+  run.study = study;
+  run.orthanc = absl::GetFlag(FLAGS_orthanc);
+  run.uploads_per_client = absl::GetFlag(FLAGS_uploads_per_client);
+  run.recorder = recorder;
+  return run;
+}
+
+// On a miseg-server, before the clock starts: the upload dataset, the training data of the
+// job to watch, the study to segment. Returns the admin connection.
+absl::StatusOr<std::unique_ptr<client::Client>> PrepareServer(
+    Run& run, const std::string& prefix, bool train, std::vector<DicomBuffer>* to_segment) {
+  ASSIGN_OR_RETURN(std::unique_ptr<client::Client> admin, client::Client::Connect(run.connection));
+  if (absl::GetFlag(FLAGS_uploaders) > 0) {
+    run.dataset = prefix;
+    RETURN_IF_ERROR(admin->CreateDataset(run.dataset, PhantomClassNames(), "MR").status());
+  }
+  if (train) {
+    Log("filling a small labeled dataset to train on");
+    RETURN_IF_ERROR(FillTrainingDataset(*admin, prefix + "-train", absl::GetFlag(FLAGS_seed)));
+  }
+  if (absl::GetFlag(FLAGS_segmenters) > 0) {
+    ASSIGN_OR_RETURN(*to_segment, StudyToSegment(absl::GetFlag(FLAGS_seed)));
+  }
+  return admin;
+}
+
+Report MakeReport(const Run& run, const StudyTemplate& study, double template_seconds,
+                  int64_t job_id, const Recorder& recorder, const ServerSampler& sampler) {
+  Report report;
+  report.target = run.orthanc.empty() ? "miseg" : "orthanc";
+  report.address = run.orthanc.empty() ? run.connection.address : run.orthanc;
+  report.uploaders = absl::GetFlag(FLAGS_uploaders);
+  report.uploads_per_client = run.uploads_per_client;
+  report.watchers = absl::GetFlag(FLAGS_watchers);
+  report.segmenters = absl::GetFlag(FLAGS_segmenters);
+  report.seconds = absl::GetFlag(FLAGS_seconds);
+  report.study = &study;
+  report.study_mib = absl::GetFlag(FLAGS_study_mib);
+  report.template_seconds = template_seconds;
+  report.job_id = job_id;
+  report.recorder = &recorder;
+  report.sampler = &sampler;
+  return report;
+}
+
 absl::Status Main() {
   RETURN_IF_ERROR(CheckFlags());
   curl_global_init(CURL_GLOBAL_DEFAULT);
   const int uploaders = absl::GetFlag(FLAGS_uploaders);
   const int watchers = absl::GetFlag(FLAGS_watchers);
   const int segmenters = absl::GetFlag(FLAGS_segmenters);
-  const uint64_t seed = absl::GetFlag(FLAGS_seed);
-  const std::string orthanc = absl::GetFlag(FLAGS_orthanc);
+  const bool write_studies = !absl::GetFlag(FLAGS_write_studies).empty();
 
   WorkDir work;
   if (work.path().empty()) return absl::InternalError("cannot create a temporary directory");
   StudyTemplate study;
   double template_seconds = 0;
-  if (uploaders > 0 || !absl::GetFlag(FLAGS_write_studies).empty()) {
-    const Clock::time_point t0 = Clock::now();
-    ASSIGN_OR_RETURN(study, MakeTemplate(work.path() + "/template", absl::GetFlag(FLAGS_study_mib),
-                                         absl::GetFlag(FLAGS_matrix), seed));
-    template_seconds = SecondsSince(t0);
-    Log(absl::StrFormat("template study: %d files, %.1f MiB in %s/template (%.1f s)",
-                        study.files.size(), static_cast<double>(study.bytes) / (1 << 20),
-                        work.path(), template_seconds));
+  if (uploaders > 0 || write_studies) {
+    ASSIGN_OR_RETURN(template_seconds, MakeUploadTemplate(work, &study));
   }
-  if (!absl::GetFlag(FLAGS_write_studies).empty()) {
+  if (write_studies) {
     return WriteStudies(study, absl::GetFlag(FLAGS_write_studies), std::max(1, uploaders),
                         std::max(1, absl::GetFlag(FLAGS_uploads_per_client)));
   }
 
   Recorder recorder;
-  Run run;
-  run.connection.address = absl::GetFlag(FLAGS_address);
-  run.connection.token = absl::GetFlag(FLAGS_token);
-  run.study = &study;
-  run.orthanc = orthanc;
-  run.uploads_per_client = absl::GetFlag(FLAGS_uploads_per_client);
-  run.recorder = &recorder;
-
+  Run run = MakeRun(&study, &recorder);
   std::unique_ptr<client::Client> admin;
   int64_t job_id = absl::GetFlag(FLAGS_job);
   const std::string prefix = absl::StrCat("load-", getpid());
   std::vector<DicomBuffer> to_segment;
-  if (orthanc.empty()) {
-    ASSIGN_OR_RETURN(admin, client::Client::Connect(run.connection));
-    if (uploaders > 0) {
-      run.dataset = prefix;
-      RETURN_IF_ERROR(admin->CreateDataset(run.dataset, PhantomClassNames(), "MR").status());
-    }
-    if (watchers > 0 && job_id == 0) {
-      Log("filling a small labeled dataset to train on");
-      RETURN_IF_ERROR(FillTrainingDataset(*admin, prefix + "-train", seed));
-    }
-    if (segmenters > 0) {
-      ASSIGN_OR_RETURN(to_segment, StudyToSegment(seed));
-    }
+  if (run.orthanc.empty()) {
+    ASSIGN_OR_RETURN(admin, PrepareServer(run, prefix, watchers > 0 && job_id == 0, &to_segment));
   }
 
   ServerSampler sampler(absl::GetFlag(FLAGS_metrics), absl::GetFlag(FLAGS_pid));
@@ -1161,8 +1204,9 @@ absl::Status Main() {
   run.start = Clock::now();
   run.deadline = run.start + std::chrono::seconds(absl::GetFlag(FLAGS_seconds));
   if (watchers > 0 && job_id == 0) {
-    ASSIGN_OR_RETURN(v1::Job job, admin->StartJob(prefix + "-train",
-                                                  SmallJob(absl::GetFlag(FLAGS_job_steps), seed)));
+    ASSIGN_OR_RETURN(v1::Job job,
+                     admin->StartJob(prefix + "-train", SmallJob(absl::GetFlag(FLAGS_job_steps),
+                                                                 absl::GetFlag(FLAGS_seed))));
     job_id = job.id();
   }
   Log(absl::StrCat("running: ", uploaders, " uploaders, ", watchers, " watchers",
@@ -1171,20 +1215,7 @@ absl::Status Main() {
   RunWorkers(run, uploaders, watchers, job_id, segmenters, to_segment);
   sampler.Stop();
 
-  Report report;
-  report.target = orthanc.empty() ? "miseg" : "orthanc";
-  report.address = orthanc.empty() ? run.connection.address : orthanc;
-  report.uploaders = uploaders;
-  report.uploads_per_client = run.uploads_per_client;
-  report.watchers = watchers;
-  report.segmenters = segmenters;
-  report.seconds = absl::GetFlag(FLAGS_seconds);
-  report.study = &study;
-  report.study_mib = absl::GetFlag(FLAGS_study_mib);
-  report.template_seconds = template_seconds;
-  report.job_id = job_id;
-  report.recorder = &recorder;
-  report.sampler = &sampler;
+  Report report = MakeReport(run, study, template_seconds, job_id, recorder, sampler);
   if (watchers > 0) {
     DescribeJob(*admin, job_id, /*started_here=*/absl::GetFlag(FLAGS_job) == 0, &report);
   }

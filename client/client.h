@@ -14,7 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "core/dicom/dicom_series.h"
+#include "core/volume/dicom_series.h"
 #include "miseg/v1/miseg.pb.h"
 
 namespace miseg::client {

@@ -213,7 +213,7 @@ struct References {
 };
 
 // What a data directory's databases (at dir) reference. Table and column names are the
-// stores' (server/store/store.cc, server/node/node_store.cc).
+// stores' (server/store/store.cc, server/dicom_node/node_store.cc).
 absl::StatusOr<References> ReadReferences(const std::string& dir) {
   References refs;
   absl::StatusOr<std::vector<std::string>> objects =

@@ -36,26 +36,26 @@
 #include "absl/strings/strip.h"
 #include "core/common/allocator_tuning.h"
 #include "core/dicom/series_reader.h"
-#include "server/auth.h"
+#include "server/edge/auth.h"
 #include "server/backup.h"
 #include "server/verify.h"
-#include "server/node/dicom_node.h"
+#include "server/dicom_node/dicom_node.h"
 #include "server/import/import_service.h"
 #include "server/import/import_sources.h"
 #include "server/import/importer.h"
-#include "server/event_hub.h"
+#include "server/jobs/event_hub.h"
 #include "server/health_endpoint.h"
 #include "server/log_bridges.h"
-#include "server/job_runner.h"
-#include "server/lifecycle.h"
+#include "server/jobs/job_runner.h"
+#include "server/edge/lifecycle.h"
 #include "server/flag_help.h"
 #include "server/log.h"
-#include "server/metrics.h"
-#include "server/segmentation_engine.h"
-#include "server/services.h"
-#include "server/tls.h"
-#include "server/work_pool.h"
-#include "server/rpc_edge.h"
+#include "server/metrics/metrics.h"
+#include "server/domain/segmentation_engine.h"
+#include "server/edge/services.h"
+#include "server/edge/tls.h"
+#include "server/domain/work_pool.h"
+#include "server/edge/rpc_edge.h"
 #include "server/store/dir_lock.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
@@ -87,6 +87,11 @@ ABSL_FLAG(std::string, inference_device, "cpu", "Device for segmentation");
 ABSL_FLAG(int, inference_concurrency, 1, "Segmentations that run at once");
 ABSL_FLAG(int, inference_queue, 4, "Segmentations that may wait; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, model_cache, 2, "Models kept loaded for segmentation");
+ABSL_FLAG(int64_t, inference_max_batch_slices, 0,
+          "Dynamic batching: slices of segmentations running at once on one model that share "
+          "a network forward, at most; 0 = off");
+ABSL_FLAG(double, inference_batch_wait_ms, 0,
+          "Dynamic batching: how long a slice batch may wait for others to join it");
 ABSL_FLAG(int64_t, max_request_mib, 2048, "Largest Upload or Segment stream, in MiB");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of tls_cert");
@@ -198,6 +203,8 @@ SegmentationEngineOptions EngineOptionsFromFlags() {
   options.concurrency = std::max(1, absl::GetFlag(FLAGS_inference_concurrency));
   options.queue = std::max(0, absl::GetFlag(FLAGS_inference_queue));
   options.cached_models = absl::GetFlag(FLAGS_model_cache);
+  options.max_batch_slices = std::max<int64_t>(0, absl::GetFlag(FLAGS_inference_max_batch_slices));
+  options.batch_wait_ms = std::max(0.0, absl::GetFlag(FLAGS_inference_batch_wait_ms));
   options.version = kVersion;
   return options;
 }

@@ -16,7 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/common/status_macros.h"
-#include "server/node/node_store.h"
+#include "server/dicom_node/node_store.h"
 #include "server/store/dir_lock.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"

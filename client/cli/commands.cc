@@ -161,14 +161,18 @@ std::string JsonArray(const std::string& key, const std::vector<T>& items) {
   return absl::StrCat("{\"", key, "\":[", absl::StrJoin(parts, ","), "]}");
 }
 
+// The name of class i + 1 (class 0 is the background) for people: its name in the dataset, or
+// "class N" where the dataset names fewer.
+std::string ClassName(const std::vector<std::string>& class_names, int i) {
+  return static_cast<size_t>(i + 1) < class_names.size() ? class_names[i + 1]
+                                                         : absl::StrCat("class ", i + 1);
+}
+
 std::string DiceText(const google::protobuf::RepeatedField<double>& dice,
                      const std::vector<std::string>& class_names) {
   std::vector<std::string> parts;
   for (int i = 0; i < dice.size(); ++i) {
-    const std::string name = static_cast<size_t>(i + 1) < class_names.size()
-                                 ? class_names[i + 1]
-                                 : absl::StrCat("class ", i + 1);
-    parts.push_back(absl::StrFormat("%s %.3f", name, dice[i]));
+    parts.push_back(absl::StrFormat("%s %.3f", ClassName(class_names, i), dice[i]));
   }
   return absl::StrJoin(parts, "  ");
 }
@@ -247,6 +251,104 @@ absl::Status Datasets(Context& c) {
 // ------------------------------------------------------------------------------------------
 // upload, studies
 
+// One Upload per study, so one bad study does not hold back the others; what is not a
+// study is sent last, so the server says why it refuses it.
+using UploadBatch = std::pair<std::string, std::vector<DicomBuffer>>;
+
+std::vector<UploadBatch> UploadBatches(LocalFiles& local) {
+  std::vector<UploadBatch> batches;
+  for (LocalStudy& s : local.studies) {
+    batches.emplace_back(s.series_instance_uid, std::move(s.files));
+  }
+  if (!local.others.empty()) batches.emplace_back("", std::move(local.others));
+  return batches;
+}
+
+int64_t BatchBytes(const std::vector<DicomBuffer>& batch) {
+  int64_t bytes = 0;
+  for (const DicomBuffer& f : batch) bytes += static_cast<int64_t>(f.bytes.size());
+  return bytes;
+}
+
+void ShowUploadProgress(ProgressBar& bar, int64_t sent, int64_t total) {
+  const double elapsed = bar.ElapsedSeconds();
+  const double rate = elapsed > 0.5 ? static_cast<double>(sent) / elapsed : 0;
+  bar.Update(
+      sent, total,
+      absl::StrCat(HumanBytes(static_cast<double>(sent)), " / ",
+                   HumanBytes(static_cast<double>(total))),
+      {{rate > 0 ? absl::StrCat(HumanBytes(rate), "/s") : "", /*keep=*/1},
+       {rate > 0 && sent < total ? absl::StrCat("ETA ", HumanDuration((total - sent) / rate)) : "",
+        /*keep=*/2}});
+}
+
+// What an upload tells people as its studies are answered, and the totals at the end (or,
+// with --json, all the answers at the end).
+class UploadReport {
+ public:
+  UploadReport(const Context& c, const std::vector<UploadBatch>& batches) : c_(c) {
+    // The series of this upload, shortened so that they stay unique among themselves.
+    std::vector<std::string> uids;
+    for (const auto& batch : batches) {
+      if (!batch.first.empty()) uids.push_back(batch.first);
+    }
+    const std::vector<std::string> shorts = c.wide ? uids : ShortenUnique(uids);
+    for (size_t i = 0; i < uids.size(); ++i) short_uid_[uids[i]] = shorts[i];
+  }
+
+  // The server's answer for the batch of `series` ("" for the files that are no study).
+  void Add(const std::string& series, v1::UploadResponse response) {
+    stored_ += response.stored_instances();
+    duplicate_ += response.duplicate_instances();
+    refused_ += response.refused_instances();
+    if (!c_.json) PrintBatch(series, response);
+    responses_.push_back(std::move(response));
+  }
+
+  void PrintSummary(int64_t bytes) const {
+    if (c_.json) return Print(c_, JsonArray("uploads", responses_));
+    Print(c_, absl::StrFormat("%d stored, %d duplicate, %d refused instances (%s)", stored_,
+                              duplicate_, refused_, HumanBytes(static_cast<double>(bytes))));
+  }
+
+  bool refused_any() const { return refused_ > 0; }
+
+ private:
+  std::string UidForPeople(const std::string& uid) const {
+    auto it = short_uid_.find(uid);
+    return it == short_uid_.end() || c_.wide ? uid : it->second;
+  }
+
+  void PrintBatch(const std::string& series, const v1::UploadResponse& response) const {
+    for (const v1::Study& s : response.stored()) {
+      Print(c_,
+            absl::StrFormat("stored     %s  %s, %d slices%s", UidForPeople(s.series_instance_uid()),
+                            RoleName(s.role()), s.slices(),
+                            s.segmentation_sop_instance_uid().empty() ? "" : " + SEG"));
+    }
+    if (response.stored_size() == 0 && response.duplicate_instances() > 0 &&
+        response.refused_instances() == 0) {
+      Print(c_, absl::StrCat("duplicate  ", series.empty() ? "files" : UidForPeople(series),
+                             "  already stored"));
+    }
+    std::map<std::string, int> reasons;  // one line per distinct reason
+    for (const v1::InstanceResult& r : response.results()) {
+      if (r.outcome() == v1::INSTANCE_OUTCOME_REFUSED) {
+        // The server's reason names the file where it matters.
+        ++reasons[r.reason()];
+      }
+    }
+    for (const auto& [reason, count] : reasons) {
+      fprintf(stderr, "refused    %d file%s: %s\n", count, count == 1 ? "" : "s", reason.c_str());
+    }
+  }
+
+  const Context& c_;
+  std::map<std::string, std::string> short_uid_;
+  int64_t stored_ = 0, duplicate_ = 0, refused_ = 0;
+  std::vector<v1::UploadResponse> responses_;
+};
+
 absl::Status Upload(Context& c, bool* refused_any) {
   RETURN_IF_ERROR(c.args.Allow({"role", "wide"}));
   if (c.args.positional().size() < 3 || !c.args.Has("role")) {
@@ -258,86 +360,25 @@ absl::Status Upload(Context& c, bool* refused_any) {
   ASSIGN_OR_RETURN(std::vector<DicomBuffer> files, LoadPaths(paths));
   if (files.empty()) return absl::InvalidArgumentError("no files in the given paths");
   LocalFiles local = GroupIntoStudies(std::move(files));
-  // One Upload per study, so one bad study does not hold back the others; what is not a
-  // study is sent last, so the server says why it refuses it.
-  std::vector<std::pair<std::string, std::vector<DicomBuffer>>> batches;
-  for (LocalStudy& s : local.studies) batches.emplace_back(s.series_instance_uid, std::move(s.files));
-  if (!local.others.empty()) batches.emplace_back("", std::move(local.others));
-  // The series of this upload, shortened so that they stay unique among themselves.
-  std::map<std::string, std::string> short_uid;
-  {
-    std::vector<std::string> uids;
-    for (const auto& batch : batches) {
-      if (!batch.first.empty()) uids.push_back(batch.first);
-    }
-    const std::vector<std::string> shorts = c.wide ? uids : ShortenUnique(uids);
-    for (size_t i = 0; i < uids.size(); ++i) short_uid[uids[i]] = shorts[i];
-  }
-  auto uid_for_people = [&](const std::string& uid) {
-    auto it = short_uid.find(uid);
-    return it == short_uid.end() || c.wide ? uid : it->second;
-  };
-
+  std::vector<UploadBatch> batches = UploadBatches(local);
+  UploadReport report(c, batches);
   ProgressBar bar("upload", !c.json && !c.quiet);
-  auto show_progress = [&](int64_t sent) {
-    const double elapsed = bar.ElapsedSeconds();
-    const double rate = elapsed > 0.5 ? static_cast<double>(sent) / elapsed : 0;
-    bar.Update(sent, local.bytes,
-               absl::StrCat(HumanBytes(static_cast<double>(sent)), " / ",
-                            HumanBytes(static_cast<double>(local.bytes))),
-               {{rate > 0 ? absl::StrCat(HumanBytes(rate), "/s") : "", /*keep=*/1},
-                {rate > 0 && sent < local.bytes
-                     ? absl::StrCat("ETA ", HumanDuration((local.bytes - sent) / rate))
-                     : "",
-                 /*keep=*/2}});
-  };
   int64_t sent_before = 0;
-  int64_t stored = 0, duplicate = 0, refused = 0;
-  std::vector<v1::UploadResponse> responses;
   for (auto& [series, batch] : batches) {
-    int64_t batch_bytes = 0;
-    for (const DicomBuffer& f : batch) batch_bytes += static_cast<int64_t>(f.bytes.size());
-    auto progress = [&](int64_t done, int64_t) { show_progress(sent_before + done); };
+    const int64_t batch_bytes = BatchBytes(batch);
+    auto progress = [&](int64_t done, int64_t) {
+      ShowUploadProgress(bar, sent_before + done, local.bytes);
+    };
     ASSIGN_OR_RETURN(v1::UploadResponse response, c.client->Upload(dataset, role, batch, progress));
     sent_before += batch_bytes;
-    stored += response.stored_instances();
-    duplicate += response.duplicate_instances();
-    refused += response.refused_instances();
-    if (!c.json) {
-      bar.Clear();
-      for (const v1::Study& s : response.stored()) {
-        Print(c, absl::StrFormat("stored     %s  %s, %d slices%s", uid_for_people(s.series_instance_uid()),
-                                 RoleName(s.role()), s.slices(),
-                                 s.segmentation_sop_instance_uid().empty() ? "" : " + SEG"));
-      }
-      if (response.stored_size() == 0 && response.duplicate_instances() > 0 &&
-          response.refused_instances() == 0) {
-        Print(c, absl::StrCat("duplicate  ", series.empty() ? "files" : uid_for_people(series),
-                              "  already stored"));
-      }
-      std::map<std::string, int> reasons;  // one line per distinct reason
-      for (const v1::InstanceResult& r : response.results()) {
-        if (r.outcome() == v1::INSTANCE_OUTCOME_REFUSED) {
-          // The server's reason names the file where it matters.
-          ++reasons[r.reason()];
-        }
-      }
-      for (const auto& [reason, count] : reasons) {
-        fprintf(stderr, "refused    %d file%s: %s\n", count, count == 1 ? "" : "s", reason.c_str());
-      }
-    }
-    responses.push_back(std::move(response));
+    if (!c.json) bar.Clear();
+    report.Add(series, std::move(response));
   }
   // The bar as it ended stays above the summary.
-  show_progress(sent_before);
+  ShowUploadProgress(bar, sent_before, local.bytes);
   bar.Finish();
-  *refused_any = refused > 0;
-  if (c.json) {
-    Print(c, JsonArray("uploads", responses));
-  } else {
-    Print(c, absl::StrFormat("%d stored, %d duplicate, %d refused instances (%s)", stored,
-                             duplicate, refused, HumanBytes(static_cast<double>(local.bytes))));
-  }
+  *refused_any = report.refused_any();
+  report.PrintSummary(local.bytes);
   return absl::OkStatus();
 }
 
@@ -608,108 +649,158 @@ void PrintJobState(const Context& c, int64_t job_id, v1::JobState state, const s
   PrintLines(c, lines);
 }
 
+// The class names of a dataset, empty where it cannot be read (the names only label output).
+std::vector<std::string> DatasetClassNames(Context& c, const std::string& dataset) {
+  std::vector<std::string> class_names;
+  if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(dataset); d.ok()) {
+    class_names.assign(d->class_names().begin(), d->class_names().end());
+  }
+  return class_names;
+}
+
+// What `WatchJob` shows of each event of a job's stream, and the state it keeps in between:
+// the bar, the rate over the steps seen live (not the replayed history), the last logged step.
+class JobWatch {
+ public:
+  JobWatch(Context& c, int64_t job_id, v1::JobState state,
+           std::optional<v1::JobState> already_shown, std::vector<std::string> class_names)
+      : c_(c),
+        job_id_(job_id),
+        class_names_(std::move(class_names)),
+        already_shown_(already_shown),
+        final_state_(state),
+        bar_(absl::StrCat("job ", job_id), !c.json && !c.quiet) {}
+
+  void OnEvent(const v1::JobEvent& e) {
+    // The exit code follows the last state event, with --json as well.
+    if (e.has_state()) final_state_ = e.state().state();
+    if (c_.json) {
+      Print(c_, ToJson(e));
+    } else if (e.has_step()) {
+      OnStep(e);
+    } else if (e.has_validation()) {
+      OnValidation(e.validation());
+    } else if (e.has_state()) {
+      OnState(e.state());
+    }
+  }
+
+  void OnReconnect() {
+    bar_.Clear();
+    if (!c_.json) fprintf(stderr, "server unavailable; reconnecting...\n");
+  }
+
+  ProgressBar& bar() { return bar_; }
+  v1::JobState final_state() const { return final_state_; }
+
+ private:
+  // Steps per second since the first live step; the server's figure until then.
+  double Rate(const v1::JobEvent& e) {
+    const v1::StepEvent& s = e.step();
+    const auto now = std::chrono::steady_clock::now();
+    // Events stamped more than 2 s ago are history being replayed.
+    const bool live = std::abs(static_cast<double>(e.unix_ms()) -
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count()) < 2000;
+    if (live && rate_start_step_ < 0) {
+      rate_start_ = now;
+      rate_start_step_ = s.step();
+    }
+    const double elapsed = std::chrono::duration<double>(now - rate_start_).count();
+    return rate_start_step_ >= 0 && elapsed > 0.5 ? (s.step() - rate_start_step_) / elapsed
+                                                  : s.steps_per_second();
+  }
+
+  void OnStep(const v1::JobEvent& e) {
+    const v1::StepEvent& s = e.step();
+    const double rate = Rate(e);
+    if (bar_.enabled()) {
+      // What gives way on a narrow terminal: the loss terms (the MI term first), then the
+      // rate, then the ETA.
+      bar_.Update(
+          s.step(), s.total_steps(), absl::StrFormat("step %d/%d", s.step(), s.total_steps()),
+          {{absl::StrFormat("%.2f steps/s", rate), /*keep=*/5},
+           {s.step() < s.total_steps()
+                ? absl::StrCat("ETA ",
+                               HumanDuration(rate > 0 ? (s.total_steps() - s.step()) / rate : -1))
+                : "",
+            /*keep=*/6},
+           {absl::StrFormat("loss %.4f", s.loss()), /*keep=*/4},
+           {absl::StrFormat("sup %.4f", s.supervised()), /*keep=*/3},
+           {absl::StrFormat("cons %.4f", s.consistency()), /*keep=*/2},
+           {absl::StrFormat("mi %.4f", s.mutual_information()), /*keep=*/1}});
+    } else if (!c_.quiet &&
+               (s.step() - last_logged_step_ >= std::max<int64_t>(1, s.total_steps() / 20) ||
+                s.step() == s.total_steps())) {
+      last_logged_step_ = s.step();
+      Print(c_, absl::StrFormat("step %d/%d  %.2f steps/s  loss %.4f  sup %.4f  cons %.4f  mi %.4f",
+                                s.step(), s.total_steps(), rate, s.loss(), s.supervised(),
+                                s.consistency(), s.mutual_information()));
+    }
+  }
+
+  void OnValidation(const v1::ValidationEvent& v) {
+    bar_.Clear();
+    std::vector<std::string> fields = {absl::StrCat("step ", v.step()), "validation Dice"};
+    const auto& dice = v.dice_per_class();
+    for (int i = 0; i < dice.size(); ++i) {
+      fields.push_back(absl::StrFormat("%s %.3f", ClassName(class_names_, i), dice[i]));
+    }
+    fields.push_back(absl::StrFormat("(mean %.3f)", v.mean_dice()));
+    PrintFields(c_, fields);
+  }
+
+  void OnState(const v1::StateEvent& e) {
+    const v1::JobState state = e.state();
+    const std::string& detail = e.message();
+    const bool repeat = already_shown_ == state && (detail.empty() || detail == StateName(state));
+    already_shown_.reset();
+    if (repeat) return;
+    // The bar stays above the final state, as it ended; otherwise it is redrawn below.
+    if (client::IsTerminal(state)) {
+      bar_.Finish();
+    } else {
+      bar_.Clear();
+    }
+    PrintJobState(c_, job_id_, state, detail);
+    if (detail.find("resumed from step") != std::string::npos) {
+      rate_start_step_ = -1;  // the rate restarts with the resumed run
+    }
+  }
+
+  Context& c_;
+  const int64_t job_id_;
+  const std::vector<std::string> class_names_;
+  std::optional<v1::JobState> already_shown_;  // not repeated when the stream opens with it
+  v1::JobState final_state_;
+  ProgressBar bar_;
+  std::chrono::steady_clock::time_point rate_start_ = std::chrono::steady_clock::now();
+  int64_t rate_start_step_ = -1;
+  int64_t last_logged_step_ = 0;
+};
+
 // Follows a job on the terminal (or as JSON lines). Returns the job's final state.
 // already_shown: a state the caller has just printed, not repeated when the stream opens
 // with it.
 absl::StatusOr<v1::JobState> WatchJob(Context& c, int64_t job_id, int64_t from_step,
                                       std::optional<v1::JobState> already_shown = std::nullopt) {
   ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(job_id));
-  std::vector<std::string> class_names;
-  if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(job.dataset()); d.ok()) {
-    class_names.assign(d->class_names().begin(), d->class_names().end());
-  }
-  ProgressBar bar(absl::StrCat("job ", job_id), !c.json && !c.quiet);
-  const bool terminal = bar.enabled();
-  v1::JobState final_state = job.state();
-  // Rate over the steps seen live, not the replayed history.
-  auto rate_start = std::chrono::steady_clock::now();
-  int64_t rate_start_step = -1;
-  int64_t last_logged_step = 0;
+  JobWatch watch(c, job_id, job.state(), already_shown, DatasetClassNames(c, job.dataset()));
   client::WatchOptions options;
   options.from_step = from_step;
   options.reconnect_for = std::chrono::seconds(600);
-  options.on_reconnect = [&](const absl::Status& why) {
-    bar.Clear();
-    if (!c.json) fprintf(stderr, "server unavailable; reconnecting...\n");
-  };
-  absl::Status watched = c.client->WatchJob(job_id, options, [&](const v1::JobEvent& e) {
-    // The exit code follows the last state event, with --json as well.
-    if (e.has_state()) final_state = e.state().state();
-    if (c.json) {
-      Print(c, ToJson(e));
-    } else if (e.has_step()) {
-      const v1::StepEvent& s = e.step();
-      const auto now = std::chrono::steady_clock::now();
-      // Events stamped more than 2 s ago are history being replayed.
-      const bool live = std::abs(static_cast<double>(e.unix_ms()) -
-                                 std::chrono::duration_cast<std::chrono::milliseconds>(
-                                     std::chrono::system_clock::now().time_since_epoch()).count()) < 2000;
-      if (live && rate_start_step < 0) {
-        rate_start = now;
-        rate_start_step = s.step();
-      }
-      const double elapsed = std::chrono::duration<double>(now - rate_start).count();
-      const double rate = rate_start_step >= 0 && elapsed > 0.5 ? (s.step() - rate_start_step) / elapsed
-                                                               : s.steps_per_second();
-      if (terminal) {
-        // What gives way on a narrow terminal: the loss terms (the MI term first), then the
-        // rate, then the ETA.
-        bar.Update(s.step(), s.total_steps(), absl::StrFormat("step %d/%d", s.step(), s.total_steps()),
-                   {{absl::StrFormat("%.2f steps/s", rate), /*keep=*/5},
-                    {s.step() < s.total_steps()
-                         ? absl::StrCat("ETA ", HumanDuration(rate > 0 ? (s.total_steps() - s.step()) / rate : -1))
-                         : "",
-                     /*keep=*/6},
-                    {absl::StrFormat("loss %.4f", s.loss()), /*keep=*/4},
-                    {absl::StrFormat("sup %.4f", s.supervised()), /*keep=*/3},
-                    {absl::StrFormat("cons %.4f", s.consistency()), /*keep=*/2},
-                    {absl::StrFormat("mi %.4f", s.mutual_information()), /*keep=*/1}});
-      } else if (!c.quiet && (s.step() - last_logged_step >= std::max<int64_t>(1, s.total_steps() / 20) ||
-                              s.step() == s.total_steps())) {
-        last_logged_step = s.step();
-        Print(c, absl::StrFormat("step %d/%d  %.2f steps/s  loss %.4f  sup %.4f  cons %.4f  mi %.4f",
-                                 s.step(), s.total_steps(), rate, s.loss(), s.supervised(),
-                                 s.consistency(), s.mutual_information()));
-      }
-    } else if (e.has_validation()) {
-      bar.Clear();
-      std::vector<std::string> fields = {absl::StrCat("step ", e.validation().step()), "validation Dice"};
-      const auto& dice = e.validation().dice_per_class();
-      for (int i = 0; i < dice.size(); ++i) {
-        fields.push_back(absl::StrFormat("%s %.3f",
-                                         static_cast<size_t>(i + 1) < class_names.size()
-                                             ? class_names[i + 1]
-                                             : absl::StrCat("class ", i + 1),
-                                         dice[i]));
-      }
-      fields.push_back(absl::StrFormat("(mean %.3f)", e.validation().mean_dice()));
-      PrintFields(c, fields);
-    } else if (e.has_state()) {
-      const v1::JobState state = e.state().state();
-      const std::string& detail = e.state().message();
-      const bool repeat = already_shown == state && (detail.empty() || detail == StateName(state));
-      already_shown.reset();
-      if (repeat) return;
-      // The bar stays above the final state, as it ended; otherwise it is redrawn below.
-      const bool ended = client::IsTerminal(state);
-      if (ended) bar.Finish(); else bar.Clear();
-      PrintJobState(c, job_id, state, detail);
-      if (detail.find("resumed from step") != std::string::npos) {
-        rate_start_step = -1;  // the rate restarts with the resumed run
-      }
-    }
-  });
-  bar.Finish();
+  options.on_reconnect = [&](const absl::Status& why) { watch.OnReconnect(); };
+  absl::Status watched =
+      c.client->WatchJob(job_id, options, [&](const v1::JobEvent& e) { watch.OnEvent(e); });
+  watch.bar().Finish();
   RETURN_IF_ERROR(watched);
-  return final_state;
+  return watch.final_state();
 }
 
 absl::Status WriteTrainingPlot(Context& c, int64_t job_id, const std::string& path) {
   ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(job_id));
-  std::vector<std::string> class_names;
-  if (absl::StatusOr<v1::Dataset> d = c.client->GetDataset(job.dataset()); d.ok()) {
-    class_names.assign(d->class_names().begin(), d->class_names().end());
-  }
+  const std::vector<std::string> class_names = DatasetClassNames(c, job.dataset());
   render::Series total{"total", {}}, supervised{"supervised", {}},
       consistency{"consistency", {}}, mi{"mutual information", {}};
   std::vector<render::Series> dice;
@@ -726,9 +817,7 @@ absl::Status WriteTrainingPlot(Context& c, int64_t job_id, const std::string& pa
       const auto& values = e.validation().dice_per_class();
       for (int i = 0; i < values.size(); ++i) {
         if (dice.size() <= static_cast<size_t>(i)) {
-          dice.push_back({static_cast<size_t>(i + 1) < class_names.size() ? class_names[i + 1]
-                                                                           : absl::StrCat("class ", i + 1),
-                          {}});
+          dice.push_back({ClassName(class_names, i), {}});
         }
         dice[i].points.emplace_back(static_cast<double>(e.validation().step()), values[i]);
       }
@@ -751,168 +840,206 @@ absl::Status WriteTrainingPlot(Context& c, int64_t job_id, const std::string& pa
   return WriteOutputFile(path, png);
 }
 
+absl::Status TrainStart(Context& c, bool* job_failed) {
+  std::set<std::string> allowed = {"config", "consistency", "objective", "widths", "watch"};
+  for (const HyperparameterFlag& f : HyperparameterFlags()) allowed.insert(f.flag);
+  RETURN_IF_ERROR(c.args.Allow(allowed));
+  ASSIGN_OR_RETURN(
+      std::string dataset,
+      WordArgument(c.args, 2, "miseg train start DATASET [--config FILE.json] [--steps N] ..."));
+  ASSIGN_OR_RETURN(v1::Hyperparameters h, HyperparametersFromArgs(c.args));
+  ASSIGN_OR_RETURN(v1::Job job, c.client->StartJob(dataset, h));
+  if (c.json) {
+    Print(c, ToJson(job));
+  } else {
+    PrintJobState(c, job.id(), job.state(), absl::StrCat(job.total_steps(), " steps on ", dataset));
+  }
+  if (c.args.Has("watch")) {
+    ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, job.id(), 0, job.state()));
+    *job_failed = state != v1::JOB_STATE_SUCCEEDED;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainList(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"wide"}));
+  const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
+  ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c.client->ListJobs(dataset));
+  if (c.json) return Print(c, JsonArray("jobs", jobs)), absl::OkStatus();
+  // Where ranks train, only while a listed job runs (the column would otherwise be all
+  // dashes); last, as on a terminal the last column is the one cut to fit.
+  const bool placement = std::any_of(jobs.begin(), jobs.end(),
+                                     [](const v1::Job& j) { return !j.placement().empty(); });
+  std::vector<TableColumn> columns = {{"ID", true},   {"DATASET"},     {"STATE"},
+                                      {"STEP", true}, {"MODEL", true}, {"CREATED"}};
+  if (placement) columns.push_back({"PLACEMENT"});
+  Table table(columns);
+  for (const v1::Job& j : jobs) {
+    std::vector<TableCell> row = {{absl::StrCat(j.id())},
+                                  {j.dataset()},
+                                  {StateName(j.state()), StateColour(j.state())},
+                                  {absl::StrCat(j.step(), "/", j.total_steps())},
+                                  {j.model_id() ? absl::StrCat(j.model_id()) : "-"},
+                                  {HumanAge(j.created_unix_ms())}};
+    if (placement) row.push_back({PlacementText(j)});
+    table.AddRow(std::move(row));
+  }
+  PrintTable(c, table);
+  return absl::OkStatus();
+}
+
+absl::Status TrainShow(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"plot"}));
+  ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train show JOB [--plot FILE.png]"));
+  ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(id));
+  PrintJob(c, job);
+  if (c.args.Has("plot")) {
+    RETURN_IF_ERROR(WriteTrainingPlot(c, id, c.args.Get("plot")));
+    if (!c.json) Print(c, absl::StrCat("plot        ", c.args.Get("plot")));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainCancel(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({}));
+  ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train cancel JOB"));
+  ASSIGN_OR_RETURN(v1::Job job, c.client->CancelJob(id));
+  if (c.json) return Print(c, ToJson(job)), absl::OkStatus();
+  if (job.state() == v1::JOB_STATE_CANCELLED) {
+    PrintJobState(c, id, job.state(), "");
+  } else {
+    Print(c, absl::StrCat("job ", id, " cancelling: stops after its current step"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainWatch(Context& c, bool* job_failed) {
+  RETURN_IF_ERROR(c.args.Allow({"from-step"}));
+  ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train watch JOB [--from-step N]"));
+  ASSIGN_OR_RETURN(std::optional<int64_t> from, c.args.GetInt("from-step"));
+  ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, id, from.value_or(0)));
+  *job_failed = state != v1::JOB_STATE_SUCCEEDED;
+  return absl::OkStatus();
+}
+
 absl::Status Train(Context& c, bool* job_failed) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
-  if (verb == "start") {
-    std::set<std::string> allowed = {"config", "consistency", "objective", "widths", "watch"};
-    for (const HyperparameterFlag& f : HyperparameterFlags()) allowed.insert(f.flag);
-    RETURN_IF_ERROR(c.args.Allow(allowed));
-    ASSIGN_OR_RETURN(std::string dataset, WordArgument(c.args, 2, "miseg train start DATASET [--config FILE.json] [--steps N] ..."));
-    ASSIGN_OR_RETURN(v1::Hyperparameters h, HyperparametersFromArgs(c.args));
-    ASSIGN_OR_RETURN(v1::Job job, c.client->StartJob(dataset, h));
-    if (c.json) {
-      Print(c, ToJson(job));
-    } else {
-      PrintJobState(c, job.id(), job.state(), absl::StrCat(job.total_steps(), " steps on ", dataset));
-    }
-    if (c.args.Has("watch")) {
-      ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, job.id(), 0, job.state()));
-      *job_failed = state != v1::JOB_STATE_SUCCEEDED;
-    }
-    return absl::OkStatus();
-  }
-  if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({"wide"}));
-    const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
-    ASSIGN_OR_RETURN(std::vector<v1::Job> jobs, c.client->ListJobs(dataset));
-    if (c.json) return Print(c, JsonArray("jobs", jobs)), absl::OkStatus();
-    // Where ranks train, only while a listed job runs (the column would otherwise be all
-    // dashes); last, as on a terminal the last column is the one cut to fit.
-    const bool placement = std::any_of(jobs.begin(), jobs.end(),
-                                       [](const v1::Job& j) { return !j.placement().empty(); });
-    std::vector<TableColumn> columns = {{"ID", true},  {"DATASET"},     {"STATE"},
-                                        {"STEP", true}, {"MODEL", true}, {"CREATED"}};
-    if (placement) columns.push_back({"PLACEMENT"});
-    Table table(columns);
-    for (const v1::Job& j : jobs) {
-      std::vector<TableCell> row = {{absl::StrCat(j.id())}, {j.dataset()},
-                                    {StateName(j.state()), StateColour(j.state())},
-                                    {absl::StrCat(j.step(), "/", j.total_steps())},
-                                    {j.model_id() ? absl::StrCat(j.model_id()) : "-"},
-                                    {HumanAge(j.created_unix_ms())}};
-      if (placement) row.push_back({PlacementText(j)});
-      table.AddRow(std::move(row));
-    }
-    PrintTable(c, table);
-    return absl::OkStatus();
-  }
-  if (verb == "show") {
-    RETURN_IF_ERROR(c.args.Allow({"plot"}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train show JOB [--plot FILE.png]"));
-    ASSIGN_OR_RETURN(v1::Job job, c.client->GetJob(id));
-    PrintJob(c, job);
-    if (c.args.Has("plot")) {
-      RETURN_IF_ERROR(WriteTrainingPlot(c, id, c.args.Get("plot")));
-      if (!c.json) Print(c, absl::StrCat("plot        ", c.args.Get("plot")));
-    }
-    return absl::OkStatus();
-  }
-  if (verb == "cancel") {
-    RETURN_IF_ERROR(c.args.Allow({}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train cancel JOB"));
-    ASSIGN_OR_RETURN(v1::Job job, c.client->CancelJob(id));
-    if (c.json) return Print(c, ToJson(job)), absl::OkStatus();
-    if (job.state() == v1::JOB_STATE_CANCELLED) {
-      PrintJobState(c, id, job.state(), "");
-    } else {
-      Print(c, absl::StrCat("job ", id, " cancelling: stops after its current step"));
-    }
-    return absl::OkStatus();
-  }
-  if (verb == "watch") {
-    RETURN_IF_ERROR(c.args.Allow({"from-step"}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg train watch JOB [--from-step N]"));
-    ASSIGN_OR_RETURN(std::optional<int64_t> from, c.args.GetInt("from-step"));
-    ASSIGN_OR_RETURN(v1::JobState state, WatchJob(c, id, from.value_or(0)));
-    *job_failed = state != v1::JOB_STATE_SUCCEEDED;
-    return absl::OkStatus();
-  }
+  if (verb == "start") return TrainStart(c, job_failed);
+  if (verb == "list") return TrainList(c);
+  if (verb == "show") return TrainShow(c);
+  if (verb == "cancel") return TrainCancel(c);
+  if (verb == "watch") return TrainWatch(c, job_failed);
   return UsageError("miseg train start|list|show|cancel|watch");
 }
 
 // ------------------------------------------------------------------------------------------
 // models
 
+absl::Status ModelsList(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"wide"}));
+  const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
+  ASSIGN_OR_RETURN(std::vector<v1::Model> models, c.client->ListModels(dataset));
+  if (c.json) return Print(c, JsonArray("models", models)), absl::OkStatus();
+  // The Dice of each class only with --wide: three classes alone take 60 columns.
+  std::vector<TableColumn> columns = {{"ID", true},    {"DATASET"},    {"VER", true}, {"JOB", true},
+                                      {"STEPS", true}, {"DICE", true}, {"ACTIVE"},    {"CREATED"}};
+  if (c.wide) columns.push_back({"DICE PER CLASS"});
+  Table table(columns);
+  for (const v1::Model& m : models) {
+    std::vector<TableCell> row = {
+        {absl::StrCat(m.id())},
+        {m.dataset()},
+        {absl::StrCat(m.version())},
+        {absl::StrCat(m.job_id())},
+        {absl::StrCat(m.steps())},
+        {absl::StrFormat("%.3f", m.validation_mean_dice())},
+        {m.active() ? "yes" : "-", m.active() ? Colour::kGreen : Colour::kNone},
+        {HumanAge(m.created_unix_ms())}};
+    if (c.wide) {
+      row.push_back(
+          {DiceText(m.validation_dice_per_class(),
+                    std::vector<std::string>(m.class_names().begin(), m.class_names().end()))});
+    }
+    table.AddRow(std::move(row));
+  }
+  PrintTable(c, table);
+  return absl::OkStatus();
+}
+
+void PrintModel(const Context& c, const v1::Model& model) {
+  Print(c, absl::StrCat("model       ", model.id(), " (version ", model.version(), " of ",
+                        model.dataset(), ")"));
+  Print(c, model.format() == v1::MODEL_FORMAT_TORCHSCRIPT
+               ? absl::StrCat("job         - (imported TorchScript, ", model.steps(), " steps)")
+               : absl::StrCat("job         ", model.job_id(), ", ", model.steps(), " steps"));
+  Print(c, absl::StrFormat("dice        %s  (mean %.3f)",
+                           DiceText(model.validation_dice_per_class(),
+                                    std::vector<std::string>(model.class_names().begin(),
+                                                             model.class_names().end())),
+                           model.validation_mean_dice()));
+  Print(c, absl::StrCat("active      ", model.active() ? "yes" : "no"));
+  Print(c, absl::StrCat("size        ", HumanBytes(static_cast<double>(model.size_bytes()))));
+  Print(c, absl::StrCat("created     ", HumanAge(model.created_unix_ms())));
+}
+
+// `models show` and `models promote`: both answer with the model.
+absl::Status ModelsShowOrPromote(Context& c, const std::string& verb) {
+  RETURN_IF_ERROR(c.args.Allow({}));
+  ASSIGN_OR_RETURN(int64_t id,
+                   IdArgument(c.args, 2, absl::StrCat("miseg models ", verb, " MODEL")));
+  absl::StatusOr<v1::Model> model =
+      verb == "show" ? c.client->GetModel(id) : c.client->PromoteModel(id);
+  if (!model.ok()) return model.status();
+  if (c.json) return Print(c, ToJson(*model)), absl::OkStatus();
+  if (verb == "promote") {
+    Print(c, absl::StrFormat("model %d (version %d) is now the active model of %s", model->id(),
+                             model->version(), model->dataset()));
+    return absl::OkStatus();
+  }
+  PrintModel(c, *model);
+  return absl::OkStatus();
+}
+
+absl::Status ModelsExport(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({"out"}));
+  ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models export MODEL --out DIR"));
+  if (c.args.Get("out").empty()) return UsageError("miseg models export MODEL --out DIR");
+  ASSIGN_OR_RETURN(std::vector<std::string> files, c.client->ExportModel(id, c.args.Get("out")));
+  Print(c, c.json ? absl::StrCat("{\"files\":[\"", absl::StrJoin(files, "\",\""), "\"]}")
+                  : absl::StrCat("model ", id, " exported to ", c.args.Get("out"), ": ",
+                                 absl::StrJoin(files, ", ")));
+  return absl::OkStatus();
+}
+
+absl::Status ModelsImport(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({}));
+  if (c.args.positional().size() != 4) return UsageError("miseg models import DATASET DIR");
+  ASSIGN_OR_RETURN(v1::Model model,
+                   c.client->ImportModel(c.args.positional()[2], c.args.positional()[3]));
+  if (c.json) return Print(c, ToJson(model)), absl::OkStatus();
+  Print(c, absl::StrFormat("model %d imported as version %d of %s (not active: miseg models "
+                           "promote %d)",
+                           model.id(), model.version(), model.dataset(), model.id()));
+  return absl::OkStatus();
+}
+
+absl::Status ModelsDelete(Context& c) {
+  RETURN_IF_ERROR(c.args.Allow({}));
+  ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models delete MODEL"));
+  ASSIGN_OR_RETURN(int64_t freed, c.client->DeleteModel(id));
+  Print(c, c.json ? absl::StrCat("{\"freedBytes\":\"", freed, "\"}")
+                  : absl::StrCat("deleted model ", id, "; freed ",
+                                 HumanBytes(static_cast<double>(freed))));
+  return absl::OkStatus();
+}
+
 absl::Status Models(Context& c) {
   const std::string verb = c.args.positional().size() > 1 ? c.args.positional()[1] : "";
-  if (verb == "list") {
-    RETURN_IF_ERROR(c.args.Allow({"wide"}));
-    const std::string dataset = c.args.positional().size() > 2 ? c.args.positional()[2] : "";
-    ASSIGN_OR_RETURN(std::vector<v1::Model> models, c.client->ListModels(dataset));
-    if (c.json) return Print(c, JsonArray("models", models)), absl::OkStatus();
-    // The Dice of each class only with --wide: three classes alone take 60 columns.
-    std::vector<TableColumn> columns = {{"ID", true},     {"DATASET"},        {"VER", true},
-                                        {"JOB", true},    {"STEPS", true},    {"DICE", true},
-                                        {"ACTIVE"},       {"CREATED"}};
-    if (c.wide) columns.push_back({"DICE PER CLASS"});
-    Table table(columns);
-    for (const v1::Model& m : models) {
-      std::vector<TableCell> row = {{absl::StrCat(m.id())}, {m.dataset()}, {absl::StrCat(m.version())},
-                                    {absl::StrCat(m.job_id())}, {absl::StrCat(m.steps())},
-                                    {absl::StrFormat("%.3f", m.validation_mean_dice())},
-                                    {m.active() ? "yes" : "-", m.active() ? Colour::kGreen : Colour::kNone},
-                                    {HumanAge(m.created_unix_ms())}};
-      if (c.wide) {
-        row.push_back({DiceText(m.validation_dice_per_class(),
-                                std::vector<std::string>(m.class_names().begin(), m.class_names().end()))});
-      }
-      table.AddRow(std::move(row));
-    }
-    PrintTable(c, table);
-    return absl::OkStatus();
-  }
-  if (verb == "show" || verb == "promote") {
-    RETURN_IF_ERROR(c.args.Allow({}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, absl::StrCat("miseg models ", verb, " MODEL")));
-    absl::StatusOr<v1::Model> model = verb == "show" ? c.client->GetModel(id) : c.client->PromoteModel(id);
-    if (!model.ok()) return model.status();
-    if (c.json) return Print(c, ToJson(*model)), absl::OkStatus();
-    if (verb == "promote") {
-      Print(c, absl::StrFormat("model %d (version %d) is now the active model of %s", model->id(),
-                               model->version(), model->dataset()));
-      return absl::OkStatus();
-    }
-    Print(c, absl::StrCat("model       ", model->id(), " (version ", model->version(), " of ", model->dataset(), ")"));
-    Print(c, model->format() == v1::MODEL_FORMAT_TORCHSCRIPT
-                 ? absl::StrCat("job         - (imported TorchScript, ", model->steps(), " steps)")
-                 : absl::StrCat("job         ", model->job_id(), ", ", model->steps(), " steps"));
-    Print(c, absl::StrFormat("dice        %s  (mean %.3f)",
-                             DiceText(model->validation_dice_per_class(),
-                                      std::vector<std::string>(model->class_names().begin(), model->class_names().end())),
-                             model->validation_mean_dice()));
-    Print(c, absl::StrCat("active      ", model->active() ? "yes" : "no"));
-    Print(c, absl::StrCat("size        ", HumanBytes(static_cast<double>(model->size_bytes()))));
-    Print(c, absl::StrCat("created     ", HumanAge(model->created_unix_ms())));
-    return absl::OkStatus();
-  }
-  if (verb == "export") {
-    RETURN_IF_ERROR(c.args.Allow({"out"}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models export MODEL --out DIR"));
-    if (c.args.Get("out").empty()) return UsageError("miseg models export MODEL --out DIR");
-    ASSIGN_OR_RETURN(std::vector<std::string> files, c.client->ExportModel(id, c.args.Get("out")));
-    Print(c, c.json ? absl::StrCat("{\"files\":[\"", absl::StrJoin(files, "\",\""), "\"]}")
-                    : absl::StrCat("model ", id, " exported to ", c.args.Get("out"), ": ",
-                                   absl::StrJoin(files, ", ")));
-    return absl::OkStatus();
-  }
-  if (verb == "import") {
-    RETURN_IF_ERROR(c.args.Allow({}));
-    if (c.args.positional().size() != 4) return UsageError("miseg models import DATASET DIR");
-    ASSIGN_OR_RETURN(v1::Model model,
-                     c.client->ImportModel(c.args.positional()[2], c.args.positional()[3]));
-    if (c.json) return Print(c, ToJson(model)), absl::OkStatus();
-    Print(c, absl::StrFormat("model %d imported as version %d of %s (not active: miseg models "
-                             "promote %d)", model.id(), model.version(), model.dataset(), model.id()));
-    return absl::OkStatus();
-  }
-  if (verb == "delete") {
-    RETURN_IF_ERROR(c.args.Allow({}));
-    ASSIGN_OR_RETURN(int64_t id, IdArgument(c.args, 2, "miseg models delete MODEL"));
-    ASSIGN_OR_RETURN(int64_t freed, c.client->DeleteModel(id));
-    Print(c, c.json ? absl::StrCat("{\"freedBytes\":\"", freed, "\"}")
-                    : absl::StrCat("deleted model ", id, "; freed ", HumanBytes(static_cast<double>(freed))));
-    return absl::OkStatus();
-  }
+  if (verb == "list") return ModelsList(c);
+  if (verb == "show" || verb == "promote") return ModelsShowOrPromote(c, verb);
+  if (verb == "export") return ModelsExport(c);
+  if (verb == "import") return ModelsImport(c);
+  if (verb == "delete") return ModelsDelete(c);
   return UsageError("miseg models list|show|promote|export|import|delete");
 }
 

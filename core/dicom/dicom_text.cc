@@ -306,6 +306,24 @@ absl::StatusOr<std::string> DecodeDicomString(absl::string_view raw,
   return out;
 }
 
+std::string TrimmedDicomValues(DcmItem& item, const DcmTagKey& tag) {
+  OFString value;
+  if (item.findAndGetOFStringArray(tag, value).bad()) return "";
+  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
+}
+
+std::string TrimmedFirstDicomValue(DcmItem* item, const DcmTagKey& tag) {
+  OFString value;
+  if (item == nullptr || item->findAndGetOFString(tag, value).bad()) return "";
+  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
+}
+
+std::string EscapedDicomValue(DcmItem& item, const DcmTagKey& tag, size_t max_bytes) {
+  OFString value;
+  if (item.findAndGetOFString(tag, value).bad()) return "";
+  return SafeText(absl::string_view(value.c_str(), value.length()), max_bytes);
+}
+
 std::string DicomText(DcmItem& item, const DcmTagKey& tag, DcmItem& charset_source,
                       size_t max_bytes) {
   DcmElement* element = FindElement(item, tag);

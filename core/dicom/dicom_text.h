@@ -63,6 +63,20 @@ inline std::string DicomText(DcmItem& item, const DcmTagKey& tag, size_t max_byt
   return DicomText(item, tag, item, max_bytes);
 }
 
+// All values of `tag` in `item` (backslash-separated) as raw bytes, without surrounding
+// whitespace: not decoded and not escaped, for values the caller parses or compares (CS,
+// IS, DS). "" when absent or not readable as a string.
+std::string TrimmedDicomValues(DcmItem& item, const DcmTagKey& tag);
+
+// The first value of `tag` in `item`, surrounding whitespace trimmed; "" when `item` is null
+// or the tag is absent. For UIDs and codes in peers' responses and incoming datasets.
+std::string TrimmedFirstDicomValue(DcmItem* item, const DcmTagKey& tag);
+
+// The first value of `tag` in `item` (as DCMTK normalises it) passed through
+// SafeText(…, max_bytes), for values that end up in messages. "" when absent or not
+// readable as a string.
+std::string EscapedDicomValue(DcmItem& item, const DcmTagKey& tag, size_t max_bytes = 1024);
+
 // Decodes `raw` from the DICOM character set `specific_character_set` (the value of
 // (0008,0005), possibly multi-valued, e.g. "\\ISO 2022 IR 87") to UTF-8. Errors when the
 // set is unknown to the conversion backend or `raw` is not valid in it. A person name's

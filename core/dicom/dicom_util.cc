@@ -295,4 +295,16 @@ absl::StatusOr<std::string> SerializeDicom(DcmFileFormat& file, E_TransferSyntax
   return out;
 }
 
+DcmItem* FirstSequenceItem(DcmItem* item, const DcmTagKey& tag) {
+  if (item == nullptr) return nullptr;
+  DcmItem* out = nullptr;
+  if (item->findAndGetSequenceItem(tag, out, 0).bad()) return nullptr;
+  return out;
+}
+
+DcmItem* FunctionalGroupMacro(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& macro) {
+  DcmItem* item = FirstSequenceItem(per_frame, macro);
+  return item != nullptr ? item : FirstSequenceItem(shared, macro);
+}
+
 }  // namespace miseg

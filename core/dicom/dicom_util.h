@@ -1,5 +1,6 @@
 // Small helpers shared by the DICOM I/O library: DCMTK conditions to absl::Status (the one
-// place that conversion happens), UID generation, and Part-10 (de)serialisation in memory.
+// place that conversion happens), UID generation, Part-10 (de)serialisation in memory, and
+// sequence items (functional groups) looked up.
 // Internal to core/dicom: it includes DCMTK headers.
 #ifndef MISEG_CORE_DICOM_DICOM_UTIL_H_
 #define MISEG_CORE_DICOM_DICOM_UTIL_H_
@@ -10,6 +11,8 @@
 
 #include <dcmtk/config/osconfig.h>  // must come first
 #include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dctagkey.h>
 #include <dcmtk/ofstd/ofcond.h>
 
 #include "absl/status/status.h"
@@ -49,6 +52,15 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicom(
 absl::StatusOr<std::unique_ptr<DcmFileFormat>> ParseDicomFile(
     const std::string& path, absl::string_view name,
     int64_t max_inflated_bytes = int64_t{1} << 30);
+
+// The first item of sequence `tag` in `item`; nullptr when `item` is null or has no such
+// sequence or item.
+DcmItem* FirstSequenceItem(DcmItem* item, const DcmTagKey& tag);
+
+// A functional-group macro's item for one frame (PS3.3 C.7.6.16: a macro sits in the
+// frame's per-frame item or in the shared one): the first item of sequence `macro` in
+// `per_frame`, else in `shared`; nullptr when neither has one. Either may be null.
+DcmItem* FunctionalGroupMacro(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& macro);
 
 // Serialises to a Part-10 buffer in the given transfer syntax (explicit VR little endian by
 // default).

@@ -11,8 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "core/dicom/dicom_series.h"
 #include "core/phantom/phantom.h"
+#include "core/volume/dicom_series.h"
 
 namespace miseg {
 

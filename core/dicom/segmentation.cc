@@ -57,6 +57,7 @@
 #include "core/common/status_macros.h"
 #include "core/dicom/dicom_text.h"
 #include "core/dicom/dicom_util.h"
+#include "core/dicom/patient_space.h"
 #include "core/dicom/series_reader.h"
 
 namespace miseg {
@@ -118,13 +119,6 @@ SegmentCodes SegmentCodesFor(const std::string& class_name) {
 }
 
 namespace {
-
-std::array<double, 3> SlicePosition(const VolumeGeometry& g, int64_t k) {
-  std::array<double, 3> p;
-  for (int i = 0; i < 3; ++i)
-    p[i] = g.origin_mm[i] + static_cast<double>(k) * g.slice_spacing_mm * g.slice_direction[i];
-  return p;
-}
 
 bool IsMultiFrameClass(const std::string& sop_class) {
   static const std::set<std::string> kClasses = {UID_EnhancedMRImageStorage,
@@ -275,8 +269,11 @@ absl::Status CheckSegmentationSource(const SeriesVolume& source) {
   return SourceHeader(source).status();
 }
 
-absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
-                                              const SegmentationWriteOptions& options) {
+namespace {
+
+// Refuses a source and labels that cannot make a SEG, before anything is built.
+absl::Status CheckWriteInputs(const SeriesVolume& source, const LabelVolume& labels,
+                              const SegmentationWriteOptions& options) {
   const VolumeGeometry& g = source.image.geometry;
   if (!source.image.consistent()) {
     return absl::InvalidArgumentError(
@@ -312,9 +309,14 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
           "WriteSegmentation: a source slice lacks its SOP Class or Instance UID");
     }
   }
+  return absl::OkStatus();
+}
 
-  // Patient, study and frame of reference come from the source's first instance, with
-  // values that cannot be copied blanked (or refused).
+// Patient, study and frame of reference come from the source's first instance, with
+// values that cannot be copied blanked (or refused). Sets `for_uid` to the SEG's frame of
+// reference, "" when neither the source nor its header has one.
+absl::StatusOr<std::unique_ptr<DcmFileFormat>> HeaderForSeg(const SeriesVolume& source,
+                                                            std::string* for_uid) {
   ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> header, SourceHeader(source));
   DcmDataset& hds = *header->getDataset();
   OFString text;
@@ -324,12 +326,39 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
     }
     hds.putAndInsertString(DCM_StudyInstanceUID, source.study_instance_uid.c_str());
   }
-  std::string for_uid = source.frame_of_reference_uid;
-  if (for_uid.empty() && hds.findAndGetOFString(DCM_FrameOfReferenceUID, text).good())
-    for_uid = text.c_str();
-  if (!for_uid.empty()) hds.putAndInsertString(DCM_FrameOfReferenceUID, for_uid.c_str());
-  const bool has_for = !for_uid.empty();
+  *for_uid = source.frame_of_reference_uid;
+  if (for_uid->empty() && hds.findAndGetOFString(DCM_FrameOfReferenceUID, text).good())
+    *for_uid = text.c_str();
+  if (!for_uid->empty()) hds.putAndInsertString(DCM_FrameOfReferenceUID, for_uid->c_str());
+  return header;
+}
 
+// The SEG's own series: new UIDs unless the options give them, number and description.
+absl::Status SetSeries(const SegmentationWriteOptions& options, DcmSegmentation& seg) {
+  const std::string series_uid =
+      options.series_instance_uid.empty() ? NewUid(options.uid_root) : options.series_instance_uid;
+  const std::string sop_uid =
+      options.sop_instance_uid.empty() ? NewUid(options.uid_root) : options.sop_instance_uid;
+  RETURN_IF_ERROR(FromCondition(seg.getSeries().setSeriesInstanceUID(series_uid.c_str()),
+                                "Series Instance UID"));
+  RETURN_IF_ERROR(
+      FromCondition(seg.getSOPCommon().setSOPInstanceUID(sop_uid.c_str()), "SOP Instance UID"));
+  RETURN_IF_ERROR(
+      FromCondition(seg.getSeries().setSeriesNumber(absl::StrCat(options.series_number).c_str()),
+                    "Series Number"));
+  if (!options.series_description.empty()) {
+    RETURN_IF_ERROR(
+        FromCondition(seg.getSeries().setSeriesDescription(options.series_description.c_str()),
+                      "Series Description"));
+  }
+  return absl::OkStatus();
+}
+
+// A binary SEG of the source's frame size with patient and study from `hds` (and its frame
+// of reference when `has_for`), our equipment, and its own series; no segments yet.
+absl::StatusOr<std::unique_ptr<DcmSegmentation>> CreateSeg(
+    const VolumeGeometry& g, DcmDataset& hds, bool has_for,
+    const SegmentationWriteOptions& options) {
   const IODGeneralEquipmentModule::EquipmentInfo equipment(
       "miseg", "miseg", "0",
       options.algorithm_version.empty() ? "unknown" : options.algorithm_version);
@@ -359,76 +388,81 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
   // importHierarchy also takes over the source's equipment: the SEG's is ours.
   RETURN_IF_ERROR(FromCondition(seg->setEquipmentInfo(equipment), "setting equipment",
                                 absl::StatusCode::kInternal));
-  const std::string series_uid =
-      options.series_instance_uid.empty() ? NewUid(options.uid_root) : options.series_instance_uid;
-  const std::string sop_uid =
-      options.sop_instance_uid.empty() ? NewUid(options.uid_root) : options.sop_instance_uid;
-  RETURN_IF_ERROR(FromCondition(seg->getSeries().setSeriesInstanceUID(series_uid.c_str()),
-                                "Series Instance UID"));
-  RETURN_IF_ERROR(
-      FromCondition(seg->getSOPCommon().setSOPInstanceUID(sop_uid.c_str()), "SOP Instance UID"));
-  RETURN_IF_ERROR(
-      FromCondition(seg->getSeries().setSeriesNumber(absl::StrCat(options.series_number).c_str()),
-                    "Series Number"));
-  if (!options.series_description.empty()) {
-    RETURN_IF_ERROR(
-        FromCondition(seg->getSeries().setSeriesDescription(options.series_description.c_str()),
-                      "Series Description"));
-  }
+  RETURN_IF_ERROR(SetSeries(options, *seg));
+  return seg;
+}
 
-  // Segments.
-  std::vector<Uint16> segment_numbers(num_classes, 0);
-  for (size_t c = 1; c < num_classes; ++c) {
-    const std::string& name = options.class_names[c];
-    const CardiacClass* cardiac = FindCardiac(name);
-    const CodeSequenceMacro category =
-        MakeCode(cardiac != nullptr ? kCardiacCategory : kGenericCategory);
-    const CodeSequenceMacro type = MakeCode(cardiac != nullptr ? cardiac->type : kGenericType);
-    std::string label = name.empty() ? absl::StrCat("class ", c) : name.substr(0, 64);
-    DcmSegment* segment = nullptr;
-    RETURN_IF_ERROR(FromCondition(DcmSegment::create(segment, label.c_str(), category, type,
-                                                     DcmSegTypes::SAT_AUTOMATIC, "miseg"),
-                                  absl::StrCat("creating segment for class ", c)));
-    std::unique_ptr<DcmSegment> owned(segment);
-    AlgorithmIdentificationMacro algorithm;
-    algorithm.getAlgorithmFamilyCode().set(kAlgorithmFamily.value, kAlgorithmFamily.scheme,
-                                           kAlgorithmFamily.meaning);
-    algorithm.setAlgorithmName("miseg");
-    algorithm.setAlgorithmVersion(
-        options.algorithm_version.empty() ? "unknown" : options.algorithm_version.c_str());
-    if (!options.model_version.empty()) {
-      algorithm.setAlgorithmParameters(
-          absl::StrCat("model_version=", options.model_version).c_str(), OFFalse);
-    }
-    RETURN_IF_ERROR(FromCondition(owned->setSegmentationAlgorithmIdentification(algorithm),
-                                  absl::StrCat("algorithm identification of class ", c)));
-    if (cardiac != nullptr) owned->setSegmentDescription(cardiac->type.meaning);
-    RETURN_IF_ERROR(FromCondition(seg->addSegment(owned.get(), segment_numbers[c]),
+// The segment of class `c`, named `name`: its codes and algorithm identification.
+absl::StatusOr<std::unique_ptr<DcmSegment>> MakeSegment(const std::string& name, size_t c,
+                                                        const SegmentationWriteOptions& options) {
+  const CardiacClass* cardiac = FindCardiac(name);
+  const CodeSequenceMacro category =
+      MakeCode(cardiac != nullptr ? kCardiacCategory : kGenericCategory);
+  const CodeSequenceMacro type = MakeCode(cardiac != nullptr ? cardiac->type : kGenericType);
+  std::string label = name.empty() ? absl::StrCat("class ", c) : name.substr(0, 64);
+  DcmSegment* segment = nullptr;
+  RETURN_IF_ERROR(FromCondition(DcmSegment::create(segment, label.c_str(), category, type,
+                                                   DcmSegTypes::SAT_AUTOMATIC, "miseg"),
+                                absl::StrCat("creating segment for class ", c)));
+  std::unique_ptr<DcmSegment> owned(segment);
+  AlgorithmIdentificationMacro algorithm;
+  algorithm.getAlgorithmFamilyCode().set(kAlgorithmFamily.value, kAlgorithmFamily.scheme,
+                                         kAlgorithmFamily.meaning);
+  algorithm.setAlgorithmName("miseg");
+  algorithm.setAlgorithmVersion(
+      options.algorithm_version.empty() ? "unknown" : options.algorithm_version.c_str());
+  if (!options.model_version.empty()) {
+    algorithm.setAlgorithmParameters(absl::StrCat("model_version=", options.model_version).c_str(),
+                                     OFFalse);
+  }
+  RETURN_IF_ERROR(FromCondition(owned->setSegmentationAlgorithmIdentification(algorithm),
+                                absl::StrCat("algorithm identification of class ", c)));
+  if (cardiac != nullptr) owned->setSegmentDescription(cardiac->type.meaning);
+  return owned;
+}
+
+// One segment per foreground class. The segment number of each class (0 for background).
+absl::StatusOr<std::vector<Uint16>> AddSegments(const SegmentationWriteOptions& options,
+                                                DcmSegmentation& seg) {
+  std::vector<Uint16> segment_numbers(options.class_names.size(), 0);
+  for (size_t c = 1; c < options.class_names.size(); ++c) {
+    ASSIGN_OR_RETURN(std::unique_ptr<DcmSegment> owned,
+                     MakeSegment(options.class_names[c], c, options));
+    RETURN_IF_ERROR(FromCondition(seg.addSegment(owned.get(), segment_numbers[c]),
                                   absl::StrCat("adding segment for class ", c),
                                   absl::StatusCode::kInternal));
     owned.release();  // the SEG owns it now
   }
+  return segment_numbers;
+}
 
-  // Shared functional groups: pixel measures and orientation (only with a frame of
-  // reference: without one, patient-space geometry means nothing to the SEG).
+// Shared functional groups: pixel measures and orientation (only with a frame of
+// reference: without one, patient-space geometry means nothing to the SEG).
+absl::Status AddSharedGroups(const VolumeGeometry& g, bool has_for, DcmSegmentation& seg) {
   FGPixelMeasures measures;
   measures.setPixelSpacing(
       absl::StrCat(FormatDs(g.row_spacing_mm), "\\", FormatDs(g.col_spacing_mm)).c_str());
   measures.setSliceThickness(FormatDs(g.slice_spacing_mm).c_str());
   measures.setSpacingBetweenSlices(FormatDs(g.slice_spacing_mm).c_str());
   RETURN_IF_ERROR(
-      FromCondition(seg->addForAllFrames(measures), "pixel measures", absl::StatusCode::kInternal));
+      FromCondition(seg.addForAllFrames(measures), "pixel measures", absl::StatusCode::kInternal));
   if (has_for) {
     FGPlaneOrientationPatient orientation;
     orientation.setImageOrientationPatient(
         FormatDs(g.row_direction[0]).c_str(), FormatDs(g.row_direction[1]).c_str(),
         FormatDs(g.row_direction[2]).c_str(), FormatDs(g.col_direction[0]).c_str(),
         FormatDs(g.col_direction[1]).c_str(), FormatDs(g.col_direction[2]).c_str());
-    RETURN_IF_ERROR(FromCondition(seg->addForAllFrames(orientation), "plane orientation",
+    RETURN_IF_ERROR(FromCondition(seg.addForAllFrames(orientation), "plane orientation",
                                   absl::StatusCode::kInternal));
   }
-  const std::string dimension_uid = NewUid(options.uid_root);
-  IODMultiframeDimensionModule& dims = seg->getDimensions();
+  return absl::OkStatus();
+}
+
+// Dimensions: ReferencedSegmentNumber, then ImagePositionPatient (InStackPositionNumber
+// without a frame of reference).
+absl::Status AddDimensions(bool has_for, const std::string& uid_root, DcmSegmentation& seg) {
+  const std::string dimension_uid = NewUid(uid_root);
+  IODMultiframeDimensionModule& dims = seg.getDimensions();
   RETURN_IF_ERROR(FromCondition(
       dims.addDimensionIndex(DCM_ReferencedSegmentNumber, dimension_uid.c_str(),
                              DCM_SegmentIdentificationSequence, "ReferencedSegmentNumber"),
@@ -445,26 +479,108 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
                                              DCM_FrameContentSequence, "InStackPositionNumber"),
                       "dimension index", absl::StatusCode::kInternal));
   }
+  return absl::OkStatus();
+}
 
+// The slices of `labels` where class `c` is present, in order.
+std::vector<int64_t> SlicesWithClass(const LabelVolume& labels, size_t c) {
+  const int64_t slice_size = labels.geometry.slice_size();
+  std::vector<int64_t> slices_with_class;
+  for (int64_t k = 0; k < labels.geometry.slices; ++k) {
+    const uint8_t* slice = labels.voxels.data() + k * slice_size;
+    if (std::find(slice, slice + slice_size, static_cast<uint8_t>(c)) != slice + slice_size) {
+      slices_with_class.push_back(k);
+    }
+  }
+  return slices_with_class;
+}
+
+// Appends a frame's bits (one byte per pixel, 0 or 1) to `packed`, right after the
+// `*count` bits already there, as PS3.5 8.1.1 packs frames: contiguously, without padding.
+void AppendPackedBits(const std::vector<Uint8>& frame, std::vector<uint8_t>* packed,
+                      uint64_t* count) {
+  packed->resize((*count + frame.size() + 7) / 8, 0);
+  for (size_t i = 0; i < frame.size(); ++i, ++*count) {
+    if (frame[i]) (*packed)[*count / 8] |= static_cast<uint8_t>(1u << (*count % 8));
+  }
+}
+
+// A frame's reference to its source image: with a frame number when the source instance
+// is multi-frame (`frames_per_instance`: how many slices each source instance gives).
+absl::Status AddSourceReference(const SliceSource& src,
+                                const std::map<std::string, int>& frames_per_instance,
+                                OFVector<ImageSOPInstanceReferenceMacro>* references) {
+  ImageSOPInstanceReferenceMacro reference;
+  reference.setReferencedSOPClassUID(src.sop_class_uid.c_str());
+  reference.setReferencedSOPInstanceUID(src.sop_instance_uid.c_str());
+  if (frames_per_instance.at(src.sop_instance_uid) > 1 || src.frame_number > 1 ||
+      IsMultiFrameClass(src.sop_class_uid)) {
+    if (src.frame_number < 1 || src.frame_number > 65535) {
+      return absl::InvalidArgumentError("WriteSegmentation: a source frame number is out of range");
+    }
+    reference.addReferencedFrameNumber(static_cast<Uint16>(src.frame_number));
+  }
+  references->push_back(reference);
+  return absl::OkStatus();
+}
+
+// Adds `frame` as the frame of segment `segment_number` on source slice `k`, with its
+// per-frame groups: plane position (with a frame of reference), frame content and the
+// derivation image that references the source slice.
+absl::Status AddFrame(const SeriesVolume& source,
+                      const std::map<std::string, int>& frames_per_instance, bool has_for,
+                      Uint16 segment_number, int64_t k, std::vector<Uint8>& frame,
+                      DcmSegmentation& seg) {
+  const SliceSource& src = source.slices[static_cast<size_t>(k)];
+  OFVector<FGBase*> per_frame;
+  std::unique_ptr<FGPlanePosPatient> position;
+  if (has_for) {
+    const std::array<double, 3> p = SlicePosition(source.image.geometry, k);
+    position.reset(FGPlanePosPatient::createMinimal(FormatDs(p[0]).c_str(), FormatDs(p[1]).c_str(),
+                                                    FormatDs(p[2]).c_str()));
+    if (position == nullptr) return absl::InternalError("WriteSegmentation: plane position");
+    per_frame.push_back(position.get());
+  }
+  FGFrameContent frame_content;
+  frame_content.setDimensionIndexValues(segment_number, 0);
+  frame_content.setDimensionIndexValues(static_cast<Uint32>(k + 1), 1);
+  if (!has_for) {
+    frame_content.setStackID("1");
+    frame_content.setInStackPositionNumber(static_cast<Uint32>(k + 1));
+  }
+  per_frame.push_back(&frame_content);
+
+  OFVector<ImageSOPInstanceReferenceMacro> references;
+  RETURN_IF_ERROR(AddSourceReference(src, frames_per_instance, &references));
+  std::unique_ptr<FGDerivationImage> derivation(
+      DcmSegmentation::createDerivationImageFG(references, "Segmentation by miseg"));
+  if (derivation == nullptr)
+    return absl::InternalError("WriteSegmentation: derivation image functional group");
+  per_frame.push_back(derivation.get());
+
+  return FromCondition(seg.addFrame(frame.data(), segment_number, per_frame),
+                       absl::StrCat("adding frame for slice ", k), absl::StatusCode::kInternal);
+}
+
+// Frames: for each segment, one per source slice where it is present (one all-zero frame
+// on slice 0 for an empty segment). Returns every frame's bits in order, packed
+// contiguously as PS3.5 8.1.1 asks: DCMTK 3.6.7 pads each frame to a whole byte, which
+// shifts every later frame when rows x columns is not a multiple of 8 (the standard's
+// readers, ours and pydicom's, then see scrambled masks).
+absl::StatusOr<std::vector<uint8_t>> AddFrames(const SeriesVolume& source,
+                                               const LabelVolume& labels,
+                                               const std::vector<Uint16>& segment_numbers,
+                                               bool has_for, DcmSegmentation& seg) {
   // Which source instances are multi-frame (their references need a frame number).
   std::map<std::string, int> frames_per_instance;
   for (const SliceSource& s : source.slices) ++frames_per_instance[s.sop_instance_uid];
 
-  const int64_t slice_size = g.slice_size();
+  const int64_t slice_size = source.image.geometry.slice_size();
   std::vector<Uint8> frame(static_cast<size_t>(slice_size));
-  // Every frame's bits in order, packed contiguously as PS3.5 8.1.1 asks: DCMTK 3.6.7 pads
-  // each frame to a whole byte, which shifts every later frame when rows x columns is not a
-  // multiple of 8 (the standard's readers, ours and pydicom's, then see scrambled masks).
   std::vector<uint8_t> packed_bits;
   uint64_t packed_count = 0;
-  for (size_t c = 1; c < num_classes; ++c) {
-    std::vector<int64_t> slices_with_class;
-    for (int64_t k = 0; k < g.slices; ++k) {
-      const uint8_t* slice = labels.voxels.data() + k * slice_size;
-      if (std::find(slice, slice + slice_size, static_cast<uint8_t>(c)) != slice + slice_size) {
-        slices_with_class.push_back(k);
-      }
-    }
+  for (size_t c = 1; c < segment_numbers.size(); ++c) {
+    std::vector<int64_t> slices_with_class = SlicesWithClass(labels, c);
     const bool empty_segment = slices_with_class.empty();
     if (empty_segment) slices_with_class.push_back(0);
     for (int64_t k : slices_with_class) {
@@ -472,57 +588,18 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
       for (int64_t i = 0; i < slice_size; ++i) {
         frame[static_cast<size_t>(i)] = (!empty_segment && slice[i] == c) ? 1 : 0;
       }
-      packed_bits.resize((packed_count + static_cast<uint64_t>(slice_size) + 7) / 8, 0);
-      for (int64_t i = 0; i < slice_size; ++i, ++packed_count) {
-        if (frame[static_cast<size_t>(i)]) packed_bits[packed_count / 8] |= static_cast<uint8_t>(1u << (packed_count % 8));
-      }
-      const SliceSource& src = source.slices[static_cast<size_t>(k)];
-      OFVector<FGBase*> per_frame;
-      std::unique_ptr<FGPlanePosPatient> position;
-      if (has_for) {
-        const std::array<double, 3> p = SlicePosition(g, k);
-        position.reset(FGPlanePosPatient::createMinimal(
-            FormatDs(p[0]).c_str(), FormatDs(p[1]).c_str(), FormatDs(p[2]).c_str()));
-        if (position == nullptr) return absl::InternalError("WriteSegmentation: plane position");
-        per_frame.push_back(position.get());
-      }
-      FGFrameContent frame_content;
-      frame_content.setDimensionIndexValues(segment_numbers[c], 0);
-      frame_content.setDimensionIndexValues(static_cast<Uint32>(k + 1), 1);
-      if (!has_for) {
-        frame_content.setStackID("1");
-        frame_content.setInStackPositionNumber(static_cast<Uint32>(k + 1));
-      }
-      per_frame.push_back(&frame_content);
-
-      ImageSOPInstanceReferenceMacro reference;
-      reference.setReferencedSOPClassUID(src.sop_class_uid.c_str());
-      reference.setReferencedSOPInstanceUID(src.sop_instance_uid.c_str());
-      if (frames_per_instance[src.sop_instance_uid] > 1 || src.frame_number > 1 ||
-          IsMultiFrameClass(src.sop_class_uid)) {
-        if (src.frame_number < 1 || src.frame_number > 65535) {
-          return absl::InvalidArgumentError(
-              "WriteSegmentation: a source frame number is out of range");
-        }
-        reference.addReferencedFrameNumber(static_cast<Uint16>(src.frame_number));
-      }
-      OFVector<ImageSOPInstanceReferenceMacro> references;
-      references.push_back(reference);
-      std::unique_ptr<FGDerivationImage> derivation(
-          DcmSegmentation::createDerivationImageFG(references, "Segmentation by miseg"));
-      if (derivation == nullptr)
-        return absl::InternalError("WriteSegmentation: derivation image functional group");
-      per_frame.push_back(derivation.get());
-
-      RETURN_IF_ERROR(FromCondition(seg->addFrame(frame.data(), segment_numbers[c], per_frame),
-                                    absl::StrCat("adding frame for slice ", k),
-                                    absl::StatusCode::kInternal));
+      AppendPackedBits(frame, &packed_bits, &packed_count);
+      RETURN_IF_ERROR(
+          AddFrame(source, frames_per_instance, has_for, segment_numbers[c], k, frame, seg));
     }
   }
+  return packed_bits;
+}
 
-  // Referenced Series Sequence: every source instance.
+// Referenced Series Sequence: every source instance, once.
+absl::Status AddReferencedSeries(const SeriesVolume& source, DcmSegmentation& seg) {
   auto* series_item = new IODSeriesAndInstanceReferenceMacro::ReferencedSeriesItem;
-  seg->getCommonInstanceReference().getReferencedSeriesItems().push_back(series_item);  // owns it
+  seg.getCommonInstanceReference().getReferencedSeriesItems().push_back(series_item);  // owns it
   RETURN_IF_ERROR(
       FromCondition(series_item->setSeriesInstanceUID(source.series_instance_uid.c_str()),
                     "referenced Series Instance UID"));
@@ -533,12 +610,17 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
         series_item->addReference(s.sop_class_uid.c_str(), s.sop_instance_uid.c_str()),
         "referenced instance"));
   }
+  return absl::OkStatus();
+}
 
+// The SEG as a Part-10 buffer: dcmseg's dataset, with the source's lossy compression
+// history and our contiguously packed frames (see AddFrames) in place of DCMTK's.
+absl::StatusOr<std::string> SerializeSeg(DcmSegmentation& seg, const SeriesVolume& source,
+                                         std::vector<uint8_t> packed_bits, bool has_for) {
   DcmFileFormat file;
-  RETURN_IF_ERROR(FromCondition(seg->writeDataset(*file.getDataset()), "writing the SEG",
+  RETURN_IF_ERROR(FromCondition(seg.writeDataset(*file.getDataset()), "writing the SEG",
                                 absl::StatusCode::kInternal));
   if (source.lossy.lossy) RETURN_IF_ERROR(PutLossyCompression(source.lossy, *file.getDataset()));
-  // The standard's contiguous packing replaces DCMTK's per-frame padded one (see above).
   if (packed_bits.size() % 2 == 1) packed_bits.push_back(0);  // OB values have even length
   RETURN_IF_ERROR(FromCondition(
       file.getDataset()->putAndInsertUint8Array(DCM_PixelData, packed_bits.data(),
@@ -549,6 +631,25 @@ absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const 
     file.getDataset()->insertEmptyElement(DCM_PatientOrientation);
   }
   return SerializeDicom(file);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> WriteSegmentation(const SeriesVolume& source, const LabelVolume& labels,
+                                              const SegmentationWriteOptions& options) {
+  RETURN_IF_ERROR(CheckWriteInputs(source, labels, options));
+  std::string for_uid;
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> header, HeaderForSeg(source, &for_uid));
+  const bool has_for = !for_uid.empty();
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmSegmentation> seg,
+                   CreateSeg(source.image.geometry, *header->getDataset(), has_for, options));
+  ASSIGN_OR_RETURN(const std::vector<Uint16> segment_numbers, AddSegments(options, *seg));
+  RETURN_IF_ERROR(AddSharedGroups(source.image.geometry, has_for, *seg));
+  RETURN_IF_ERROR(AddDimensions(has_for, options.uid_root, *seg));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> packed_bits,
+                   AddFrames(source, labels, segment_numbers, has_for, *seg));
+  RETURN_IF_ERROR(AddReferencedSeries(source, *seg));
+  return SerializeSeg(*seg, source, std::move(packed_bits), has_for);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -562,27 +663,6 @@ struct SegError {
         absl::StrCat("SEG ", seg_uid.empty() ? "(no SOP Instance UID)" : seg_uid, ": ", what));
   }
 };
-
-// A value of a SEG being read, escaped (SafeText): labels and UIDs end up in messages.
-std::string GetString(DcmItem& item, const DcmTagKey& tag) {
-  OFString value;
-  if (item.findAndGetOFString(tag, value).bad()) return "";
-  return SafeText(absl::string_view(value.c_str(), value.length()), 1024);
-}
-
-// The first item of sequence `tag` in `item`, or nullptr.
-DcmItem* FirstItem(DcmItem* item, const DcmTagKey& tag) {
-  if (item == nullptr) return nullptr;
-  DcmItem* out = nullptr;
-  if (item->findAndGetSequenceItem(tag, out, 0).bad()) return nullptr;
-  return out;
-}
-
-// A functional group macro's item for one frame: per-frame first, then shared.
-DcmItem* GroupItem(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& tag) {
-  DcmItem* item = FirstItem(per_frame, tag);
-  return item != nullptr ? item : FirstItem(shared, tag);
-}
 
 std::optional<std::vector<double>> GetDoubles(DcmItem* item, const DcmTagKey& tag, size_t count) {
   if (item == nullptr) return std::nullopt;
@@ -602,63 +682,87 @@ struct SegmentInfo {
   int class_index = -1;
 };
 
-}  // namespace
+// What the SEG's header says about its frames, checked against the source's grid.
+struct SegFormat {
+  std::string type;  // BINARY or FRACTIONAL
+  bool fractional = false;
+  Uint16 rows = 0, cols = 0;
+  Uint16 max_fraction = 255;
+  uint64_t frames = 0;
+  uint64_t frame_pixels() const { return static_cast<uint64_t>(rows) * cols; }
+};
 
-absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffer,
-                                                    const SeriesVolume& source,
-                                                    const std::vector<std::string>& class_names) {
-  const VolumeGeometry& g = source.image.geometry;
-  // Only the source's geometry and slices are read, never its voxels: a series checked
-  // without them (CheckSeriesFiles, an upload before it is committed) will do.
-  const bool voxels_fit = source.image.voxels.empty() || source.image.consistent();
-  if (g.slices <= 0 || g.rows <= 0 || g.cols <= 0 || !voxels_fit ||
-      source.slices.size() != static_cast<size_t>(g.slices)) {
-    return absl::InvalidArgumentError("ReadSegmentation: the source volume is inconsistent");
-  }
-  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,
-                   ParseDicom(seg_buffer.bytes, seg_buffer.name));
-  DcmDataset& ds = *file->getDataset();
-  const SegError error{GetString(ds, DCM_SOPInstanceUID)};
-
-  const std::string sop_class = GetString(ds, DCM_SOPClassUID);
+absl::StatusOr<SegFormat> ReadSegFormat(DcmDataset& ds, const VolumeGeometry& g,
+                                        const SegError& error) {
+  const std::string sop_class = EscapedDicomValue(ds, DCM_SOPClassUID);
   if (sop_class != UID_SegmentationStorage) {
     return error(absl::StrCat("not a DICOM Segmentation (SOP Class UID '", sop_class, "')"));
   }
-  const std::string type = GetString(ds, DCM_SegmentationType);
-  const bool fractional = type == "FRACTIONAL";
-  if (type != "BINARY" && !fractional) {
-    return error(absl::StrCat("Segmentation Type '", type,
+  SegFormat format;
+  format.type = EscapedDicomValue(ds, DCM_SegmentationType);
+  format.fractional = format.type == "FRACTIONAL";
+  if (format.type != "BINARY" && !format.fractional) {
+    return error(absl::StrCat("Segmentation Type '", format.type,
                               "' is not supported (only BINARY and FRACTIONAL)"));
   }
-  Uint16 rows = 0, cols = 0, bits_allocated = 0, samples = 1;
-  if (ds.findAndGetUint16(DCM_Rows, rows).bad() || ds.findAndGetUint16(DCM_Columns, cols).bad()) {
+  Uint16 bits_allocated = 0, samples = 1;
+  if (ds.findAndGetUint16(DCM_Rows, format.rows).bad() ||
+      ds.findAndGetUint16(DCM_Columns, format.cols).bad()) {
     return error("no Rows or Columns");
   }
-  if (rows != g.rows || cols != g.cols) {
-    return error(absl::StrCat("frame size ", rows, "x", cols, " does not match the series' ",
-                              g.rows, "x", g.cols));
+  if (format.rows != g.rows || format.cols != g.cols) {
+    return error(absl::StrCat("frame size ", format.rows, "x", format.cols,
+                              " does not match the series' ", g.rows, "x", g.cols));
   }
   ds.findAndGetUint16(DCM_BitsAllocated, bits_allocated);
   ds.findAndGetUint16(DCM_SamplesPerPixel, samples);
-  if (samples != 1 || bits_allocated != (fractional ? 8 : 1)) {
+  if (samples != 1 || bits_allocated != (format.fractional ? 8 : 1)) {
     return error(absl::StrCat("Bits Allocated ", bits_allocated, " and Samples per Pixel ", samples,
-                              " do not fit a ", type, " segmentation"));
+                              " do not fit a ", format.type, " segmentation"));
   }
-  Uint16 max_fraction = 255;
-  if (fractional) {
-    ds.findAndGetUint16(DCM_MaximumFractionalValue, max_fraction);
-    if (max_fraction == 0 || max_fraction > 255)
+  if (format.fractional) {
+    ds.findAndGetUint16(DCM_MaximumFractionalValue, format.max_fraction);
+    if (format.max_fraction == 0 || format.max_fraction > 255)
       return error("Maximum Fractional Value must be 1..255");
   }
   Sint32 number_of_frames = 0;
   if (ds.findAndGetSint32(DCM_NumberOfFrames, number_of_frames).bad() || number_of_frames < 1) {
     return error("no valid Number of Frames");
   }
-  const uint64_t frames = static_cast<uint64_t>(number_of_frames);
+  format.frames = static_cast<uint64_t>(number_of_frames);
+  return format;
+}
 
-  // Segments and their classes.
-  std::map<Uint16, SegmentInfo> segments;
-  std::vector<std::string> segment_labels;
+// The class a segment item stands for: by its label (`class_by_name`: normalised name to
+// class index), else by its property type's code for the cardiac classes; -1 when none.
+int ClassOfSegment(DcmItem& item, const std::string& label,
+                   const std::map<std::string, int>& class_by_name,
+                   const std::vector<std::string>& class_names) {
+  auto by_name = class_by_name.find(Normalise(label));
+  if (by_name != class_by_name.end()) return by_name->second;
+  DcmItem* code = FirstSequenceItem(&item, DCM_SegmentedPropertyTypeCodeSequence);
+  if (code == nullptr) return -1;
+  const std::string value = EscapedDicomValue(*code, DCM_CodeValue);
+  const std::string scheme = EscapedDicomValue(*code, DCM_CodingSchemeDesignator);
+  for (size_t c = 1; c < class_names.size(); ++c) {
+    const CardiacClass* cardiac = FindCardiac(class_names[c]);
+    if (cardiac != nullptr && value == cardiac->type.value &&
+        (scheme == "SCT" || scheme == "SRT")) {  // SRT: SNOMED's designator before 2019
+      return static_cast<int>(c);
+    }
+  }
+  return -1;
+}
+
+// The SEG's segments by number, and their labels in the order of the Segment Sequence.
+struct Segments {
+  std::map<Uint16, SegmentInfo> by_number;
+  std::vector<std::string> labels;
+};
+
+absl::StatusOr<Segments> ReadSegments(DcmDataset& ds, const std::vector<std::string>& class_names,
+                                      const SegError& error) {
+  Segments out;
   std::map<std::string, int> class_by_name;
   for (size_t i = 1; i < class_names.size(); ++i)
     class_by_name.emplace(Normalise(class_names[i]), static_cast<int>(i));
@@ -674,32 +778,23 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
       return error(absl::StrCat("segment item ", i + 1, " has no Segment Number"));
     }
     SegmentInfo info;
-    info.label = GetString(*item, DCM_SegmentLabel);
-    auto by_name = class_by_name.find(Normalise(info.label));
-    if (by_name != class_by_name.end()) {
-      info.class_index = by_name->second;
-    } else if (DcmItem* code = FirstItem(item, DCM_SegmentedPropertyTypeCodeSequence)) {
-      const std::string value = GetString(*code, DCM_CodeValue);
-      const std::string scheme = GetString(*code, DCM_CodingSchemeDesignator);
-      for (size_t c = 1; c < class_names.size() && info.class_index < 0; ++c) {
-        const CardiacClass* cardiac = FindCardiac(class_names[c]);
-        if (cardiac != nullptr && value == cardiac->type.value &&
-            (scheme == "SCT" || scheme == "SRT")) {  // SRT: SNOMED's designator before 2019
-          info.class_index = static_cast<int>(c);
-        }
-      }
-    }
+    info.label = EscapedDicomValue(*item, DCM_SegmentLabel);
+    info.class_index = ClassOfSegment(*item, info.label, class_by_name, class_names);
     if (info.class_index < 0) {
       return error(absl::StrCat("segment ", number, " ('", info.label,
                                 "') matches none of the classes (",
                                 absl::StrJoin(class_names, ", "), ")"));
     }
-    if (!segments.emplace(number, info).second)
+    if (!out.by_number.emplace(number, info).second)
       return error(absl::StrCat("segment number ", number, " appears twice"));
-    segment_labels.push_back(info.label);
+    out.labels.push_back(info.label);
   }
+  return out;
+}
 
-  // Pixel data, uncompressed, long enough for every frame.
+// The SEG's pixel data, uncompressed, long enough for every frame. Owned by `ds`.
+absl::StatusOr<const Uint8*> ReadSegPixels(DcmDataset& ds, const SegFormat& format,
+                                           const SegError& error) {
   const E_TransferSyntax original = ds.getOriginalXfer();
   if (DcmXfer(original).isEncapsulated()) {
     RegisterDicomCodecs();
@@ -717,15 +812,162 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
   if (pixel_element->getUint8Array(pixels).bad() || pixels == nullptr)
     return error("unreadable Pixel Data");
   const uint64_t pixel_bytes = pixel_element->getLength();
-  const uint64_t frame_pixels = static_cast<uint64_t>(rows) * cols;
-  const uint64_t needed = fractional ? frames * frame_pixels : (frames * frame_pixels + 7) / 8;
+  const uint64_t frames = format.frames, frame_pixels = format.frame_pixels();
+  const uint64_t needed =
+      format.fractional ? frames * frame_pixels : (frames * frame_pixels + 7) / 8;
   if (pixel_bytes < needed) {
     return error(absl::StrCat("truncated: Pixel Data has ", pixel_bytes, " bytes, ", frames,
                               " frames need ", needed));
   }
+  return pixels;
+}
 
-  // Frames: which segment, which slice.
-  DcmItem* shared = FirstItem(&ds, DCM_SharedFunctionalGroupsSequence);
+// Which segment a frame paints, onto which slice.
+struct FrameTarget {
+  Uint16 segment;
+  int64_t slice;
+  uint64_t frame;
+};
+
+// What the SEG's frames are matched against: the source series' slices and grid.
+struct SliceMatcher {
+  const SeriesVolume& source;
+  std::map<std::string, std::map<int32_t, int64_t>> slice_by_instance;  // uid -> frame -> slice
+  std::string seg_for;  // the SEG's Frame of Reference UID
+  double tolerance;     // mm a plane position may lie off its slice
+  const SegError& error;
+};
+
+// The frame's orientation, when it has one, must be the series' slices'.
+absl::Status CheckFrameOrientation(DcmItem* orientation_item, const VolumeGeometry& g,
+                                   const std::string& where, const SegError& error) {
+  if (orientation_item == nullptr) return absl::OkStatus();
+  const auto iop = GetDoubles(orientation_item, DCM_ImageOrientationPatient, 6);
+  if (!iop) return error(absl::StrCat(where, " has an unreadable Image Orientation (Patient)"));
+  for (int i = 0; i < 3; ++i) {
+    if (std::abs((*iop)[i] - g.row_direction[i]) > 1e-3 ||
+        std::abs((*iop)[3 + i] - g.col_direction[i]) > 1e-3) {
+      return error(absl::StrCat(where, " is not in the plane of the series' slices"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// 1. The slice a frame's source image references name. nullopt when none resolves to one
+// (the plane position decides then); an error when a reference names a frame or an
+// instance that is not in the series.
+absl::StatusOr<std::optional<int64_t>> SliceFromReferences(DcmItem* derivation,
+                                                           const SliceMatcher& m,
+                                                           const std::string& where) {
+  std::optional<int64_t> slice;
+  bool unresolved_reference = false;  // a reference to a multi-frame instance without frame number
+  std::string missing;
+  DcmSequenceOfItems* sources = nullptr;
+  if (derivation == nullptr ||
+      derivation->findAndGetSequence(DCM_SourceImageSequence, sources).bad() ||
+      sources == nullptr) {
+    return slice;
+  }
+  for (unsigned long s = 0; s < sources->card() && !slice; ++s) {
+    DcmItem* ref = sources->getItem(s);
+    if (ref == nullptr) continue;
+    const std::string uid = EscapedDicomValue(*ref, DCM_ReferencedSOPInstanceUID);
+    auto instance = m.slice_by_instance.find(uid);
+    if (instance == m.slice_by_instance.end()) {
+      if (missing.empty()) missing = uid;
+      continue;
+    }
+    Sint32 frame_number = 0;
+    if (ref->findAndGetSint32(DCM_ReferencedFrameNumber, frame_number).good()) {
+      auto hit = instance->second.find(frame_number);
+      if (hit == instance->second.end()) {
+        return m.error(absl::StrCat(where, " references frame ", frame_number, " of SOP Instance ",
+                                    uid, " which is not in the series"));
+      }
+      slice = hit->second;
+    } else if (instance->second.size() == 1) {
+      slice = instance->second.begin()->second;
+    } else {
+      unresolved_reference = true;
+    }
+  }
+  if (!slice && !missing.empty() && !unresolved_reference) {
+    return m.error(
+        absl::StrCat(where, " references SOP Instance ", missing, " which is not in the series"));
+  }
+  return slice;
+}
+
+// 2. The slice a frame's plane position lies on.
+absl::StatusOr<int64_t> SliceFromPosition(DcmItem* position_item, const SliceMatcher& m,
+                                          const std::string& where) {
+  const VolumeGeometry& g = m.source.image.geometry;
+  const auto position = GetDoubles(position_item, DCM_ImagePositionPatient, 3);
+  if (!position) {
+    return m.error(
+        absl::StrCat(where, " has neither a usable source image reference nor a plane position"));
+  }
+  if (!m.seg_for.empty() && !m.source.frame_of_reference_uid.empty() &&
+      m.seg_for != m.source.frame_of_reference_uid) {
+    return m.error(
+        "its Frame of Reference UID differs from the series', so plane positions cannot be "
+        "matched");
+  }
+  double along = 0;
+  for (int i = 0; i < 3; ++i) along += ((*position)[i] - g.origin_mm[i]) * g.slice_direction[i];
+  const double k_real = along / g.slice_spacing_mm;
+  const int64_t k =
+      static_cast<int64_t>(std::llround(std::clamp(k_real, -1.0, static_cast<double>(g.slices))));
+  double distance2 = 0;
+  if (k >= 0 && k < g.slices) {
+    const std::array<double, 3> expected = SlicePosition(g, k);
+    for (int i = 0; i < 3; ++i)
+      distance2 += ((*position)[i] - expected[i]) * ((*position)[i] - expected[i]);
+  }
+  if (k < 0 || k >= g.slices || std::sqrt(distance2) > m.tolerance) {
+    return m.error(absl::StrCat(where, " at (", FormatDs((*position)[0]), ", ",
+                                FormatDs((*position)[1]), ", ", FormatDs((*position)[2]),
+                                ") mm lies on no slice of the series"));
+  }
+  return k;
+}
+
+// Frame `f` (per-frame item `item`): its segment, and its slice by source image reference,
+// else by plane position.
+absl::StatusOr<FrameTarget> LocateFrame(DcmItem* item, DcmItem* shared, uint64_t f,
+                                        const std::map<Uint16, SegmentInfo>& segments,
+                                        const SliceMatcher& m) {
+  const std::string where = absl::StrCat("frame ", f + 1);
+  Uint16 segment_number = 0;
+  DcmItem* segment_id = FunctionalGroupMacro(item, shared, DCM_SegmentIdentificationSequence);
+  if (segment_id == nullptr ||
+      segment_id->findAndGetUint16(DCM_ReferencedSegmentNumber, segment_number).bad()) {
+    return m.error(absl::StrCat(where, " has no Referenced Segment Number"));
+  }
+  if (segments.count(segment_number) == 0) {
+    return m.error(absl::StrCat(where, " belongs to segment ", segment_number,
+                                " which the Segment Sequence lacks"));
+  }
+  RETURN_IF_ERROR(
+      CheckFrameOrientation(FunctionalGroupMacro(item, shared, DCM_PlaneOrientationSequence),
+                            m.source.image.geometry, where, m.error));
+  ASSIGN_OR_RETURN(std::optional<int64_t> slice,
+                   SliceFromReferences(
+                       FunctionalGroupMacro(item, shared, DCM_DerivationImageSequence), m, where));
+  if (!slice) {
+    ASSIGN_OR_RETURN(
+        slice,
+        SliceFromPosition(FunctionalGroupMacro(item, shared, DCM_PlanePositionSequence), m, where));
+  }
+  return FrameTarget{segment_number, *slice, f};
+}
+
+// Every frame's segment and slice, in frame order.
+absl::StatusOr<std::vector<FrameTarget>> LocateFrames(DcmDataset& ds, const SeriesVolume& source,
+                                                      uint64_t frames,
+                                                      const std::map<Uint16, SegmentInfo>& segments,
+                                                      const SegError& error) {
+  DcmItem* shared = FirstSequenceItem(&ds, DCM_SharedFunctionalGroupsSequence);
   DcmSequenceOfItems* per_frame_sequence = nullptr;
   if (ds.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per_frame_sequence).bad() ||
       per_frame_sequence == nullptr || per_frame_sequence->card() != frames) {
@@ -733,135 +975,44 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
         absl::StrCat("Per-Frame Functional Groups Sequence does not have one item per frame (",
                      frames, " frames)"));
   }
-  std::map<std::string, std::map<int32_t, int64_t>> slice_by_instance;  // uid -> frame -> slice
-  for (size_t k = 0; k < source.slices.size(); ++k) {
-    slice_by_instance[source.slices[k].sop_instance_uid][source.slices[k].frame_number] =
-        static_cast<int64_t>(k);
-  }
-  const std::string seg_for = GetString(ds, DCM_FrameOfReferenceUID);
+  const VolumeGeometry& g = source.image.geometry;
   const double min_spacing = std::min({g.row_spacing_mm, g.col_spacing_mm, g.slice_spacing_mm});
   const double tolerance = std::max(1e-3 * min_spacing, 1e-5);
-
-  struct FrameTarget {
-    Uint16 segment;
-    int64_t slice;
-    uint64_t frame;
-  };
+  const std::string seg_for = EscapedDicomValue(ds, DCM_FrameOfReferenceUID);
+  SliceMatcher matcher{source, {}, seg_for, tolerance, error};
+  for (size_t k = 0; k < source.slices.size(); ++k) {
+    matcher.slice_by_instance[source.slices[k].sop_instance_uid][source.slices[k].frame_number] =
+        static_cast<int64_t>(k);
+  }
   std::vector<FrameTarget> targets;
   targets.reserve(frames);
   for (uint64_t f = 0; f < frames; ++f) {
     DcmItem* item = per_frame_sequence->getItem(static_cast<unsigned long>(f));
-    const std::string where = absl::StrCat("frame ", f + 1);
-    Uint16 segment_number = 0;
-    DcmItem* segment_id = GroupItem(item, shared, DCM_SegmentIdentificationSequence);
-    if (segment_id == nullptr ||
-        segment_id->findAndGetUint16(DCM_ReferencedSegmentNumber, segment_number).bad()) {
-      return error(absl::StrCat(where, " has no Referenced Segment Number"));
-    }
-    if (segments.count(segment_number) == 0) {
-      return error(absl::StrCat(where, " belongs to segment ", segment_number,
-                                " which the Segment Sequence lacks"));
-    }
-    if (DcmItem* orientation_item = GroupItem(item, shared, DCM_PlaneOrientationSequence)) {
-      const auto iop = GetDoubles(orientation_item, DCM_ImageOrientationPatient, 6);
-      if (!iop) return error(absl::StrCat(where, " has an unreadable Image Orientation (Patient)"));
-      for (int i = 0; i < 3; ++i) {
-        if (std::abs((*iop)[i] - g.row_direction[i]) > 1e-3 ||
-            std::abs((*iop)[3 + i] - g.col_direction[i]) > 1e-3) {
-          return error(absl::StrCat(where, " is not in the plane of the series' slices"));
-        }
-      }
-    }
-
-    // 1. Source image references.
-    std::optional<int64_t> slice;
-    bool unresolved_reference =
-        false;  // a reference to a multi-frame instance without frame number
-    std::string missing;
-    DcmItem* derivation = GroupItem(item, shared, DCM_DerivationImageSequence);
-    DcmSequenceOfItems* sources = nullptr;
-    if (derivation != nullptr &&
-        derivation->findAndGetSequence(DCM_SourceImageSequence, sources).good() &&
-        sources != nullptr) {
-      for (unsigned long s = 0; s < sources->card() && !slice; ++s) {
-        DcmItem* ref = sources->getItem(s);
-        if (ref == nullptr) continue;
-        const std::string uid = GetString(*ref, DCM_ReferencedSOPInstanceUID);
-        auto instance = slice_by_instance.find(uid);
-        if (instance == slice_by_instance.end()) {
-          if (missing.empty()) missing = uid;
-          continue;
-        }
-        Sint32 frame_number = 0;
-        if (ref->findAndGetSint32(DCM_ReferencedFrameNumber, frame_number).good()) {
-          auto hit = instance->second.find(frame_number);
-          if (hit == instance->second.end()) {
-            return error(absl::StrCat(where, " references frame ", frame_number,
-                                      " of SOP Instance ", uid, " which is not in the series"));
-          }
-          slice = hit->second;
-        } else if (instance->second.size() == 1) {
-          slice = instance->second.begin()->second;
-        } else {
-          unresolved_reference = true;
-        }
-      }
-      if (!slice && !missing.empty() && !unresolved_reference) {
-        return error(absl::StrCat(where, " references SOP Instance ", missing,
-                                  " which is not in the series"));
-      }
-    }
-
-    // 2. Plane position.
-    if (!slice) {
-      const auto position = GetDoubles(GroupItem(item, shared, DCM_PlanePositionSequence),
-                                       DCM_ImagePositionPatient, 3);
-      if (!position) {
-        return error(absl::StrCat(
-            where, " has neither a usable source image reference nor a plane position"));
-      }
-      if (!seg_for.empty() && !source.frame_of_reference_uid.empty() &&
-          seg_for != source.frame_of_reference_uid) {
-        return error(
-            "its Frame of Reference UID differs from the series', so plane positions cannot be "
-            "matched");
-      }
-      double along = 0;
-      for (int i = 0; i < 3; ++i) along += ((*position)[i] - g.origin_mm[i]) * g.slice_direction[i];
-      const double k_real = along / g.slice_spacing_mm;
-      const int64_t k = static_cast<int64_t>(
-          std::llround(std::clamp(k_real, -1.0, static_cast<double>(g.slices))));
-      double distance2 = 0;
-      if (k >= 0 && k < g.slices) {
-        const std::array<double, 3> expected = SlicePosition(g, k);
-        for (int i = 0; i < 3; ++i)
-          distance2 += ((*position)[i] - expected[i]) * ((*position)[i] - expected[i]);
-      }
-      if (k < 0 || k >= g.slices || std::sqrt(distance2) > tolerance) {
-        return error(absl::StrCat(where, " at (", FormatDs((*position)[0]), ", ",
-                                  FormatDs((*position)[1]), ", ", FormatDs((*position)[2]),
-                                  ") mm lies on no slice of the series"));
-      }
-      slice = k;
-    }
-    targets.push_back(FrameTarget{segment_number, *slice, f});
+    ASSIGN_OR_RETURN(FrameTarget target, LocateFrame(item, shared, f, segments, matcher));
+    targets.push_back(target);
   }
+  return targets;
+}
 
-  // Paint, lowest segment number first so that later segments win where they overlap.
+// Paints the frames onto the source grid, lowest segment number first so that later
+// segments win where they overlap.
+LabelVolume PaintFrames(std::vector<FrameTarget> targets, const Uint8* pixels,
+                        const SegFormat& format, const std::map<Uint16, SegmentInfo>& segments,
+                        const VolumeGeometry& g) {
   std::stable_sort(targets.begin(), targets.end(), [](const FrameTarget& a, const FrameTarget& b) {
     return a.segment < b.segment;
   });
-  SegmentationLabels out;
-  out.labels = LabelVolume(g);
+  LabelVolume labels(g);
   const int64_t slice_size = g.slice_size();
+  const uint64_t frame_pixels = format.frame_pixels();
   for (const FrameTarget& t : targets) {
-    const uint8_t value = static_cast<uint8_t>(segments[t.segment].class_index);
-    uint8_t* slice = out.labels.voxels.data() + t.slice * slice_size;
+    const uint8_t value = static_cast<uint8_t>(segments.at(t.segment).class_index);
+    uint8_t* slice = labels.voxels.data() + t.slice * slice_size;
     const uint64_t first = t.frame * frame_pixels;
     for (uint64_t i = 0; i < frame_pixels; ++i) {
       bool inside;
-      if (fractional) {
-        inside = 2u * pixels[first + i] >= max_fraction;
+      if (format.fractional) {
+        inside = 2u * pixels[first + i] >= format.max_fraction;
       } else {
         const uint64_t bit = first + i;
         inside = (pixels[bit >> 3] >> (bit & 7)) & 1u;
@@ -869,10 +1020,38 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
       if (inside) slice[i] = value;
     }
   }
-  out.segment_labels = std::move(segment_labels);
+  return labels;
+}
+
+}  // namespace
+
+absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffer,
+                                                    const SeriesVolume& source,
+                                                    const std::vector<std::string>& class_names) {
+  const VolumeGeometry& g = source.image.geometry;
+  // Only the source's geometry and slices are read, never its voxels: a series checked
+  // without them (CheckSeriesFiles, an upload before it is committed) will do.
+  const bool voxels_fit = source.image.voxels.empty() || source.image.consistent();
+  if (g.slices <= 0 || g.rows <= 0 || g.cols <= 0 || !voxels_fit ||
+      source.slices.size() != static_cast<size_t>(g.slices)) {
+    return absl::InvalidArgumentError("ReadSegmentation: the source volume is inconsistent");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file,
+                   ParseDicom(seg_buffer.bytes, seg_buffer.name));
+  DcmDataset& ds = *file->getDataset();
+  const SegError error{EscapedDicomValue(ds, DCM_SOPInstanceUID)};
+  ASSIGN_OR_RETURN(const SegFormat format, ReadSegFormat(ds, g, error));
+  ASSIGN_OR_RETURN(Segments segments, ReadSegments(ds, class_names, error));
+  ASSIGN_OR_RETURN(const Uint8* pixels, ReadSegPixels(ds, format, error));
+  ASSIGN_OR_RETURN(std::vector<FrameTarget> targets,
+                   LocateFrames(ds, source, format.frames, segments.by_number, error));
+
+  SegmentationLabels out;
+  out.labels = PaintFrames(std::move(targets), pixels, format, segments.by_number, g);
+  out.segment_labels = std::move(segments.labels);
   out.sop_instance_uid = error.seg_uid;
-  if (DcmItem* series = FirstItem(&ds, DCM_ReferencedSeriesSequence)) {
-    out.referenced_series_instance_uid = GetString(*series, DCM_SeriesInstanceUID);
+  if (DcmItem* series = FirstSequenceItem(&ds, DCM_ReferencedSeriesSequence)) {
+    out.referenced_series_instance_uid = EscapedDicomValue(*series, DCM_SeriesInstanceUID);
   }
   return out;
 }

@@ -15,6 +15,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,6 +55,7 @@
 #include "core/dicom/dicom_util.h"
 #include "core/dicom/encapsulated.h"
 #include "core/dicom/jpeg2000.h"
+#include "core/dicom/patient_space.h"
 
 namespace miseg {
 namespace {
@@ -67,12 +69,6 @@ constexpr double kPixelSpacingTolerance = 1e-4;   // relative
 constexpr double kSliceSpacingTolerance = 0.01;   // relative: 1% of the series' spacing
 constexpr double kDuplicateTolerance_mm = 1e-3;   // two frames closer than this coincide
 constexpr double kInPlaneDriftTolerance = 0.1;    // fraction of a pixel (gantry tilt, shear)
-
-Vec3 Cross(const Vec3& a, const Vec3& b) {
-  return {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
-}
-double Dot(const Vec3& a, const Vec3& b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
-double Norm(const Vec3& a) { return std::sqrt(Dot(a, a)); }
 
 // How stored values become numbers: BitsAllocated / BitsStored / HighBit /
 // PixelRepresentation and whether the image is MONOCHROME1.
@@ -146,13 +142,6 @@ std::string Quote(absl::string_view text) { return absl::StrCat("'", SafeText(te
 
 std::string TagName(const DcmTagKey& tag) { return DicomTagName(tag); }
 
-// A string attribute, trimmed; empty when absent or not readable as a string.
-std::string GetString(DcmItem& item, const DcmTagKey& tag) {
-  OFString value;
-  if (item.findAndGetOFStringArray(tag, value).bad()) return "";
-  return std::string(absl::StripAsciiWhitespace(absl::string_view(value.c_str(), value.length())));
-}
-
 bool HasElement(DcmItem& item, const DcmTagKey& tag) {
   DcmElement* element = nullptr;
   return item.findAndGetElement(tag, element).good() && element != nullptr;
@@ -166,7 +155,7 @@ absl::StatusOr<std::optional<std::vector<double>>> GetNumbers(DcmItem& item,
                                                               size_t count,
                                                               const Instance& instance) {
   if (!HasElement(item, tag)) return std::nullopt;
-  const std::string text = GetString(item, tag);
+  const std::string text = TrimmedDicomValues(item, tag);
   if (text.empty()) return std::nullopt;
   std::vector<double> values;
   for (absl::string_view part : absl::StrSplit(text, '\\')) {
@@ -303,22 +292,6 @@ std::string TransferSyntaxUid(DcmFileFormat& file) {
   return id != nullptr ? id : "";
 }
 
-// Looks a functional-group macro up for one frame: the per-frame item first, then the shared
-// one (PS3.3 C.7.6.16: a macro sits in one or the other).
-DcmItem* FindMacro(DcmItem* per_frame, DcmItem* shared, const DcmTagKey& macro) {
-  DcmItem* item = nullptr;
-  if (per_frame != nullptr && per_frame->findAndGetSequenceItem(macro, item, 0).good() &&
-      item != nullptr) {
-    return item;
-  }
-  item = nullptr;
-  if (shared != nullptr && shared->findAndGetSequenceItem(macro, item, 0).good() &&
-      item != nullptr) {
-    return item;
-  }
-  return nullptr;
-}
-
 // Fills the geometry and rescale of one frame from `item` (the dataset itself, or a
 // functional-group macro's item), leaving what item lacks untouched.
 absl::Status ReadPosition(DcmItem& item, const Instance& instance, FrameInfo* frame) {
@@ -374,7 +347,7 @@ absl::Status ReadImageAttributes(const SeriesReaderLimits& limits, Instance* ins
     return Invalid(in, absl::StrCat("colour images are not supported (SamplesPerPixel ",
                                     *samples, ")"));
   }
-  const std::string photometric = GetString(ds, DCM_PhotometricInterpretation);
+  const std::string photometric = TrimmedDicomValues(ds, DCM_PhotometricInterpretation);
   if (photometric == "MONOCHROME1") {
     instance->format.monochrome1 = true;
   } else if (!photometric.empty() && photometric != "MONOCHROME2") {
@@ -418,7 +391,7 @@ absl::Status ReadImageAttributes(const SeriesReaderLimits& limits, Instance* ins
   format.is_signed = representation.value_or(0) == 1;
 
   // NumberOfFrames is an integer string; absent means one frame.
-  const std::string frames_text = GetString(ds, DCM_NumberOfFrames);
+  const std::string frames_text = TrimmedDicomValues(ds, DCM_NumberOfFrames);
   int64_t frames = 1;
   if (!frames_text.empty() && !absl::SimpleAtoi(frames_text, &frames)) {
     return Invalid(in, absl::StrCat("NumberOfFrames ", Quote(frames_text), " is not a number"));
@@ -442,9 +415,9 @@ absl::Status ReadImageAttributes(const SeriesReaderLimits& limits, Instance* ins
 void ReadLossy(absl::string_view syntax_uid, DcmPixelData& pixel_data, Instance* instance) {
   DcmDataset& ds = *instance->dataset;
   LossyCompression& lossy = instance->lossy;
-  lossy.lossy = GetString(ds, DCM_LossyImageCompression) == "01";
-  const std::string methods = GetString(ds, DCM_LossyImageCompressionMethod);
-  const std::string ratios = GetString(ds, DCM_LossyImageCompressionRatio);
+  lossy.lossy = TrimmedDicomValues(ds, DCM_LossyImageCompression) == "01";
+  const std::string methods = TrimmedDicomValues(ds, DCM_LossyImageCompressionMethod);
+  const std::string ratios = TrimmedDicomValues(ds, DCM_LossyImageCompressionRatio);
   // Values are bounded and escaped: they go into a SEG and the API.
   for (absl::string_view v : absl::StrSplit(methods, '\\', absl::SkipEmpty())) {
     if (lossy.methods.size() < 8) lossy.methods.push_back(SafeText(absl::StripAsciiWhitespace(v), 16));
@@ -466,14 +439,9 @@ void ReadLossy(absl::string_view syntax_uid, DcmPixelData& pixel_data, Instance*
   lossy.methods.push_back(step);
 }
 
-// Places every frame: per-frame and shared functional groups (enhanced objects), or the
-// top-level attributes (one frame, or a legacy multi-frame whose frames are spaced by
-// GridFrameOffsetVector or SpacingBetweenSlices along the normal).
-absl::Status ReadFrameGeometry(Instance* instance) {
-  DcmDataset& ds = *instance->dataset;
-  const Instance& in = *instance;
-
-  // Top-level attributes first: the defaults every frame starts from.
+// The top-level attributes of an instance: the defaults every frame starts from.
+absl::StatusOr<FrameInfo> ReadTopLevelGeometry(const Instance& in) {
+  DcmDataset& ds = *in.dataset;
   FrameInfo top;
   RETURN_IF_ERROR(ReadPosition(ds, in, &top));
   RETURN_IF_ERROR(ReadOrientation(ds, in, &top));
@@ -484,11 +452,89 @@ absl::Status ReadFrameGeometry(Instance* instance) {
     ASSIGN_OR_RETURN(std::optional<double> scaling, GetNumber(ds, DCM_DoseGridScaling, in));
     if (scaling) top.slope = *scaling;
   }
+  return top;
+}
 
-  DcmItem* shared = nullptr;
-  if (ds.findAndGetSequenceItem(DCM_SharedFunctionalGroupsSequence, shared, 0).bad()) {
-    shared = nullptr;
+// Overrides each frame's defaults with its functional groups (enhanced objects): per-frame
+// macros first, then shared ones. `per_frame` has one item per frame, or is null.
+absl::Status ReadFunctionalGroups(DcmSequenceOfItems* per_frame, DcmItem* shared,
+                                  Instance* instance) {
+  const Instance& in = *instance;
+  for (int64_t f = 0; f < in.frames; ++f) {
+    DcmItem* frame_item =
+        per_frame != nullptr ? per_frame->getItem(static_cast<unsigned long>(f)) : nullptr;
+    FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
+    if (in.frames > 1) frame.position.reset();  // one top-level position cannot be every frame's
+    if (DcmItem* item = FunctionalGroupMacro(frame_item, shared, DCM_PlanePositionSequence)) {
+      RETURN_IF_ERROR(ReadPosition(*item, in, &frame));
+    }
+    if (DcmItem* item = FunctionalGroupMacro(frame_item, shared, DCM_PlaneOrientationSequence)) {
+      RETURN_IF_ERROR(ReadOrientation(*item, in, &frame));
+    }
+    if (DcmItem* item = FunctionalGroupMacro(frame_item, shared, DCM_PixelMeasuresSequence)) {
+      RETURN_IF_ERROR(ReadMeasures(*item, in, &frame));
+    }
+    if (DcmItem* item =
+            FunctionalGroupMacro(frame_item, shared, DCM_PixelValueTransformationSequence)) {
+      RETURN_IF_ERROR(ReadRescale(*item, in, &frame));
+    }
   }
+  return absl::OkStatus();
+}
+
+// Where a legacy multi-frame's frames lie along the normal, relative to the first: by
+// GridFrameOffsetVector or SpacingBetweenSlices.
+absl::StatusOr<std::vector<double>> LegacyFrameOffsets(const Instance& in) {
+  DcmDataset& ds = *in.dataset;
+  std::vector<double> offsets;
+  // Held in its StatusOr, not moved out: GCC 12 at -O3 then warns of a maybe-uninitialized
+  // vector (a false positive) once this function is inlined.
+  const absl::StatusOr<std::optional<std::vector<double>>> grid =
+      GetNumbers(ds, DCM_GridFrameOffsetVector, static_cast<size_t>(in.frames), in);
+  if (!grid.ok()) return grid.status();
+  ASSIGN_OR_RETURN(std::optional<double> between, GetNumber(ds, DCM_SpacingBetweenSlices, in));
+  if (grid->has_value()) {
+    // RT Dose: offsets along the normal, relative to the first frame's (PS3.3 C.8.8.3.2).
+    const std::vector<double>& values = **grid;
+    for (double offset : values) offsets.push_back(offset - values[0]);
+  } else if (between && *between > 0.0) {
+    for (int64_t f = 0; f < in.frames; ++f) offsets.push_back(static_cast<double>(f) * *between);
+  } else {
+    return Invalid(in, absl::StrCat("multi-frame image of ", in.frames,
+                                    " frames with one ImagePositionPatient and neither "
+                                    "per-frame positions, GridFrameOffsetVector nor "
+                                    "SpacingBetweenSlices: cannot place frames 2.."));
+  }
+  return offsets;
+}
+
+// Legacy multi-frame with one position (`top`'s): frames step along the normal.
+absl::Status PlaceLegacyFrames(const FrameInfo& top, Instance* instance) {
+  const Instance& in = *instance;
+  const auto& o = *top.orientation;
+  Vec3 normal = Cross({o[0], o[1], o[2]}, {o[3], o[4], o[5]});
+  const double length = Norm(normal);
+  if (!(length > 1e-6)) return Invalid(in, "ImageOrientationPatient has parallel vectors");
+  for (double& v : normal) v /= length;
+  ASSIGN_OR_RETURN(const std::vector<double> offsets, LegacyFrameOffsets(in));
+  for (int64_t f = 0; f < in.frames; ++f) {
+    FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
+    for (int a = 0; a < 3; ++a) {
+      (*frame.position)[a] = (*top.position)[a] + offsets[static_cast<size_t>(f)] * normal[a];
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Places every frame: per-frame and shared functional groups (enhanced objects), or the
+// top-level attributes (one frame, or a legacy multi-frame whose frames are spaced by
+// GridFrameOffsetVector or SpacingBetweenSlices along the normal).
+absl::Status ReadFrameGeometry(Instance* instance) {
+  DcmDataset& ds = *instance->dataset;
+  const Instance& in = *instance;
+  ASSIGN_OR_RETURN(const FrameInfo top, ReadTopLevelGeometry(in));
+
+  DcmItem* shared = FirstSequenceItem(&ds, DCM_SharedFunctionalGroupsSequence);
   DcmSequenceOfItems* per_frame = nullptr;
   if (ds.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per_frame).bad()) {
     per_frame = nullptr;
@@ -500,57 +546,10 @@ absl::Status ReadFrameGeometry(Instance* instance) {
 
   instance->frame_info.assign(static_cast<size_t>(in.frames), top);
   if (per_frame != nullptr || shared != nullptr) {
-    for (int64_t f = 0; f < in.frames; ++f) {
-      DcmItem* frame_item =
-          per_frame != nullptr ? per_frame->getItem(static_cast<unsigned long>(f)) : nullptr;
-      FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
-      if (in.frames > 1) frame.position.reset();  // one top-level position cannot be every frame's
-      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PlanePositionSequence)) {
-        RETURN_IF_ERROR(ReadPosition(*item, in, &frame));
-      }
-      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PlaneOrientationSequence)) {
-        RETURN_IF_ERROR(ReadOrientation(*item, in, &frame));
-      }
-      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PixelMeasuresSequence)) {
-        RETURN_IF_ERROR(ReadMeasures(*item, in, &frame));
-      }
-      if (DcmItem* item = FindMacro(frame_item, shared, DCM_PixelValueTransformationSequence)) {
-        RETURN_IF_ERROR(ReadRescale(*item, in, &frame));
-      }
-    }
-    return absl::OkStatus();
+    return ReadFunctionalGroups(per_frame, shared, instance);
   }
-
   if (in.frames == 1 || !top.has_geometry()) return absl::OkStatus();
-
-  // Legacy multi-frame with one position: frames step along the normal.
-  const auto& o = *top.orientation;
-  Vec3 normal = Cross({o[0], o[1], o[2]}, {o[3], o[4], o[5]});
-  const double length = Norm(normal);
-  if (!(length > 1e-6)) return Invalid(in, "ImageOrientationPatient has parallel vectors");
-  for (double& v : normal) v /= length;
-  std::vector<double> offsets;
-  ASSIGN_OR_RETURN(auto grid, GetNumbers(ds, DCM_GridFrameOffsetVector,
-                                         static_cast<size_t>(in.frames), in));
-  ASSIGN_OR_RETURN(std::optional<double> between, GetNumber(ds, DCM_SpacingBetweenSlices, in));
-  if (grid) {
-    // RT Dose: offsets along the normal, relative to the first frame's (PS3.3 C.8.8.3.2).
-    for (double offset : *grid) offsets.push_back(offset - (*grid)[0]);
-  } else if (between && *between > 0.0) {
-    for (int64_t f = 0; f < in.frames; ++f) offsets.push_back(static_cast<double>(f) * *between);
-  } else {
-    return Invalid(in, absl::StrCat("multi-frame image of ", in.frames,
-                                    " frames with one ImagePositionPatient and neither "
-                                    "per-frame positions, GridFrameOffsetVector nor "
-                                    "SpacingBetweenSlices: cannot place frames 2.."));
-  }
-  for (int64_t f = 0; f < in.frames; ++f) {
-    FrameInfo& frame = instance->frame_info[static_cast<size_t>(f)];
-    for (int a = 0; a < 3; ++a) {
-      (*frame.position)[a] = (*top.position)[a] + offsets[static_cast<size_t>(f)] * normal[a];
-    }
-  }
-  return absl::OkStatus();
+  return PlaceLegacyFrames(top, instance);
 }
 
 absl::Status ShortPixelData(const Instance& instance, uint64_t available, uint64_t needed) {
@@ -608,6 +607,32 @@ struct ParseOutcome {
   std::string skip_reason;
 };
 
+// Reads the UIDs in `fields` into the instance. UIDs are checked where they are read
+// (PS3.5 9.1): a series never carries one that is not.
+absl::Status ReadUids(std::initializer_list<std::pair<DcmTagKey, std::string*>> fields,
+                      Instance* instance) {
+  for (auto [tag, field] : fields) {
+    absl::StatusOr<std::string> uid = DicomUid(*instance->dataset, tag, /*required=*/false);
+    if (!uid.ok()) return Invalid(*instance, uid.status().message());
+    *field = *uid;
+  }
+  return absl::OkStatus();
+}
+
+// Native pixel data can be measured before the volume is allocated for it; the size of
+// compressed data is only known once decoded.
+absl::Status CheckNativePixelLength(const Instance& instance, E_TransferSyntax syntax,
+                                    DcmElement& pixel_element) {
+  if (instance.jpeg2000 || DcmXfer(syntax).isEncapsulated()) return absl::OkStatus();
+  const uint64_t available = pixel_element.getLength();
+  const uint64_t needed = static_cast<uint64_t>(instance.rows) *
+                          static_cast<uint64_t>(instance.cols) *
+                          static_cast<uint64_t>(instance.frames) *
+                          static_cast<uint64_t>(instance.format.bytes_per_sample());
+  if (available < needed) return ShortPixelData(instance, available, needed);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t index,
                                            const SeriesReaderLimits& limits) {
   ASSIGN_OR_RETURN(std::unique_ptr<DcmFileFormat> file, source.Parse(index, limits));
@@ -617,13 +642,9 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
   instance->dataset = file->getDataset();
   instance->file = std::move(file);
   DcmDataset& ds = *instance->dataset;
-  // UIDs are checked where they are read (PS3.5 9.1): a series never carries one that is not.
-  absl::StatusOr<std::string> uid = DicomUid(ds, DCM_SOPInstanceUID, /*required=*/false);
-  if (!uid.ok()) return Invalid(*instance, uid.status().message());
-  instance->sop_instance_uid = *uid;
-  uid = DicomUid(ds, DCM_SOPClassUID, /*required=*/false);
-  if (!uid.ok()) return Invalid(*instance, uid.status().message());
-  instance->sop_class_uid = *uid;
+  RETURN_IF_ERROR(ReadUids({{DCM_SOPInstanceUID, &instance->sop_instance_uid},
+                            {DCM_SOPClassUID, &instance->sop_class_uid}},
+                           instance.get()));
 
   ParseOutcome outcome;
   if (IsNonImageSopClass(instance->sop_class_uid)) {
@@ -656,13 +677,10 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
                                            " (", xfer.getXferID(), ")"));
   }
 
-  for (auto [tag, field] : {std::pair{DCM_StudyInstanceUID, &instance->study_uid},
-                            std::pair{DCM_SeriesInstanceUID, &instance->series_uid},
-                            std::pair{DCM_FrameOfReferenceUID, &instance->frame_of_reference_uid}}) {
-    uid = DicomUid(ds, tag, /*required=*/false);
-    if (!uid.ok()) return Invalid(*instance, uid.status().message());
-    *field = *uid;
-  }
+  RETURN_IF_ERROR(ReadUids({{DCM_StudyInstanceUID, &instance->study_uid},
+                            {DCM_SeriesInstanceUID, &instance->series_uid},
+                            {DCM_FrameOfReferenceUID, &instance->frame_of_reference_uid}},
+                           instance.get()));
   // Text for the API: decoded by the Specific Character Set, escaped where it is not UTF-8.
   instance->modality = DicomText(ds, DCM_Modality, /*max_bytes=*/16);
   instance->series_description = DicomText(ds, DCM_SeriesDescription, /*max_bytes=*/256);
@@ -673,16 +691,7 @@ absl::StatusOr<ParseOutcome> ParseInstance(const InstanceSource& source, size_t 
                                            " is not supported (only 8 and 16)"));
   }
   ReadLossy(syntax_uid, *static_cast<DcmPixelData*>(pixel_element), instance.get());
-  // Native pixel data can be measured now, before the volume is allocated for it; the size
-  // of compressed data is only known once decoded.
-  if (!instance->jpeg2000 && !DcmXfer(syntax).isEncapsulated()) {
-    const uint64_t available = pixel_element->getLength();
-    const uint64_t needed = static_cast<uint64_t>(instance->rows) *
-                            static_cast<uint64_t>(instance->cols) *
-                            static_cast<uint64_t>(instance->frames) *
-                            static_cast<uint64_t>(instance->format.bytes_per_sample());
-    if (available < needed) return ShortPixelData(*instance, available, needed);
-  }
+  RETURN_IF_ERROR(CheckNativePixelLength(*instance, syntax, *pixel_element));
   RETURN_IF_ERROR(ReadFrameGeometry(instance.get()));
   outcome.instance = std::move(instance);
   return outcome;

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "core/dicom/dicom_series.h"
+#include "core/volume/dicom_series.h"
 
 namespace miseg {
 

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "core/common/status_macros.h"
 #include "core/dicom/dicom_util.h"
+#include "core/dicom/patient_space.h"
 
 namespace miseg {
 namespace {
@@ -45,14 +46,6 @@ std::string JoinDs(const std::vector<double>& values) {
 bool IsAscii(const std::string& s) {
   return std::all_of(s.begin(), s.end(),
                      [](char c) { return static_cast<unsigned char>(c) < 0x80; });
-}
-
-std::array<double, 3> Cross(const std::array<double, 3>& a, const std::array<double, 3>& b) {
-  return {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
-}
-
-double Dot(const std::array<double, 3>& a, const std::array<double, 3>& b) {
-  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
 }
 
 // How floats become stored 16-bit values; see the header for the error bound.
@@ -365,11 +358,7 @@ absl::StatusOr<std::vector<DicomBuffer>> WriteImageSeries(const ImageVolume& ima
   for (int64_t k = 0; k < g.slices; ++k) {
     const std::string sop_uid =
         DeterministicUid(absl::StrCat(c.series_uid, "/slice/", k), info.uid_root);
-    std::array<double, 3> position;
-    for (int i = 0; i < 3; ++i) {
-      position[i] =
-          g.origin_mm[i] + static_cast<double>(k) * g.slice_spacing_mm * g.slice_direction[i];
-    }
+    const std::array<double, 3> position = SlicePosition(g, k);
     const std::array<std::string, 3> position_ds = {FormatDs(position[0]), FormatDs(position[1]),
                                                     FormatDs(position[2])};
     DcmFileFormat file;

@@ -70,6 +70,9 @@ absl::Status TrainerConfig::Validate() const {
   if (absl::Status s = ValidateModelSpec(model); !s.ok()) return s;
   if (device.empty()) return Bad("device", "must not be empty");
   if (threads < 0 || threads > 1024) return Bad("threads", "must be in [0, 1024]");
+  if (prefetch_batches < 0 || prefetch_batches > 64) {
+    return Bad("prefetch_batches", "must be in [0, 64]");
+  }
   if (labeled_batch < 1 || labeled_batch > 4096) return Bad("labeled_batch", "must be in [1, 4096]");
   if (unlabeled_batch < 0 || unlabeled_batch > 4096) {
     return Bad("unlabeled_batch", "must be in [0, 4096]");

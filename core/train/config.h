@@ -115,6 +115,10 @@ struct TrainerConfig {
   // CUDA only: forward passes in bfloat16 autocast, losses in float32
   // (core/train/mixed_precision.h). Ignored on the CPU.
   bool cuda_bf16 = true;
+  // Steps whose batches a loader thread prepares ahead of the step being trained (sampling,
+  // augmentation, perturbation; core/train/prefetcher.h): the same batches in the same
+  // order from the same generators, only earlier. 0 prepares each on the training thread.
+  int prefetch_batches = 2;
 
   // Checks ranges and combinations; InvalidArgument naming the first bad field.
   absl::Status Validate() const;

@@ -18,6 +18,7 @@
 #include "core/train/perturbation.h"
 #include "core/train/preprocess.h"
 #include "core/train/segment_prepared.h"
+#include "core/train/slice_batcher.h"
 #include "core/train/torch_status.h"
 
 namespace miseg {
@@ -42,6 +43,16 @@ absl::Status LoadTorchScript(const std::string& path, const torch::Device& devic
   return absl::OkStatus();
 }
 
+// The network Segment runs on a normalised slice batch: the frozen U-Net or the module.
+ForwardFn NetworkForward(const ModelFormat format, torch::jit::Module* scripted,
+                         const FrozenUNet* frozen) {
+  if (format == ModelFormat::kTorchScript) {
+    // A scripted module's forward may run on several threads at once (eval mode, read only).
+    return [scripted](const torch::Tensor& x) { return scripted->forward({x}).toTensor(); };
+  }
+  return [frozen](const torch::Tensor& x) { return frozen->forward(x); };
+}
+
 }  // namespace
 
 struct Segmenter::State {
@@ -51,6 +62,9 @@ struct Segmenter::State {
   torch::jit::Module scripted;  // kTorchScript
   // kMiseg: what Segment runs, the U-Net with batch norm folded (core/train/frozen_unet.h).
   std::optional<FrozenUNet> frozen;
+  // With options.max_batch_slices > 0: Segment's forwards go through it. Last: it calls
+  // the networks above.
+  std::unique_ptr<SliceBatcher> batcher;
 };
 
 Segmenter::Segmenter(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -59,6 +73,9 @@ Segmenter::~Segmenter() = default;
 absl::StatusOr<std::unique_ptr<Segmenter>> Segmenter::Load(const std::string& model_path,
                                                           const InferenceOptions& options) {
   if (options.batch_slices < 1) return absl::InvalidArgumentError("batch_slices must be >= 1");
+  if (options.max_batch_slices < 0 || options.batch_wait_ms < 0) {
+    return absl::InvalidArgumentError("max_batch_slices and batch_wait_ms must be >= 0");
+  }
   auto state = std::make_unique<State>();
   state->options = options;
   auto device = ResolveDevice(options.device);
@@ -67,15 +84,24 @@ absl::StatusOr<std::unique_ptr<Segmenter>> Segmenter::Load(const std::string& mo
   if (options.format == ModelFormat::kTorchScript) {
     RETURN_IF_ERROR(
         LoadTorchScript(model_path, state->device, &state->loaded.spec, &state->scripted));
-    return std::unique_ptr<Segmenter>(new Segmenter(std::move(state)));
+  } else {
+    auto loaded = LoadModel(model_path, state->device);
+    if (!loaded.ok()) return loaded.status();
+    state->loaded = std::move(*loaded);
+    RETURN_IF_ERROR(GuardTorch("freezing the model", absl::StatusCode::kInternal, [&] {
+      state->frozen = FrozenUNet::Fold(state->loaded.model, PrefersChannelsLast(state->device));
+      return absl::OkStatus();
+    }));
   }
-  auto loaded = LoadModel(model_path, state->device);
-  if (!loaded.ok()) return loaded.status();
-  state->loaded = std::move(*loaded);
-  RETURN_IF_ERROR(GuardTorch("freezing the model", absl::StatusCode::kInternal, [&] {
-    state->frozen = FrozenUNet::Fold(state->loaded.model, PrefersChannelsLast(state->device));
-    return absl::OkStatus();
-  }));
+  if (options.max_batch_slices > 0) {
+    SliceBatcher::Options batching;
+    batching.max_slices = options.max_batch_slices;
+    batching.wait = absl::Microseconds(options.batch_wait_ms * 1000);
+    batching.on_batch = options.on_batch;
+    state->batcher = std::make_unique<SliceBatcher>(
+        NetworkForward(options.format, &state->scripted, state->frozen ? &*state->frozen : nullptr),
+        std::move(batching));
+  }
   return std::unique_ptr<Segmenter>(new Segmenter(std::move(state)));
 }
 
@@ -87,17 +113,14 @@ absl::StatusOr<LabelVolume> Segmenter::Segment(const ImageVolume& image) const {
   LabelVolume labels;
   const InferenceOptions& options = state_->options;
   absl::Status status = GuardTorch("segmenting", absl::StatusCode::kInternal, [&] {
-    if (options.format == ModelFormat::kTorchScript) {
-      // A scripted module's forward may run on several threads at once (eval mode, read only).
-      torch::jit::Module& module = state_->scripted;
-      labels = SegmentPrepared(
-          [&module](const torch::Tensor& x) { return module.forward({x}).toTensor(); },
-          *prepared, state_->device, options.batch_slices, options.flip_tta);
-    } else {
-      const FrozenUNet& frozen = *state_->frozen;
-      labels = SegmentPrepared([&frozen](const torch::Tensor& x) { return frozen.forward(x); },
-                               *prepared, state_->device, options.batch_slices, options.flip_tta);
-    }
+    SliceBatcher* batcher = state_->batcher.get();
+    const ForwardFn forward =
+        batcher != nullptr
+            ? ForwardFn([batcher](const torch::Tensor& x) { return batcher->Run(x); })
+            : NetworkForward(options.format, &state_->scripted,
+                             state_->frozen ? &*state_->frozen : nullptr);
+    labels =
+        SegmentPrepared(forward, *prepared, state_->device, options.batch_slices, options.flip_tta);
     return absl::OkStatus();
   });
   if (!status.ok()) return status;

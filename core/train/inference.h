@@ -4,6 +4,7 @@
 #define MISEG_CORE_TRAIN_INFERENCE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,14 @@ struct InferenceOptions {
   bool flip_tta = false;      // average the predictions of the identity and the three flips
   // Last, so that callers initialising the fields above in order keep compiling.
   ModelFormat format = ModelFormat::kMiseg;
+  // Dynamic batching across concurrent Segment calls (core/train/slice_batcher.h): the
+  // batch_slices-slice batches of calls running at once go through one forward of at most
+  // max_batch_slices slices, the oldest waiting at most batch_wait_ms for others. Each
+  // call's labels are the ones it gets alone (logits to one float ulp: slice_batcher.h).
+  // 0: off, each call runs its own forwards.
+  int64_t max_batch_slices = 0;
+  double batch_wait_ms = 0;
+  std::function<void(int64_t slices)> on_batch;  // with batching: each forward's slices
 };
 
 // A loaded model, ready to segment. Segment is const and safe to call from several threads

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <sstream>
@@ -23,6 +25,7 @@
 #include "core/train/model_io.h"
 #include "core/train/segment_prepared.h"
 #include "core/train/perturbation.h"
+#include "core/train/prefetcher.h"
 #include "core/train/preprocess.h"
 #include "core/train/torch_status.h"
 
@@ -126,6 +129,36 @@ absl::Status ValidateParallel(const DataParallel& p) {
   return absl::OkStatus();
 }
 
+// The volumes of one role on the model grid, appended to out; InvalidArgument naming the
+// volume that has no labels where they are needed, or cannot be prepared.
+absl::Status PrepareVolumes(const std::vector<TrainingVolume>& volumes, const char* role,
+                            bool needs_labels, const ModelSpec& spec,
+                            std::vector<PreparedVolume>& out) {
+  for (const TrainingVolume& v : volumes) {
+    if (needs_labels && !v.labels.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(role, " volume '", v.id, "' has no labels"));
+    }
+    auto prepared = PrepareVolume(v.image, needs_labels ? &*v.labels : nullptr, spec);
+    if (!prepared.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(role, " volume '", v.id, "': ", prepared.status().message()));
+    }
+    out.push_back(std::move(*prepared));
+  }
+  return absl::OkStatus();
+}
+
+// Every slice of the volumes, volume by volume.
+std::vector<SliceRef> SliceRefs(const std::vector<PreparedVolume>& volumes) {
+  std::vector<SliceRef> slices;
+  for (size_t v = 0; v < volumes.size(); ++v) {
+    for (int64_t s = 0; s < volumes[v].images.size(0); ++s) {
+      slices.push_back({static_cast<int32_t>(v), static_cast<int32_t>(s)});
+    }
+  }
+  return slices;
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -222,10 +255,10 @@ struct Trainer::State {
 
   // The generators of the step about to run; `shared` and `local` are the caller's storage
   // for the data-parallel ones.
-  StepRandom RandomForStep(std::mt19937_64& shared, std::mt19937_64& local) {
+  StepRandom RandomForStep(int64_t at_step, std::mt19937_64& shared, std::mt19937_64& local) {
     if (!distributed()) return {&rng, &rng, &noise_generator};
-    shared.seed(StreamSeed(stream_seed, step, 0));
-    local.seed(StreamSeed(stream_seed, step, 1 + static_cast<uint64_t>(parallel.rank)));
+    shared.seed(StreamSeed(stream_seed, at_step, 0));
+    local.seed(StreamSeed(stream_seed, at_step, 1 + static_cast<uint64_t>(parallel.rank)));
     std::lock_guard<std::mutex> lock(noise_generator.mutex());
     noise_generator.set_current_seed(local());
     return {&shared, &local, &noise_generator};
@@ -250,6 +283,51 @@ struct Trainer::State {
     u.perturbed = PerturbIntensity(ApplyDihedral(u.transforms, u.x), intensity_perturbation,
                                    *random.local, *random.noise);
     return u;
+  }
+
+  // One step's batches, drawn before the step runs (on the loader thread when
+  // config.prefetch_batches > 0), with the state of the trainer's generators before the draws.
+  struct StepBatches {
+    Batch labeled;
+    torch::Tensor labeled_input;  // labeled.images on the device
+    UnlabeledBatch unlabeled;     // empty when the unsupervised branch is off
+    std::mt19937_64 rng_before;
+    torch::Tensor noise_before;
+  };
+
+  // The draws of step `at_step` (0-based), in the order the step always made them. During Run
+  // only the thread calling this touches rng and noise_generator.
+  StepBatches PrepareStep(int64_t at_step) {
+    StepBatches b;
+    b.rng_before = rng;
+    b.noise_before = noise_generator.get_state();
+    std::mt19937_64 shared_rng, local_rng;
+    const StepRandom random = RandomForStep(at_step, shared_rng, local_rng);
+    b.labeled = Sample(labeled_slices, labeled, config.labeled_batch, /*with_labels=*/true, random);
+    b.labeled_input = ToDevice(b.labeled.images, device);
+    if (UnsupervisedActive()) b.unlabeled = SampleUnlabeled(config.unlabeled_batch, random);
+    return b;
+  }
+
+  // The batches of the next `count` steps from a loader thread, config.prefetch_batches
+  // ahead of the training thread; null (prepare each step in place) when prefetching is off.
+  std::unique_ptr<Prefetcher<StepBatches>> StartLoader(int64_t count) {
+    if (config.prefetch_batches == 0 || count <= 0) return nullptr;
+    return std::make_unique<Prefetcher<StepBatches>>(
+        [this, first = step](int64_t i) { return PrepareStep(first + i); }, count,
+        static_cast<size_t>(config.prefetch_batches));
+  }
+
+  // Stops the loader. Batches drawn for steps that did not run (cancelled, failed) give
+  // their draws back: the generators return to their state before the first of them, so a
+  // later Run or checkpoint continues exactly as without prefetching.
+  void StopLoader(std::unique_ptr<Prefetcher<StepBatches>>& loader) {
+    if (!loader) return;
+    std::deque<StepBatches> unused = loader->Stop();
+    loader.reset();
+    if (unused.empty()) return;
+    rng = unused.front().rng_before;
+    noise_generator.set_state(unused.front().noise_before);
   }
 
   // A forward pass of net (the model or the teacher): the network in bf16 autocast on CUDA
@@ -312,24 +390,19 @@ struct Trainer::State {
     if (distributed()) BroadcastFromRankZero(teacher->buffers());
   }
 
-  StepMetrics TrainStep() {
+  StepMetrics TrainStep(const StepBatches& batches) {
     const TrainerConfig& c = config;
-    std::mt19937_64 shared_rng, local_rng;
-    const StepRandom random = RandomForStep(shared_rng, local_rng);
-    Batch labeled_batch =
-        Sample(labeled_slices, labeled, c.labeled_batch, /*with_labels=*/true, random);
+    const Batch& labeled_batch = batches.labeled;
+    const UnlabeledBatch& unlabeled_batch = batches.unlabeled;
     const bool unsupervised = UnsupervisedActive();
     const int64_t nl = c.labeled_batch;
     const int64_t nu = unsupervised ? c.unlabeled_batch : 0;
-    const torch::Tensor labeled_input = ToDevice(labeled_batch.images, device);
-    UnlabeledBatch unlabeled_batch;
-    if (unsupervised) unlabeled_batch = SampleUnlabeled(nu, random);
     model->train();
     // Labeled slices get a forward pass of their own, so the batch-norm statistics the
     // supervised loss trains under are those of labeled data alone; concatenating them with
     // the unlabeled slices was measured to wreck eval-mode Dice on the phantom (bench/RESULTS.md).
     const torch::Tensor supervised = SupervisedLoss(
-        Forward(model, labeled_input), ToDevice(labeled_batch.labels, device), c.dice_weight);
+        Forward(model, batches.labeled_input), ToDevice(labeled_batch.labels, device), c.dice_weight);
     torch::Tensor loss = supervised;
     StepMetrics m;
     m.unsupervised_weight = RampUpWeight(step, c.rampup_steps);
@@ -357,6 +430,47 @@ struct Trainer::State {
     m.supervised = supervised.item<double>();
     m.slices_per_second = static_cast<double>(nl + 2 * nu);  // per step; scaled by caller
     return m;
+  }
+
+  // ---- Building (Create) ----
+
+  absl::Status PrepareData(const TrainingData& data) {
+    const ModelSpec& spec = config.model;
+    if (absl::Status s = PrepareVolumes(data.labeled, "labeled", true, spec, labeled); !s.ok()) return s;
+    if (absl::Status s = PrepareVolumes(data.unlabeled, "unlabeled", false, spec, unlabeled); !s.ok()) return s;
+    if (absl::Status s = PrepareVolumes(data.validation, "validation", true, spec, validation); !s.ok()) return s;
+    for (const TrainingVolume& v : data.validation) validation_truth.push_back(*v.labels);
+    return absl::OkStatus();
+  }
+
+  void IndexSlices() {
+    labeled_slices = SliceRefs(labeled);
+    if (config.unlabeled_includes_labeled) {
+      // Labeled images join the unlabeled stream: the regulariser sees every training slice.
+      for (PreparedVolume v : labeled) {
+        v.labels = torch::Tensor();
+        unlabeled.push_back(std::move(v));
+      }
+    }
+    unlabeled_slices = SliceRefs(unlabeled);
+  }
+
+  void BuildModel() {
+    if (config.threads > 0) at::set_num_threads(config.threads);
+    // Every random draw of a trainer comes from generators it owns, all seeded from
+    // config.seed; LibTorch's global generator would be shared with every other trainer
+    // of the process. The construction's own draws from it are overwritten at once.
+    rng.seed(config.seed);
+    noise_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed ^ 0x9E3779B97F4A7C15ULL);
+    at::Generator init_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed);
+    model = UNet(UNetOptionsFor(config.model));
+    model->InitializeParameters(init_generator);
+    model->to(device);
+    if (config.objective == Objective::kMeanTeacher) teacher = CopyOfModel();
+    ApplyMemoryLayout();
+    optimizer = std::make_unique<torch::optim::Adam>(
+        model->parameters(),
+        torch::optim::AdamOptions(config.learning_rate).weight_decay(config.weight_decay));
   }
 
   // ---- Data parallel (every method below is a collective when distributed()) ----
@@ -612,64 +726,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const TrainerConfig& co
   if (!device.ok()) return device.status();
   state->device = *device;
 
-  const auto prepare = [&](const std::vector<TrainingVolume>& volumes, const char* role,
-                           bool needs_labels, std::vector<PreparedVolume>& out) -> absl::Status {
-    for (const TrainingVolume& v : volumes) {
-      if (needs_labels && !v.labels.has_value()) {
-        return absl::InvalidArgumentError(absl::StrCat(role, " volume '", v.id, "' has no labels"));
-      }
-      auto prepared = PrepareVolume(v.image, needs_labels ? &*v.labels : nullptr, config.model);
-      if (!prepared.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(role, " volume '", v.id, "': ", prepared.status().message()));
-      }
-      out.push_back(std::move(*prepared));
-    }
-    return absl::OkStatus();
-  };
-  absl::Status status = GuardTorch("preparing training data", absl::StatusCode::kInternal, [&] {
-    if (absl::Status s = prepare(data.labeled, "labeled", true, state->labeled); !s.ok()) return s;
-    if (absl::Status s = prepare(data.unlabeled, "unlabeled", false, state->unlabeled); !s.ok()) return s;
-    if (absl::Status s = prepare(data.validation, "validation", true, state->validation); !s.ok()) return s;
-    for (const TrainingVolume& v : data.validation) state->validation_truth.push_back(*v.labels);
-    return absl::OkStatus();
-  });
+  absl::Status status = GuardTorch("preparing training data", absl::StatusCode::kInternal,
+                                   [&] { return state->PrepareData(data); });
   if (!status.ok()) return status;
-
-  for (size_t v = 0; v < state->labeled.size(); ++v) {
-    for (int64_t s = 0; s < state->labeled[v].images.size(0); ++s) {
-      state->labeled_slices.push_back({static_cast<int32_t>(v), static_cast<int32_t>(s)});
-    }
-  }
-  if (config.unlabeled_includes_labeled) {
-    // Labeled images join the unlabeled stream: the regulariser sees every training slice.
-    for (PreparedVolume v : state->labeled) {
-      v.labels = torch::Tensor();
-      state->unlabeled.push_back(std::move(v));
-    }
-  }
-  for (size_t v = 0; v < state->unlabeled.size(); ++v) {
-    for (int64_t s = 0; s < state->unlabeled[v].images.size(0); ++s) {
-      state->unlabeled_slices.push_back({static_cast<int32_t>(v), static_cast<int32_t>(s)});
-    }
-  }
-
+  state->IndexSlices();
   status = GuardTorch("building the model", absl::StatusCode::kInternal, [&] {
-    if (config.threads > 0) at::set_num_threads(config.threads);
-    // Every random draw of a trainer comes from generators it owns, all seeded from
-    // config.seed; LibTorch's global generator would be shared with every other trainer
-    // of the process. The construction's own draws from it are overwritten at once.
-    state->rng.seed(config.seed);
-    state->noise_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed ^ 0x9E3779B97F4A7C15ULL);
-    at::Generator init_generator = at::make_generator<at::CPUGeneratorImpl>(config.seed);
-    state->model = UNet(UNetOptionsFor(config.model));
-    state->model->InitializeParameters(init_generator);
-    state->model->to(state->device);
-    if (config.objective == Objective::kMeanTeacher) state->teacher = state->CopyOfModel();
-    state->ApplyMemoryLayout();
-    state->optimizer = std::make_unique<torch::optim::Adam>(
-        state->model->parameters(),
-        torch::optim::AdamOptions(config.learning_rate).weight_decay(config.weight_decay));
+    state->BuildModel();
     return absl::OkStatus();
   });
   if (!status.ok()) return status;
@@ -682,7 +744,10 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
   State& s = *state_;
   const TrainerConfig& c = s.config;
   RunOutcome outcome = RunOutcome::kFinished;
+  std::unique_ptr<Prefetcher<State::StepBatches>> loader;
   absl::Status status = GuardStep("training step", [&] {
+    const int64_t remaining = c.total_steps - s.step;
+    loader = s.StartLoader(max_steps >= 0 ? std::min(max_steps, remaining) : remaining);
     Clock::time_point window_start = Clock::now();
     int64_t window_steps = 0;
     double window_allreduce_seconds = 0;
@@ -696,7 +761,7 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
         outcome = RunOutcome::kStepLimit;
         return absl::OkStatus();
       }
-      StepMetrics m = s.TrainStep();
+      StepMetrics m = s.TrainStep(loader ? loader->Next() : s.PrepareStep(s.step));
       ++steps_run;
       ++window_steps;
       window_allreduce_seconds += m.allreduce_seconds;
@@ -727,7 +792,12 @@ absl::StatusOr<RunOutcome> Trainer::Run(const TrainerCallbacks& callbacks,
     outcome = RunOutcome::kFinished;
     return absl::OkStatus();
   });
+  const absl::Status stopped = GuardTorch("stopping the loader", absl::StatusCode::kInternal, [&] {
+    s.StopLoader(loader);
+    return absl::OkStatus();
+  });
   if (!status.ok()) return status;
+  if (!stopped.ok()) return stopped;
   return outcome;
 }
 

@@ -4,8 +4,9 @@
 // (as Orthanc's jobs): Run advances it, SaveCheckpoint / LoadCheckpoint persist everything
 // that determines the next step, so a resumed run continues exactly as if never stopped.
 //
-// Torch-free header. Thread safety: one thread drives a Trainer; `cancel` may be set from
-// any thread and is honoured between steps. Trainers on different threads are independent:
+// Torch-free header. Thread safety: one thread drives a Trainer (during Run a loader thread
+// of its own draws the next steps' batches ahead, config.prefetch_batches); `cancel` may be
+// set from any thread and is honoured between steps. Trainers on different threads are independent:
 // every random draw (initial weights, sampling, augmentation, perturbations, noise) comes
 // from generators the trainer owns, seeded from config.seed and saved in checkpoints, never
 // from LibTorch's global generator. (config.threads still sets LibTorch's intra-op thread

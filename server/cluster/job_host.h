@@ -21,7 +21,7 @@
 #include "absl/time/time.h"
 #include "miseg/v1/miseg.pb.h"
 #include "server/cluster/scheduler.h"
-#include "server/metrics.h"
+#include "server/metrics/metrics.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 

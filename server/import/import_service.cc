@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
-#include "server/enum_maps.h"
-#include "server/unary_handler.h"
+#include "server/edge/enum_maps.h"
+#include "server/edge/unary_handler.h"
 
 namespace miseg {
 namespace {

@@ -8,7 +8,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "server/import/importer.h"
-#include "server/services.h"
+#include "server/edge/services.h"
 
 namespace miseg {
 

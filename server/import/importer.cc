@@ -12,7 +12,7 @@
 #include "core/common/status_macros.h"
 #include "core/dicom/instance_info.h"
 #include "server/import/source_client.h"
-#include "server/ingest.h"
+#include "server/domain/ingest.h"
 #include "server/log.h"
 #include "server/store/file_store.h"
 

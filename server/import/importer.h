@@ -5,7 +5,7 @@
 // it stopped without fetching anything twice. A labeled (or validation) import fetches the
 // study's DICOM SEGs first and keeps the series they reference (and the SEG of the series
 // asked for). Once everything is fetched the study is checked and stored exactly as an
-// upload is (server/ingest.h), so the same refusals apply and importing again stores
+// upload is (server/domain/ingest.h), so the same refusals apply and importing again stores
 // nothing twice: instances already in the dataset are not even fetched.
 //
 // Thread safety: every public method may be called from any thread (gRPC's). Imports run
@@ -27,7 +27,7 @@
 #include "server/import/import_sources.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
-#include "server/work_pool.h"
+#include "server/domain/work_pool.h"
 
 namespace miseg {
 

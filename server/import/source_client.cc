@@ -9,9 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/common/status_macros.h"
+#include "core/dicom/net/http_client.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
-#include "server/dicom_node/http_client.h"
 
 namespace miseg {
 namespace {

@@ -13,7 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "server/dicom_node/dicom_retrieve.h"
+#include "core/dicom/net/dicom_retrieve.h"
 #include "server/import/import_sources.h"
 
 namespace miseg {

@@ -78,6 +78,14 @@ absl::Status FsyncDirectory(const std::string& dir) {
   return absl::OkStatus();
 }
 
+absl::Status FsyncFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  Fd closer(fd);
+  if (::fsync(fd) != 0) return ErrnoError(errno, "cannot fsync", path);
+  return absl::OkStatus();
+}
+
 bool IsHash(absl::string_view hash) {
   return IsObjectHash(std::string_view(hash.data(), hash.size()));
 }
@@ -280,11 +288,9 @@ absl::Status StagedFile::Finish() {
   }
   const int fd = fd_;
   fd_ = -1;
-  if (::fsync(fd) != 0) {
-    absl::Status status = ErrnoError(errno, "cannot fsync", path_);
-    ::close(fd);
-    return status;
-  }
+  // No fsync here: most staged files are temporaries (a Segment call's series and its SEG,
+  // about 4 ms of fsync each on our disks, bench/RESULTS.md); Commit makes a file durable
+  // before it becomes an object.
   if (::close(fd) != 0) return ErrnoError(errno, "cannot close", path_);
   hash_ = context_->sha.Final();
   context_.reset();  // an upload keeps many finished files: only their names and hashes
@@ -314,8 +320,11 @@ absl::StatusOr<std::string> FileStore::Commit(StagedFile& file) {
     if (::unlink(file.path_.c_str()) != 0 && errno != ENOENT) {
       return ErrnoError(errno, "cannot remove", file.path_);
     }
-  } else if (::rename(file.path_.c_str(), target.c_str()) != 0) {
-    return ErrnoError(errno, "cannot rename into", target);
+  } else {
+    RETURN_IF_ERROR(FsyncFile(file.path_));  // the bytes on disk before the name points at them
+    if (::rename(file.path_.c_str(), target.c_str()) != 0) {
+      return ErrnoError(errno, "cannot rename into", target);
+    }
   }
   file.path_ = target;
   file.committed_ = true;

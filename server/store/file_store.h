@@ -53,7 +53,8 @@ class StagedFile {
   // Writes bytes at the end of the file. FailedPrecondition after Finish; the disk's errors
   // otherwise (ResourceExhausted when it is full).
   absl::Status Append(std::string_view bytes);
-  // Flush + fsync + close; hash() is valid afterwards. FailedPrecondition when called twice.
+  // Close; hash() is valid afterwards. FailedPrecondition when called twice. Not fsynced:
+  // Commit does that, so temporaries (a Segment call's files) never wait on the disk.
   absl::Status Finish();
   // Where the bytes are (readable after Finish); after Commit, the object's path.
   const std::string& path() const { return path_; }
@@ -84,7 +85,7 @@ class FileStore {
 
   // A new empty file under staging/. Thread safe.
   absl::StatusOr<std::unique_ptr<StagedFile>> Stage();
-  // Moves a finished staged file to objects/<hash> (rename, then fsync of the directory; if
+  // Moves a finished staged file to objects/<hash> (fsync, rename, fsync of the directory; if
   // the object is present already and intact, the temporary is dropped instead; a damaged
   // one is replaced). Returns the hash.
   // FailedPrecondition for a file not finished or already committed. Thread safe for

@@ -641,6 +641,102 @@ absl::StatusOr<std::vector<std::string>> Store::ExistingInstances(
   return out;
 }
 
+namespace {
+
+// AlreadyExists when the dataset holds the series or any of its instances already;
+// InvalidArgument when the study names an instance twice.
+absl::Status CheckStudyIsNew(sqlite3* db, const StudyRecord& study) {
+  {
+    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                           "SELECT 1 FROM studies WHERE dataset_id = ?1 "
+                                           "AND series_instance_uid = ?2"));
+    s.Bind(1, study.dataset_id).BindText(2, study.series_instance_uid);
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row) {
+      return absl::AlreadyExistsError(absl::StrCat("series ", study.series_instance_uid,
+                                                   " already exists in dataset ",
+                                                   study.dataset_id));
+    }
+  }
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                         "SELECT 1 FROM instances WHERE dataset_id = ?1 "
+                                         "AND sop_instance_uid = ?2"));
+  std::set<std::string> seen;
+  for (const InstanceRecord& instance : study.instances) {
+    if (!seen.insert(instance.sop_instance_uid).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "instance ", instance.sop_instance_uid, " appears twice in the study"));
+    }
+    s.Reset();
+    s.Bind(1, study.dataset_id).BindText(2, instance.sop_instance_uid);
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row) {
+      return absl::AlreadyExistsError(absl::StrCat("instance ", instance.sop_instance_uid,
+                                                   " already exists in dataset ",
+                                                   study.dataset_id));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The study's row; returns its id.
+absl::StatusOr<int64_t> InsertStudyRow(sqlite3* db, const StudyRecord& study) {
+  ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db,
+                                         "INSERT INTO studies (dataset_id, role, "
+                                         "study_instance_uid, series_instance_uid, modality, "
+                                         "num_slices, num_rows, num_columns, "
+                                         "segmentation_sop_instance_uid, created_unix_ms, "
+                                         "series_description, lossy_compressed, "
+                                         "lossy_compression_method) "
+                                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+                                         "?11, ?12, ?13)"));
+  s.Bind(1, study.dataset_id)
+      .Bind(2, static_cast<int64_t>(study.role))
+      .BindText(3, study.study_instance_uid)
+      .BindText(4, study.series_instance_uid)
+      .BindText(5, study.modality)
+      .Bind(6, static_cast<int64_t>(study.slices))
+      .Bind(7, static_cast<int64_t>(study.rows))
+      .Bind(8, static_cast<int64_t>(study.columns))
+      .BindText(9, study.segmentation_sop_instance_uid)
+      .Bind(10, NowUnixMs())
+      .BindText(11, study.series_description)
+      .Bind(12, static_cast<int64_t>(study.lossy_compressed ? 1 : 0))
+      .BindText(13, study.lossy_compression_method);
+  RETURN_IF_ERROR(s.Run());
+  return sqlite3_last_insert_rowid(db);
+}
+
+// The study's instances; the ingest stored (and checked) their objects anew, so a
+// quarantined hash among them is whole again.
+absl::Status InsertInstanceRows(sqlite3* db, const StudyRecord& study, int64_t study_id) {
+  ASSIGN_OR_RETURN(Stmt insert, Stmt::Prepare(db,
+                                              "INSERT INTO instances (dataset_id, "
+                                              "sop_instance_uid, study_id, object_hash, "
+                                              "size_bytes, is_segmentation) VALUES (?1, ?2, "
+                                              "?3, ?4, ?5, ?6)"));
+  for (const InstanceRecord& instance : study.instances) {
+    insert.Reset();
+    insert.Bind(1, study.dataset_id)
+        .BindText(2, instance.sop_instance_uid)
+        .Bind(3, study_id)
+        .BindText(4, instance.object_hash)
+        .Bind(5, instance.size_bytes)
+        .Bind(6, static_cast<int64_t>(instance.is_segmentation ? 1 : 0));
+    RETURN_IF_ERROR(insert.Run());
+  }
+  ASSIGN_OR_RETURN(Stmt healed, Stmt::Prepare(db, "DELETE FROM quarantined_objects "
+                                                  "WHERE object_hash = ?1"));
+  for (const InstanceRecord& instance : study.instances) {
+    healed.Reset();
+    healed.BindText(1, instance.object_hash);
+    RETURN_IF_ERROR(healed.Run());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
   const int role = static_cast<int>(study.role);
   if (role < 1 || role > 3) {
@@ -650,85 +746,9 @@ absl::StatusOr<StudyRecord> Store::InsertStudy(const StudyRecord& study) {
   StudyRecord inserted;
   RETURN_IF_ERROR(InTransaction(db_, [&]() -> absl::Status {
     RETURN_IF_ERROR(CheckDatasetExists(db_, study.dataset_id));
-    {
-      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "SELECT 1 FROM studies WHERE dataset_id = ?1 "
-                                             "AND series_instance_uid = ?2"));
-      s.Bind(1, study.dataset_id).BindText(2, study.series_instance_uid);
-      ASSIGN_OR_RETURN(bool row, s.Step());
-      if (row) {
-        return absl::AlreadyExistsError(absl::StrCat("series ", study.series_instance_uid,
-                                                     " already exists in dataset ",
-                                                     study.dataset_id));
-      }
-    }
-    {
-      ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                             "SELECT 1 FROM instances WHERE dataset_id = ?1 "
-                                             "AND sop_instance_uid = ?2"));
-      std::set<std::string> seen;
-      for (const InstanceRecord& instance : study.instances) {
-        if (!seen.insert(instance.sop_instance_uid).second) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "instance ", instance.sop_instance_uid, " appears twice in the study"));
-        }
-        s.Reset();
-        s.Bind(1, study.dataset_id).BindText(2, instance.sop_instance_uid);
-        ASSIGN_OR_RETURN(bool row, s.Step());
-        if (row) {
-          return absl::AlreadyExistsError(absl::StrCat("instance ", instance.sop_instance_uid,
-                                                       " already exists in dataset ",
-                                                       study.dataset_id));
-        }
-      }
-    }
-    ASSIGN_OR_RETURN(Stmt s, Stmt::Prepare(db_,
-                                           "INSERT INTO studies (dataset_id, role, "
-                                           "study_instance_uid, series_instance_uid, modality, "
-                                           "num_slices, num_rows, num_columns, "
-                                           "segmentation_sop_instance_uid, created_unix_ms, "
-                                           "series_description, lossy_compressed, "
-                                           "lossy_compression_method) "
-                                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-                                           "?11, ?12, ?13)"));
-    s.Bind(1, study.dataset_id)
-        .Bind(2, static_cast<int64_t>(role))
-        .BindText(3, study.study_instance_uid)
-        .BindText(4, study.series_instance_uid)
-        .BindText(5, study.modality)
-        .Bind(6, static_cast<int64_t>(study.slices))
-        .Bind(7, static_cast<int64_t>(study.rows))
-        .Bind(8, static_cast<int64_t>(study.columns))
-        .BindText(9, study.segmentation_sop_instance_uid)
-        .Bind(10, NowUnixMs())
-        .BindText(11, study.series_description)
-        .Bind(12, static_cast<int64_t>(study.lossy_compressed ? 1 : 0))
-        .BindText(13, study.lossy_compression_method);
-    RETURN_IF_ERROR(s.Run());
-    const int64_t study_id = sqlite3_last_insert_rowid(db_);
-    ASSIGN_OR_RETURN(Stmt insert, Stmt::Prepare(db_,
-                                                "INSERT INTO instances (dataset_id, "
-                                                "sop_instance_uid, study_id, object_hash, "
-                                                "size_bytes, is_segmentation) VALUES (?1, ?2, "
-                                                "?3, ?4, ?5, ?6)"));
-    for (const InstanceRecord& instance : study.instances) {
-      insert.Reset();
-      insert.Bind(1, study.dataset_id)
-          .BindText(2, instance.sop_instance_uid)
-          .Bind(3, study_id)
-          .BindText(4, instance.object_hash)
-          .Bind(5, instance.size_bytes)
-          .Bind(6, static_cast<int64_t>(instance.is_segmentation ? 1 : 0));
-      RETURN_IF_ERROR(insert.Run());
-    }
-    // The ingest stored (and checked) these objects anew: a quarantined hash is whole again.
-    ASSIGN_OR_RETURN(Stmt healed, Stmt::Prepare(db_, "DELETE FROM quarantined_objects "
-                                                     "WHERE object_hash = ?1"));
-    for (const InstanceRecord& instance : study.instances) {
-      healed.Reset();
-      healed.BindText(1, instance.object_hash);
-      RETURN_IF_ERROR(healed.Run());
-    }
+    RETURN_IF_ERROR(CheckStudyIsNew(db_, study));
+    ASSIGN_OR_RETURN(const int64_t study_id, InsertStudyRow(db_, study));
+    RETURN_IF_ERROR(InsertInstanceRows(db_, study, study_id));
     ASSIGN_OR_RETURN(inserted, LoadStudy(db_, study.dataset_id, study.series_instance_uid));
     return absl::OkStatus();
   }));

@@ -1,5 +1,5 @@
 """Checks that the Grafana dashboard is valid JSON and that every miseg_ and process_ metric
-its queries name is registered in server/metrics.cc (histogram series by their base name;
+its queries name is registered in server/metrics/metrics.cc (histogram series by their base name;
 miseg_ metrics by their .Name("..."), the standard process_ metrics by their name as a
 string literal of the process collector)."""
 import json

@@ -9,8 +9,8 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "core/dicom/dicom_series.h"
 #include "core/dicom/phantom_study.h"
+#include "core/volume/dicom_series.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 
 namespace miseg::testing {

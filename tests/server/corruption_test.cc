@@ -21,6 +21,7 @@
 #include "miseg/v1/miseg.grpc.pb.h"
 #include "tests/server/api_client.h"
 #include "tests/server/child_process.h"
+#include "tests/server/server_fixture.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
 
@@ -48,27 +49,6 @@ void FlipByte(const std::string& path) {
   file.write(&c, 1);
 }
 
-std::vector<std::string> FilesUnder(const std::string& dir) {
-  std::vector<std::string> found;
-  std::error_code ec;
-  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file(ec)) found.push_back(it->path().string());
-  }
-  std::sort(found.begin(), found.end());
-  return found;
-}
-
-// The SHA-256 part of a job's model file name (models/job-<id>-<sha256>.model).
-std::string ModelHashOf(const std::string& data, int64_t job_id) {
-  for (const std::string& path : FilesUnder(data + "/models")) {
-    const std::string name = fs::path(path).filename().string();
-    if (absl::StartsWith(name, absl::StrCat("job-", job_id, "-"))) {
-      return name.substr(name.find('-', 4) + 1);
-    }
-  }
-  return "";
-}
-
 // One text column of one row of a stopped server's database.
 std::string QueryText(const std::string& db_path, const std::string& sql, bool read_only = true) {
   sqlite3* db = nullptr;
@@ -86,15 +66,11 @@ std::string QueryText(const std::string& db_path, const std::string& sql, bool r
   return value;
 }
 
-class CorruptionTest : public ::testing::Test {
+class CorruptionTest : public ServerTest {
  protected:
   void Start(std::vector<std::string> flags = {}) {
-    server_.reset();
     flags.push_back("--training_threads=1");
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(data_, flags);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = *std::move(started);
-    client_ = std::make_unique<ApiClient>(server_->address());
+    ServerTest::Start(flags);
   }
   void Stop() { ASSERT_EQ(server_->Terminate(), 0) << server_->log(); }
 
@@ -127,27 +103,11 @@ class CorruptionTest : public ::testing::Test {
     return hashes;
   }
 
-  int64_t StartJob(const v1::Hyperparameters& h) {
-    v1::StartJobRequest request;
-    request.set_dataset("d");
-    *request.mutable_hyperparameters() = h;
-    v1::Job job;
-    auto context = client_->Context();
-    const grpc::Status status = client_->training->StartJob(context.get(), request, &job);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return job.id();
-  }
-
   // Follows a job to its end; the job as it ended.
   v1::Job Finish(int64_t id) {
     std::vector<v1::JobEvent> events;
     EXPECT_TRUE(client_->Watch(id, &events, 0, 600).ok());
-    v1::GetJobRequest request;
-    request.set_id(id);
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->GetJob(context.get(), request, &job).ok());
-    return job;
+    return GetJob(id);
   }
 
   grpc::Status SegmentStored(const std::string& series, std::string* seg) {
@@ -156,15 +116,6 @@ class CorruptionTest : public ::testing::Test {
     header.set_stored_series_instance_uid(series);
     v1::SegmentSummary summary;
     return client_->Segment(header, {}, seg, &summary);
-  }
-
-  std::vector<v1::Study> Studies() {
-    v1::ListStudiesRequest request;
-    request.set_dataset("d");
-    v1::ListStudiesResponse response;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->datasets->ListStudies(context.get(), request, &response).ok());
-    return {response.studies().begin(), response.studies().end()};
   }
 
   // The server is alive and answers.
@@ -178,11 +129,6 @@ class CorruptionTest : public ::testing::Test {
   std::pair<int, std::string> Verify() {
     return ServerProcess::RunToExit({"verify", "--data_dir=" + data_});
   }
-
-  TempDir dir_;
-  const std::string data_ = dir_.path() + "/data";
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<ApiClient> client_;
 };
 
 // A damaged object of a stored study: segmenting the study and a job training on it fail
@@ -361,8 +307,8 @@ TEST_F(CorruptionTest, ADamagedCheckpointMakesTheResumeFallBackToThePreviousOne)
 
   const int64_t reference = StartJob(h);
   ASSERT_EQ(Finish(reference).state(), v1::JOB_STATE_SUCCEEDED);
-  EXPECT_EQ(ModelHashOf(data_, job_id), ModelHashOf(data_, reference));
-  EXPECT_NE(ModelHashOf(data_, job_id), "");
+  EXPECT_EQ(ModelFileOf(data_, job_id), ModelFileOf(data_, reference));
+  EXPECT_NE(ModelFileOf(data_, job_id), "");
 }
 
 // A miseg-worker fetching a damaged object (FetchObject, streamed): the coordinator

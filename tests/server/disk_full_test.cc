@@ -26,9 +26,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "server/dicom_node/dicom_network.h"
+#include "core/dicom/net/cstore_sender.h"
 #include "tests/server/api_client.h"
 #include "tests/server/child_process.h"
+#include "tests/server/server_fixture.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
 
@@ -38,30 +39,10 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-// Files in a folder (recursively), by path.
-std::vector<std::string> FilesUnder(const std::string& dir) {
-  std::vector<std::string> found;
-  std::error_code ec;
-  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file(ec)) found.push_back(it->path().string());
-  }
-  std::sort(found.begin(), found.end());
-  return found;
-}
-
-// The model file of a job (models/job-<id>-<sha256>.model): its name.
-std::string ModelFileOf(const std::string& data, int64_t job_id) {
-  for (const std::string& path : FilesUnder(data + "/models")) {
-    const std::string name = fs::path(path).filename().string();
-    if (absl::StartsWith(name, absl::StrCat("job-", job_id, "-"))) {
-      return name.substr(name.find('-', 4) + 1);  // <sha256>.model
-    }
-  }
-  return "";
-}
-
-class DiskFullTest : public ::testing::Test {
+class DiskFullTest : public ServerTest {
  protected:
+  DiskFullTest() : ServerTest("small/data") {}
+
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
     fs::create_directories(mount_);
@@ -73,14 +54,6 @@ class DiskFullTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     if (mounted_) umount2(mount_.c_str(), MNT_DETACH);
-  }
-
-  void Start(std::vector<std::string> flags = {}) {
-    server_.reset();
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(data_, flags);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = *std::move(started);
-    client_ = std::make_unique<ApiClient>(server_->address());
   }
 
   // Fills the filesystem to its last page (megabytes, then pages, until ENOSPC), then gives
@@ -118,40 +91,8 @@ class DiskFullTest : public ::testing::Test {
     }
   }
 
-  std::vector<v1::Study> Studies(const std::string& dataset) {
-    v1::ListStudiesRequest request;
-    request.set_dataset(dataset);
-    v1::ListStudiesResponse response;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->datasets->ListStudies(context.get(), request, &response).ok());
-    return {response.studies().begin(), response.studies().end()};
-  }
-
-  int64_t StartJob(const v1::Hyperparameters& h) {
-    v1::StartJobRequest request;
-    request.set_dataset("d");
-    *request.mutable_hyperparameters() = h;
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->StartJob(context.get(), request, &job).ok());
-    return job.id();
-  }
-
-  v1::Job GetJob(int64_t id) {
-    v1::GetJobRequest request;
-    request.set_id(id);
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->GetJob(context.get(), request, &job).ok());
-    return job;
-  }
-
-  TempDir dir_;
   const std::string mount_ = dir_.path() + "/small";
-  const std::string data_ = mount_ + "/data";
   bool mounted_ = false;
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<ApiClient> client_;
 };
 
 TEST_F(DiskFullTest, UploadsAreRefusedWholeWhileFullAndStoredOnceSpaceIsFreed) {

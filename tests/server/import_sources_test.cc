@@ -5,7 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "server/dicom_node/http_client.h"
+#include "core/dicom/net/http_client.h"
 #include "server/import/import_sources.h"
 #include "server/import/source_client.h"
 #include "tests/server/child_process.h"

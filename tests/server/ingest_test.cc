@@ -3,7 +3,7 @@
 // IngestSession (an upload streamed to disk, checked file by file, committed at the end)
 // giving the same outcomes and reasons as IngestFiles for the same files, and leaving no
 // staged file behind whatever happens.
-#include "server/ingest.h"
+#include "server/domain/ingest.h"
 
 #include <stdlib.h>
 

@@ -6,7 +6,7 @@
 // give, loss for loss, what they give one after the other (where the BLAS is thread safe).
 // Jobs are held at known steps by the runner's step hook and followed through the event hub:
 // no sleeps, and nothing depends on the machine's speed (the timeouts only bound a failure).
-#include "server/job_runner.h"
+#include "server/jobs/job_runner.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -31,26 +31,19 @@
 #include "core/phantom/phantom.h"
 #include "core/train/blas.h"
 #include "core/train/inference.h"
-#include "server/convert.h"
-#include "server/event_hub.h"
-#include "server/ingest.h"
-#include "server/metrics.h"
+#include "server/edge/convert.h"
+#include "server/jobs/event_hub.h"
+#include "server/domain/ingest.h"
+#include "server/metrics/metrics.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 #include "tests/server/api_client.h"
 #include "tests/server/child_process.h"
+#include "tests/server/store_test_util.h"
 #include "tests/server/test_studies.h"
 
 namespace miseg {
 namespace {
-
-// The oldest queued job, claimed (what the scheduler does for a one-rank job).
-absl::StatusOr<std::optional<JobRecord>> ClaimNext(Store& store, const std::string& device) {
-  absl::StatusOr<std::vector<JobRecord>> queued = store.ListQueuedJobs();
-  if (!queued.ok()) return queued.status();
-  if (queued->empty()) return std::optional<JobRecord>();
-  return store.ClaimJob(queued->front().id, device);
-}
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "miseg/v1/miseg.grpc.pb.h"
 #include "tests/server/api_client.h"
+#include "tests/server/server_fixture.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
 
@@ -23,16 +24,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class RecoveryTest : public ::testing::Test {
+class RecoveryTest : public ServerTest {
  protected:
-  void Start() {
-    server_.reset();
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(data_);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = *std::move(started);
-    client_ = std::make_unique<ApiClient>(server_->address());
-  }
-
   void FillDataset(int labeled, int unlabeled) {
     ASSERT_TRUE(client_->CreateDataset("d").ok());
     for (int i = 0; i < labeled + unlabeled; ++i) {
@@ -44,30 +37,6 @@ class RecoveryTest : public ::testing::Test {
       ASSERT_EQ(response.refused_instances(), 0);
     }
   }
-
-  int64_t StartJob(const v1::Hyperparameters& h) {
-    v1::StartJobRequest request;
-    request.set_dataset("d");
-    *request.mutable_hyperparameters() = h;
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->StartJob(context.get(), request, &job).ok());
-    return job.id();
-  }
-
-  v1::Job GetJob(int64_t id) {
-    v1::GetJobRequest request;
-    request.set_id(id);
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->GetJob(context.get(), request, &job).ok());
-    return job;
-  }
-
-  TempDir dir_;
-  const std::string data_ = dir_.path() + "/data";
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<ApiClient> client_;
 };
 
 TEST_F(RecoveryTest, JobKilledMidRunResumesFromItsLastCheckpoint) {

@@ -21,17 +21,10 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/store/file_store.h"
+#include "tests/server/store_test_util.h"
 
 namespace miseg {
 namespace {
-
-// The oldest queued job, claimed (what the scheduler does for a one-rank job).
-absl::StatusOr<std::optional<JobRecord>> ClaimNext(Store& store, const std::string& device) {
-  absl::StatusOr<std::vector<JobRecord>> queued = store.ListQueuedJobs();
-  if (!queued.ok()) return queued.status();
-  if (queued->empty()) return std::optional<JobRecord>();
-  return store.ClaimJob(queued->front().id, device);
-}
 
 namespace fs = std::filesystem;
 

@@ -1,4 +1,4 @@
-#include "server/tls.h"
+#include "server/edge/tls.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// libFuzzer target for the token file (server/auth.h, Authenticator::ParseTokenFile, which
+// libFuzzer target for the token file (server/edge/auth.h, Authenticator::ParseTokenFile, which
 // LoadTokenFile runs on the file's text) and for the authorization metadata checked against
 // it. An input is the file's text, optionally followed by kSeparator and an "authorization"
 // value to check. Any bytes must give an Authenticator or InvalidArgument naming the file;
@@ -13,7 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "core/dicom/dicom_text.h"
-#include "server/auth.h"
+#include "server/edge/auth.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// libFuzzer target for the assembly of an upload stream (server/ingest.h: IngestSession over
+// libFuzzer target for the assembly of an upload stream (server/domain/ingest.h: IngestSession over
 // FileReceiver), against a real SQLite store and file store on tmpfs: a sequence of chunks
 // of several files, as a client streams them, then the end of the stream and Finish.
 //
@@ -43,7 +43,7 @@
 #include "core/dicom/dicom_text.h"
 #include "core/dicom/phantom_study.h"
 #include "core/phantom/phantom.h"
-#include "server/ingest.h"
+#include "server/domain/ingest.h"
 #include "server/store/file_store.h"
 #include "server/store/store.h"
 

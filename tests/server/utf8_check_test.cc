@@ -1,6 +1,6 @@
 // Tests of server/utf8_check: the walk finds a non-UTF-8 string at any depth (nested
 // messages, repeated fields), ignores bytes fields, and the debug check aborts on one.
-#include "server/utf8_check.h"
+#include "server/edge/utf8_check.h"
 
 #include "gtest/gtest.h"
 #include "miseg/v1/miseg.pb.h"

@@ -16,6 +16,7 @@
 #include "server/store/file_store.h"
 #include "tests/server/api_client.h"
 #include "tests/server/child_process.h"
+#include "tests/server/server_fixture.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_studies.h"
 
@@ -41,14 +42,11 @@ int CountFiles(const std::string& dir) {
   return count;
 }
 
-class WorkersTest : public ::testing::Test {
+class WorkersTest : public ServerTest {
  protected:
   void StartServer(std::vector<std::string> flags) {
     flags.push_back("--training_threads=1");
-    absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(data_, flags);
-    ASSERT_TRUE(started.ok()) << started.status();
-    server_ = *std::move(started);
-    client_ = std::make_unique<ApiClient>(server_->address());
+    ASSERT_NO_FATAL_FAILURE(Start(flags));
     workers_ = v1::WorkerService::NewStub(client_->channel);
   }
 
@@ -79,26 +77,6 @@ class WorkersTest : public ::testing::Test {
     }
   }
 
-  int64_t StartJob(v1::Hyperparameters h) {
-    v1::StartJobRequest request;
-    request.set_dataset("d");
-    *request.mutable_hyperparameters() = std::move(h);
-    v1::Job job;
-    auto context = client_->Context();
-    const grpc::Status status = client_->training->StartJob(context.get(), request, &job);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return job.id();
-  }
-
-  v1::Job GetJob(int64_t id) {
-    v1::GetJobRequest request;
-    request.set_id(id);
-    v1::Job job;
-    auto context = client_->Context();
-    EXPECT_TRUE(client_->training->GetJob(context.get(), request, &job).ok());
-    return job;
-  }
-
   std::vector<v1::Worker> ListWorkers() {
     v1::ListWorkersResponse response;
     auto context = client_->Context();
@@ -127,10 +105,6 @@ class WorkersTest : public ::testing::Test {
     return messages;
   }
 
-  TempDir dir_;
-  const std::string data_ = dir_.path() + "/data";
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<ApiClient> client_;
   std::unique_ptr<v1::WorkerService::Stub> workers_;
   int stored_files_ = 0;
 };
