@@ -23,9 +23,9 @@ bool Matches(const std::string& pattern, const std::string& value) {
   return pattern.empty() || pattern == value;
 }
 
-DeliveryRecord FailedDelivery(const InboxSeries& series, const server::Route& route,
-                              const std::string& destination, int64_t now,
-                              const std::string& error) {
+// A delivery of `series` to one destination, due now; the caller sets its state.
+DeliveryRecord NewDelivery(const InboxSeries& series, const server::Route& route,
+                           const std::string& destination, int64_t now) {
   DeliveryRecord d;
   d.destination = destination;
   d.dataset = route.segment_dataset();
@@ -33,6 +33,13 @@ DeliveryRecord FailedDelivery(const InboxSeries& series, const server::Route& ro
   d.received_unix_ms = series.last_received_unix_ms;
   d.created_unix_ms = now;
   d.next_attempt_unix_ms = now;
+  return d;
+}
+
+DeliveryRecord FailedDelivery(const InboxSeries& series, const server::Route& route,
+                              const std::string& destination, int64_t now,
+                              const std::string& error) {
+  DeliveryRecord d = NewDelivery(series, route, destination, now);
   d.state = DeliveryStateCode::kFailed;
   d.last_error = error;
   return d;
@@ -43,22 +50,14 @@ DeliveryRecord SegmentationDelivery(const InboxSeries& series, const server::Rou
                                     const std::string& destination, int64_t now,
                                     const absl::StatusOr<SegmentationResult>& result,
                                     const std::string& hash) {
-  DeliveryRecord d;
-  d.destination = destination;
-  d.dataset = route.segment_dataset();
-  d.source_series_instance_uid = series.series_instance_uid;
-  d.received_unix_ms = series.last_received_unix_ms;
-  d.created_unix_ms = now;
-  d.next_attempt_unix_ms = now;
-  if (result.ok()) {
-    d.state = DeliveryStateCode::kPending;
-    d.model_id = result->model.id;
-    d.segmentation_sop_instance_uid = result->seg_sop_instance_uid;
-    d.segmentation_hash = hash;
-  } else {
-    d.state = DeliveryStateCode::kFailed;
-    d.last_error = std::string(result.status().message());
+  if (!result.ok()) {
+    return FailedDelivery(series, route, destination, now, std::string(result.status().message()));
   }
+  DeliveryRecord d = NewDelivery(series, route, destination, now);
+  d.state = DeliveryStateCode::kPending;
+  d.model_id = result->model.id;
+  d.segmentation_sop_instance_uid = result->seg_sop_instance_uid;
+  d.segmentation_hash = hash;
   return d;
 }
 
