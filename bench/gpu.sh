@@ -3,7 +3,8 @@
 # gRPC/DCMTK/SQLite) against the CUDA LibTorch of this machine's python3, then prints in one
 # run miseg's training step and inference beside the Python reference's (PyTorch eager, and
 # torch.compile where the torch has it), same shapes, same GPU:
-#   miseg-bench train/infer --device cuda         (channels-last, bf16 autocast, pinned copies)
+#   miseg-bench train/infer --device cuda         (channels-last, bf16 autocast, pinned copies;
+#                                                  then with --cuda_graphs)
 #   unet_reference.py --device cuda --amp bf16    (eager; then --compile)
 # Usage: bench/gpu.sh [build-dir]     (default build-gpu; env PYTHON, SIZE, STEPS, ROUNDS)
 # Needs: cmake >= 3.25, ninja or make, a C++17 compiler, Abseil's CMake package (Debian:
@@ -42,6 +43,19 @@ echo "== training step, ${size}x${size}, 4 labeled + 8 unlabeled, miseg vs PyTor
 echo "== inference, 10 slices of 256x256, miseg vs PyTorch eager (bf16 autocast)"
 "${bench[@]}" infer --size=256 --matrix=256 --slices=10 --steps="$steps" --warmup=5 \
   --rounds="$rounds" --reference_args="--amp=bf16"
+echo "== CUDA graphs: miseg's step (forward, losses, backward) and inference network replayed"
+"${bench[@]}" train --size="$size" --steps="$steps" --warmup=5 --rounds="$rounds" --cuda_graphs \
+  --reference_args="--amp=bf16"
+"${bench[@]}" infer --size=256 --matrix=256 --slices=10 --steps="$steps" --warmup=5 \
+  --rounds="$rounds" --cuda_graphs --reference_args="--amp=bf16"
+# The replays against eager steps and forwards (tests skipped on the CPU), where GoogleTest is.
+if cmake -S "$here" -B "$build" -DMISEG_BUILD_TESTS=ON >/dev/null 2>&1 &&
+   cmake --build "$build" --target miseg_slice_batcher_test -j "$(nproc)" >/dev/null; then
+  echo "== CUDA graph tests on this GPU"
+  "$build/tests/core/miseg_slice_batcher_test" --gtest_filter='GraphedForward.*:StepGraph.*'
+else
+  echo "== CUDA graph tests: not built (GoogleTest missing?)"
+fi
 if "$python" -c 'import torch, sys; sys.exit(0 if hasattr(torch, "compile") else 1)'; then
   echo "== the same against torch.compile (bf16 autocast)"
   "${bench[@]}" train --size="$size" --steps="$steps" --warmup=5 --rounds=1 \

@@ -7,34 +7,33 @@
 // train and infer also run the Python reference (bench/reference/) on the same shapes and
 // threads and print its figures and the ratios: PyTorch eager on the same libtorch.
 // Prints one JSON object with --json, a readable table otherwise.
+#include <ATen/Parallel.h>
 #include <sys/resource.h>
-
-#include <cstdlib>
+#include <torch/csrc/autograd/profiler.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/utils.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
-#include <ATen/Parallel.h>
-#include <torch/csrc/autograd/profiler.h>
-#include <torch/nn/functional/activation.h>
-#include <torch/utils.h>
-
-#include "bench/bench_figures.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_figures.h"
 #include "core/common/allocator_tuning.h"
 #include "core/common/status_macros.h"
 #include "core/phantom/phantom.h"
 #include "core/train/frozen_unet.h"
+#include "core/train/graphed_forward.h"
 #include "core/train/inference.h"
 #include "core/train/losses.h"
 #include "core/train/memory_layout.h"
@@ -71,6 +70,9 @@ ABSL_FLAG(bool, channels_last, true,
 ABSL_FLAG(int, prefetch_batches, 2,
           "train/profile: TrainerConfig::prefetch_batches (0: batches drawn on the training "
           "thread; profile records that thread only, so 0 shows the preparation too)");
+ABSL_FLAG(bool, cuda_graphs, false,
+          "train/infer on CUDA: TrainerConfig::cuda_graphs / InferenceOptions::cuda_graphs "
+          "(the step and the network replayed from CUDA graphs); ignored on the CPU");
 ABSL_FLAG(bool, prefetch_baseline, false,
           "train: also time each round with prefetch_batches 0, for the loader thread's gain");
 ABSL_FLAG(bool, keep_freed_memory, true,
@@ -106,6 +108,7 @@ void Print(const std::string& benchmark, const Figures& figures) {
 Figures CommonFigures() {
   return {{"device", absl::GetFlag(FLAGS_device)},
           {"channels_last", absl::GetFlag(FLAGS_channels_last) ? "true" : "false"},
+          {"cuda_graphs", absl::GetFlag(FLAGS_cuda_graphs) ? "true" : "false"},
           {"keep_freed_memory", absl::GetFlag(FLAGS_keep_freed_memory) ? "true" : "false"},
           {"threads", std::to_string(absl::GetFlag(FLAGS_threads))},
           {"torch_threads", std::to_string(at::get_num_threads())}};
@@ -135,6 +138,7 @@ TrainerConfig BenchConfig() {
   c.validate_every = 0;
   c.channels_last = absl::GetFlag(FLAGS_channels_last);
   c.prefetch_batches = absl::GetFlag(FLAGS_prefetch_batches);
+  c.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   return c;
 }
 
@@ -477,6 +481,7 @@ absl::StatusOr<std::unique_ptr<Segmenter>> OneStepSegmenter(TrainerConfig config
   inference.device = absl::GetFlag(FLAGS_device);
   inference.batch_slices = 16;
   inference.flip_tta = absl::GetFlag(FLAGS_tta);
+  inference.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   auto segmenter = Segmenter::Load(model_path, inference);
   std::filesystem::remove(model_path);
   return segmenter;
@@ -532,11 +537,16 @@ NetworkTimes TimeBareNetworks(const TrainerConfig& config, const PhantomSubject&
   }));
   const auto time_frozen = [&](bool channels_last) {
     const FrozenUNet frozen = FrozenUNet::Fold(net, channels_last);
+    // --cuda_graphs on CUDA: the forwards replay a graph (as the segmenter's); else eager.
+    GraphedForward graphed([&frozen](const torch::Tensor& x) { return frozen.forward(x); }, *device,
+                           GraphedForward::Options{});
+    const bool use_graphs = absl::GetFlag(FLAGS_cuda_graphs);
     return Median(TimeRepeated([&] {
       for (int64_t s = 0; s < prepared->images.size(0); s += 16) {
         const torch::Tensor batch =
             prepared->images.narrow(0, s, std::min<int64_t>(16, prepared->images.size(0) - s)).to(*device);
-        torch::softmax(frozen.forward(batch), 1).argmax(1).sum().item<int64_t>();
+        const torch::Tensor logits = use_graphs ? graphed(batch) : frozen.forward(batch);
+        torch::softmax(logits, 1).argmax(1).sum().item<int64_t>();
       }
     }));
   };

@@ -90,6 +90,9 @@ ABSL_FLAG(int, model_cache, 2, "Models kept loaded for segmentation");
 ABSL_FLAG(int64_t, inference_max_batch_slices, 0,
           "Dynamic batching: slices of segmentations running at once on one model that share "
           "a network forward, at most; 0 = off");
+ABSL_FLAG(bool, inference_cuda_graphs, false,
+          "On a CUDA inference device: network forwards replay CUDA graphs captured at the "
+          "model grid (ignored on the CPU)");
 ABSL_FLAG(double, inference_batch_wait_ms, 0,
           "Dynamic batching: how long a slice batch may wait for others to join it");
 ABSL_FLAG(int64_t, max_request_mib, 2048, "Largest Upload or Segment stream, in MiB");
@@ -205,6 +208,7 @@ SegmentationEngineOptions EngineOptionsFromFlags() {
   options.cached_models = absl::GetFlag(FLAGS_model_cache);
   options.max_batch_slices = std::max<int64_t>(0, absl::GetFlag(FLAGS_inference_max_batch_slices));
   options.batch_wait_ms = std::max(0.0, absl::GetFlag(FLAGS_inference_batch_wait_ms));
+  options.cuda_graphs = absl::GetFlag(FLAGS_inference_cuda_graphs);
   options.version = kVersion;
   return options;
 }

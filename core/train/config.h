@@ -119,6 +119,10 @@ struct TrainerConfig {
   // augmentation, perturbation; core/train/prefetcher.h): the same batches in the same
   // order from the same generators, only earlier. 0 prepares each on the training thread.
   int prefetch_batches = 2;
+  // CUDA only: the step's forward passes, losses and backward pass captured once as a CUDA
+  // graph and replayed (core/train/step_graph.h); a capture that fails falls back to eager
+  // steps. Off by default until measured on a GPU (bench/gpu.sh). Ignored on the CPU.
+  bool cuda_graphs = false;
 
   // Checks ranges and combinations; InvalidArgument naming the first bad field.
   absl::Status Validate() const;

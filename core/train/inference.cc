@@ -1,17 +1,20 @@
 // Segmenter: a model loaded once, applied to whole volumes.
 #include "core/train/inference.h"
 
+#include <torch/script.h>
+
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <vector>
-
-#include <torch/script.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"
 #include "core/train/export.h"
 #include "core/train/frozen_unet.h"
+#include "core/train/graphed_forward.h"
 #include "core/train/labeling_scores.h"
 #include "core/train/memory_layout.h"
 #include "core/train/model_io.h"
@@ -43,13 +46,15 @@ absl::Status LoadTorchScript(const std::string& path, const torch::Device& devic
   return absl::OkStatus();
 }
 
-// The network Segment runs on a normalised slice batch: the frozen U-Net or the module.
+// The network Segment runs on a normalised slice batch: the frozen U-Net (through CUDA
+// graphs when `graphed`) or the module.
 ForwardFn NetworkForward(const ModelFormat format, torch::jit::Module* scripted,
-                         const FrozenUNet* frozen) {
+                         const FrozenUNet* frozen, GraphedForward* graphed) {
   if (format == ModelFormat::kTorchScript) {
     // A scripted module's forward may run on several threads at once (eval mode, read only).
     return [scripted](const torch::Tensor& x) { return scripted->forward({x}).toTensor(); };
   }
+  if (graphed != nullptr) return [graphed](const torch::Tensor& x) { return (*graphed)(x); };
   return [frozen](const torch::Tensor& x) { return frozen->forward(x); };
 }
 
@@ -62,6 +67,8 @@ struct Segmenter::State {
   torch::jit::Module scripted;  // kTorchScript
   // kMiseg: what Segment runs, the U-Net with batch norm folded (core/train/frozen_unet.h).
   std::optional<FrozenUNet> frozen;
+  // With options.cuda_graphs on CUDA: the frozen network's forwards through CUDA graphs.
+  std::unique_ptr<GraphedForward> graphed;
   // With options.max_batch_slices > 0: Segment's forwards go through it. Last: it calls
   // the networks above.
   std::unique_ptr<SliceBatcher> batcher;
@@ -92,6 +99,13 @@ absl::StatusOr<std::unique_ptr<Segmenter>> Segmenter::Load(const std::string& mo
       state->frozen = FrozenUNet::Fold(state->loaded.model, PrefersChannelsLast(state->device));
       return absl::OkStatus();
     }));
+    if (options.cuda_graphs && state->device.is_cuda()) {
+      GraphedForward::Options graphs;
+      graphs.rows = std::max(options.batch_slices, options.max_batch_slices);
+      const FrozenUNet* frozen = &*state->frozen;
+      state->graphed = std::make_unique<GraphedForward>(
+          [frozen](const torch::Tensor& x) { return frozen->forward(x); }, state->device, graphs);
+    }
   }
   if (options.max_batch_slices > 0) {
     SliceBatcher::Options batching;
@@ -99,7 +113,8 @@ absl::StatusOr<std::unique_ptr<Segmenter>> Segmenter::Load(const std::string& mo
     batching.wait = absl::Microseconds(options.batch_wait_ms * 1000);
     batching.on_batch = options.on_batch;
     state->batcher = std::make_unique<SliceBatcher>(
-        NetworkForward(options.format, &state->scripted, state->frozen ? &*state->frozen : nullptr),
+        NetworkForward(options.format, &state->scripted, state->frozen ? &*state->frozen : nullptr,
+                       state->graphed.get()),
         std::move(batching));
   }
   return std::unique_ptr<Segmenter>(new Segmenter(std::move(state)));
@@ -118,7 +133,7 @@ absl::StatusOr<LabelVolume> Segmenter::Segment(const ImageVolume& image) const {
         batcher != nullptr
             ? ForwardFn([batcher](const torch::Tensor& x) { return batcher->Run(x); })
             : NetworkForward(options.format, &state_->scripted,
-                             state_->frozen ? &*state_->frozen : nullptr);
+                             state_->frozen ? &*state_->frozen : nullptr, state_->graphed.get());
     labels =
         SegmentPrepared(forward, *prepared, state_->device, options.batch_slices, options.flip_tta);
     return absl::OkStatus();

@@ -33,6 +33,10 @@ struct InferenceOptions {
   int64_t max_batch_slices = 0;
   double batch_wait_ms = 0;
   std::function<void(int64_t slices)> on_batch;  // with batching: each forward's slices
+  // On a CUDA device (and a CUDA LibTorch): the frozen network's forwards replay CUDA graphs
+  // captured at the model grid, batches padded to max(batch_slices, max_batch_slices) slices
+  // (core/train/graphed_forward.h). Ignored elsewhere and for TorchScript models.
+  bool cuda_graphs = false;
 };
 
 // A loaded model, ready to segment. Segment is const and safe to call from several threads

@@ -61,6 +61,28 @@ torch::Tensor InvertDihedral(const std::vector<DihedralTransform>& transforms,
   });
 }
 
+torch::Tensor DihedralIndex(const std::vector<DihedralTransform>& transforms, int64_t height,
+                            int64_t width) {
+  // Transforming the pixels' own flat positions gives, at each output pixel, its source.
+  const torch::Tensor positions =
+      torch::arange(height * width, torch::kInt64).view({1, 1, height, width});
+  std::vector<torch::Tensor> rows;
+  rows.reserve(transforms.size());
+  for (const DihedralTransform& t : transforms) {
+    const torch::Tensor moved = ApplyDihedral(t, positions);
+    TORCH_CHECK(moved.size(-2) == height && moved.size(-1) == width,
+                "a quarter turn of a non-square slice changes its shape");
+    rows.push_back(moved.reshape({1, height * width}));
+  }
+  return torch::cat(rows, 0);
+}
+
+torch::Tensor ApplyDihedralByIndex(const torch::Tensor& x, const torch::Tensor& index) {
+  const int64_t n = x.size(0), channels = x.size(1);
+  const torch::Tensor expanded = index.unsqueeze(1).expand({n, channels, index.size(1)});
+  return x.flatten(2).gather(2, expanded).view(x.sizes());
+}
+
 DihedralTransform SampleDihedral(std::mt19937_64& rng, double flip_probability, bool rotate90) {
   DihedralTransform t;
   t.flip_rows = UniformReal(rng, 0, 1) < flip_probability;

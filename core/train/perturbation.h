@@ -35,6 +35,14 @@ torch::Tensor InvertDihedral(const std::vector<DihedralTransform>& transforms,
                              const torch::Tensor& x);
 
 // Each flip with flip_probability; quarter turns uniform in 0..3 when allowed.
+// The same per-sample transforms as one gather, for CUDA graphs (whose kernels cannot depend
+// on which flips a step drew): index[i][p] is the flat source pixel of output pixel p of
+// sample i, for slices of height x width (square where a transform turns). An int64 CPU
+// tensor n x (height * width); ApplyDihedralByIndex(x, index) equals ApplyDihedral exactly.
+torch::Tensor DihedralIndex(const std::vector<DihedralTransform>& transforms, int64_t height,
+                            int64_t width);
+torch::Tensor ApplyDihedralByIndex(const torch::Tensor& x, const torch::Tensor& index);
+
 DihedralTransform SampleDihedral(std::mt19937_64& rng, double flip_probability, bool rotate90);
 
 struct IntensityPerturbation {

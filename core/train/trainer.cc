@@ -1,6 +1,11 @@
 // Trainer: sampling, the full objective, the schedule, validation and checkpoints.
 #include "core/train/trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/optim/adam.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -11,22 +16,19 @@
 #include <stdexcept>
 #include <utility>
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
-#include <torch/nn/functional/activation.h>
-#include <torch/optim/adam.h>
-
 #include "absl/strings/str_cat.h"
 #include "core/train/collectives.h"
+#include "core/train/cuda_graph.h"
 #include "core/train/dice.h"
 #include "core/train/losses.h"
 #include "core/train/memory_layout.h"
 #include "core/train/mixed_precision.h"
 #include "core/train/model_io.h"
-#include "core/train/segment_prepared.h"
 #include "core/train/perturbation.h"
 #include "core/train/prefetcher.h"
 #include "core/train/preprocess.h"
+#include "core/train/segment_prepared.h"
+#include "core/train/step_graph.h"
 #include "core/train/torch_status.h"
 
 namespace miseg {
@@ -184,6 +186,9 @@ struct Trainer::State {
   DataParallel parallel;
   uint64_t stream_seed = 0;  // seeds the data-parallel streams; config.seed or a checkpoint's
   std::vector<GradientBucket> buckets;  // data parallel only
+  // config.cuda_graphs on CUDA: the step's graph, captured at the first step of a Run.
+  std::unique_ptr<StepGraph> step_graph;
+  bool step_graph_failed = false;
   int64_t allreduce_bytes = 0;
 
   bool distributed() const { return parallel.world_size > 1; }
@@ -336,47 +341,126 @@ struct Trainer::State {
     return ForwardMixed(net, x, device, config.cuda_bf16);
   }
 
-  // The objective's unsupervised term, before the ramp-up weight; m gets its parts.
-  torch::Tensor UnsupervisedTerm(const UnlabeledBatch& u, StepMetrics& m) {
+  // T applied to each unlabeled slice: by the step's gather index in a CUDA graph, by the
+  // drawn transforms otherwise (the same values exactly: perturbation.h).
+  static torch::Tensor Dihedral(const StepTensors& in,
+                                const std::vector<DihedralTransform>& transforms,
+                                const torch::Tensor& x) {
+    return in.dihedral_index.defined() ? ApplyDihedralByIndex(x, in.dihedral_index)
+                                       : ApplyDihedral(transforms, x);
+  }
+
+  // The objective's unsupervised term, before the ramp-up weight; `losses` gets its parts.
+  torch::Tensor UnsupervisedTerm(const StepTensors& in,
+                                 const std::vector<DihedralTransform>& transforms,
+                                 StepLosses& losses) {
     const TrainerConfig& c = config;
     if (c.objective == Objective::kEntropyMinimization) {
-      const torch::Tensor entropy = EntropyLoss(torch::softmax(Forward(model, u.x), 1));
-      m.entropy = entropy.item<double>();
-      return c.w_entropy * entropy;
+      losses.entropy = EntropyLoss(torch::softmax(Forward(model, in.unlabeled), 1));
+      return c.w_entropy * losses.entropy;
     }
     if (c.objective == Objective::kMeanTeacher) {
       torch::Tensor target;
       {
         torch::NoGradGuard no_grad;
-        target = ApplyDihedral(u.transforms, torch::softmax(Forward(teacher, u.x), 1));
+        target = Dihedral(in, transforms, torch::softmax(Forward(teacher, in.unlabeled), 1));
       }
-      const torch::Tensor student = torch::softmax(Forward(model, u.perturbed), 1);
-      const torch::Tensor cons = ConsistencyLoss(student, target, c.consistency);
-      m.consistency = cons.item<double>();
-      return c.w_cons * cons;
+      const torch::Tensor student = torch::softmax(Forward(model, in.perturbed), 1);
+      losses.consistency = ConsistencyLoss(student, target, c.consistency);
+      return c.w_cons * losses.consistency;
     }
     // The method: x and T x in one pass, so both branches share batch statistics.
-    const int64_t n = u.x.size(0);
+    const int64_t n = in.unlabeled.size(0);
     const torch::Tensor probs =
-        torch::softmax(Forward(model, torch::cat({u.x, u.perturbed}, 0)), 1);
-    const torch::Tensor a = ApplyDihedral(u.transforms, probs.narrow(0, 0, n));
+        torch::softmax(Forward(model, torch::cat({in.unlabeled, in.perturbed}, 0)), 1);
+    const torch::Tensor a = Dihedral(in, transforms, probs.narrow(0, 0, n));
     const torch::Tensor cp = probs.narrow(0, n, n);
     // Only the terms the objective weighs are computed (and reported): the MI's joint
     // distributions cost as much as a forward pass.
     const auto [w_cons, w_mi] = MethodWeights();
     torch::Tensor term = torch::zeros({}, probs.options());
     if (w_mi > 0) {
-      const torch::Tensor mi =
+      losses.mutual_information =
           MutualInformationLoss(a, cp, {c.mi_window, c.mi_lambda, c.mi_epsilon});
-      m.mutual_information = mi.item<double>();
-      term = term + w_mi * mi;
+      term = term + w_mi * losses.mutual_information;
     }
     if (w_cons > 0) {
-      const torch::Tensor cons = ConsistencyLoss(cp, a, c.consistency);
-      m.consistency = cons.item<double>();
-      term = term + w_cons * cons;
+      losses.consistency = ConsistencyLoss(cp, a, c.consistency);
+      term = term + w_cons * losses.consistency;
     }
     return term;
+  }
+
+  // The step's losses. Labeled slices get a forward pass of their own, so the batch-norm
+  // statistics the supervised loss trains under are those of labeled data alone;
+  // concatenating them with the unlabeled slices was measured to wreck eval-mode Dice on the
+  // phantom (bench/RESULTS.md).
+  StepLosses Losses(const StepTensors& in, const std::vector<DihedralTransform>& transforms) {
+    StepLosses losses;
+    losses.supervised =
+        SupervisedLoss(Forward(model, in.labeled_input), in.labels, config.dice_weight);
+    losses.loss = losses.supervised;
+    if (in.unlabeled.defined()) {
+      losses.loss = losses.loss + in.unsupervised_weight * UnsupervisedTerm(in, transforms, losses);
+    }
+    return losses;
+  }
+
+  // The step's batches as the losses take them, on the device; with_index: the dihedral
+  // transforms as a gather index (for the CUDA graph).
+  StepTensors Inputs(const StepBatches& b, double unsupervised_weight, bool with_index) {
+    StepTensors in;
+    in.labeled_input = b.labeled_input;
+    in.labels = ToDevice(b.labeled.labels, device);
+    in.unsupervised_weight = torch::full(
+        {}, unsupervised_weight, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+    if (!UnsupervisedActive()) return in;
+    in.unlabeled = b.unlabeled.x;
+    in.perturbed = b.unlabeled.perturbed;
+    if (with_index) {
+      in.dihedral_index = ToDevice(
+          DihedralIndex(b.unlabeled.transforms, in.unlabeled.size(-2), in.unlabeled.size(-1)),
+          device);
+    }
+    return in;
+  }
+
+  // Forward and backward of the step: replaying the CUDA graph where configured (captured
+  // at the first step; a failed capture falls back to eager steps for good).
+  StepLosses ForwardBackward(const StepBatches& b, double unsupervised_weight) {
+    if (config.cuda_graphs && device.is_cuda() && CudaGraphsCompiledIn() && !step_graph_failed) {
+      const StepTensors in = Inputs(b, unsupervised_weight, /*with_index=*/true);
+      if (!step_graph) {
+        StepGraph::Options options;
+        options.device_index = device.has_index() ? device.index() : 0;
+        auto captured = StepGraph::Capture(
+            in, [this](const StepTensors& t) { return Losses(t, {}); }, model->parameters(),
+            AllBuffers(), options);
+        if (captured.ok()) step_graph = std::move(*captured);
+        step_graph_failed = !captured.ok();
+      }
+      if (step_graph) {
+        auto losses = step_graph->Run(in);
+        ThrowIfFailed(losses.status());
+        return *losses;
+      }
+    }
+    const StepTensors in = Inputs(b, unsupervised_weight, /*with_index=*/false);
+    StepLosses losses = Losses(in, b.unlabeled.transforms);
+    // Gradients set to none rather than zero-filled: the first accumulation then takes the
+    // gradient as is (0 + g is g exactly), saving a fill and an add per parameter.
+    for (torch::Tensor& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    losses.loss.backward();
+    return losses;
+  }
+
+  // The batch-norm statistics the step updates: the model's, and the teacher's.
+  std::vector<torch::Tensor> AllBuffers() {
+    std::vector<torch::Tensor> buffers = model->buffers();
+    if (teacher) {
+      for (const torch::Tensor& t : teacher->buffers()) buffers.push_back(t);
+    }
+    return buffers;
   }
 
   // Mean teacher: the teacher's weights follow the model's; alpha ramps up from 0 as in
@@ -392,30 +476,17 @@ struct Trainer::State {
 
   StepMetrics TrainStep(const StepBatches& batches) {
     const TrainerConfig& c = config;
-    const Batch& labeled_batch = batches.labeled;
-    const UnlabeledBatch& unlabeled_batch = batches.unlabeled;
-    const bool unsupervised = UnsupervisedActive();
     const int64_t nl = c.labeled_batch;
-    const int64_t nu = unsupervised ? c.unlabeled_batch : 0;
+    const int64_t nu = UnsupervisedActive() ? c.unlabeled_batch : 0;
     model->train();
-    // Labeled slices get a forward pass of their own, so the batch-norm statistics the
-    // supervised loss trains under are those of labeled data alone; concatenating them with
-    // the unlabeled slices was measured to wreck eval-mode Dice on the phantom (bench/RESULTS.md).
-    const torch::Tensor supervised = SupervisedLoss(
-        Forward(model, batches.labeled_input), ToDevice(labeled_batch.labels, device), c.dice_weight);
-    torch::Tensor loss = supervised;
     StepMetrics m;
     m.unsupervised_weight = RampUpWeight(step, c.rampup_steps);
-    if (unsupervised) loss = loss + m.unsupervised_weight * UnsupervisedTerm(unlabeled_batch, m);
     m.learning_rate =
         LearningRateAt(step, c.total_steps, c.warmup_steps, c.learning_rate, c.min_learning_rate);
     for (auto& group : optimizer->param_groups()) {
       static_cast<torch::optim::AdamOptions&>(group.options()).lr(m.learning_rate);
     }
-    // Gradients set to none rather than zero-filled: the first accumulation then takes the
-    // gradient as is (0 + g is g exactly), saving a fill and an add per parameter.
-    for (torch::Tensor& p : model->parameters()) p.mutable_grad() = torch::Tensor();
-    loss.backward();
+    const StepLosses losses = ForwardBackward(batches, m.unsupervised_weight);
     if (distributed()) {
       AverageGradients(m);
       BroadcastFromRankZero(model->buffers());  // see trainer.h: replicas equal between steps
@@ -426,8 +497,13 @@ struct Trainer::State {
     if (parallel.verify_replicas) m.parameter_hash = VerifyReplicas();
     m.step = step;
     m.total_steps = c.total_steps;
-    m.loss = loss.item<double>();
-    m.supervised = supervised.item<double>();
+    m.loss = losses.loss.item<double>();
+    m.supervised = losses.supervised.item<double>();
+    if (losses.consistency.defined()) m.consistency = losses.consistency.item<double>();
+    if (losses.mutual_information.defined()) {
+      m.mutual_information = losses.mutual_information.item<double>();
+    }
+    if (losses.entropy.defined()) m.entropy = losses.entropy.item<double>();
     m.slices_per_second = static_cast<double>(nl + 2 * nu);  // per step; scaled by caller
     return m;
   }
@@ -872,7 +948,10 @@ absl::Status Trainer::LoadCheckpointLocally(State& s, const std::string& path) {
     std::mt19937_64 rng;
     rng_in >> rng;
     if (rng_in.fail()) return absl::DataLossError(absl::StrCat(path, ": corrupt random state"));
-    // Everything parsed: only now touch the live state.
+    // Everything parsed: only now touch the live state. A captured step graph refers to the
+    // parameters' old storage: it is captured again at the next step.
+    s.step_graph.reset();
+    s.step_graph_failed = false;
     s.model->load(weights);
     s.model->to(s.device);
     if (s.teacher) {

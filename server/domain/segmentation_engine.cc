@@ -146,6 +146,7 @@ absl::StatusOr<std::shared_ptr<const Segmenter>> SegmentationEngine::LoadModel(
   inference.batch_slices = options_.batch_slices;
   inference.max_batch_slices = options_.max_batch_slices;
   inference.batch_wait_ms = options_.batch_wait_ms;
+  inference.cuda_graphs = options_.cuda_graphs;
   inference.on_batch = [metrics = metrics_](int64_t slices) {
     metrics->ObserveInferenceBatch(slices);
   };

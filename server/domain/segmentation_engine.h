@@ -40,6 +40,8 @@ struct SegmentationEngineOptions {
   // did not raise throughput (bench/RESULTS.md, "Dynamic batching across Segment calls").
   int64_t max_batch_slices = 0;
   double batch_wait_ms = 0;
+  // On a CUDA device: the network's forwards replay CUDA graphs (InferenceOptions).
+  bool cuda_graphs = false;
   std::string version;  // miseg version, written as the SEG's algorithm version
   // Tests only: runs on the engine's thread before each admitted job, so a test can hold
   // the worker busy for exactly as long as it needs (no timing assumptions).

@@ -1,10 +1,11 @@
 // Dihedral perturbations invert exactly; augmentation keeps labels valid and is seeded.
 #include "core/train/perturbation.h"
 
-#include <vector>
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <vector>
 
 namespace miseg {
 namespace {
@@ -37,6 +38,28 @@ TEST(Dihedral, EightElementsAreDistinct) {
   for (size_t i = 0; i < all.size(); ++i)
     for (size_t j = i + 1; j < all.size(); ++j)
       EXPECT_FALSE(torch::equal(ApplyDihedral(all[i], x), ApplyDihedral(all[j], x))) << i << "," << j;
+}
+
+// The gather form CUDA graphs use is the per-sample flips and turns exactly, gradients too.
+TEST(Dihedral, ByIndexEqualsTheFlipsAndTurnsWithTheirGradients) {
+  const std::vector<DihedralTransform> transforms = AllDihedral();
+  const int64_t n = static_cast<int64_t>(transforms.size());
+  const torch::Tensor x = torch::randn({n, 3, 6, 6}, torch::requires_grad());
+  const torch::Tensor index = DihedralIndex(transforms, 6, 6);
+  ASSERT_EQ(index.sizes(), torch::IntArrayRef({n, 36}));
+  const torch::Tensor by_index = ApplyDihedralByIndex(x, index);
+  const torch::Tensor direct = ApplyDihedral(transforms, x);
+  EXPECT_TRUE(torch::equal(by_index, direct));
+  const torch::Tensor weights = torch::randn({n, 3, 6, 6});
+  const torch::Tensor grad_by_index = torch::autograd::grad({(by_index * weights).sum()}, {x})[0];
+  const torch::Tensor grad_direct = torch::autograd::grad({(direct * weights).sum()}, {x})[0];
+  EXPECT_TRUE(torch::equal(grad_by_index, grad_direct));
+  // Flips of a non-square slice; a quarter turn of one is refused.
+  const torch::Tensor rect = torch::randn({2, 1, 5, 9});
+  const std::vector<DihedralTransform> flips = {{true, false, 0}, {true, true, 0}};
+  EXPECT_TRUE(torch::equal(ApplyDihedralByIndex(rect, DihedralIndex(flips, 5, 9)),
+                           ApplyDihedral(flips, rect)));
+  EXPECT_THROW(DihedralIndex({{false, false, 1}}, 5, 9), c10::Error);
 }
 
 TEST(Dihedral, KnownResults) {
