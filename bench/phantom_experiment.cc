@@ -10,6 +10,7 @@
 // Runs are appended to --results as they finish (one line each); a later invocation with
 // the same file skips what is there, so a grid too long for one sitting resumes, and the
 // table can be made from a partial grid.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -30,8 +31,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "bench/active_learning_experiment.h"
-#include "core/common/allocator_tuning.h"
+#include "bench/paired_test.h"
 #include "bench/phantom_subjects.h"
+#include "core/common/allocator_tuning.h"
 #include "core/phantom/phantom.h"
 #include "core/train/dice.h"
 #include "core/train/inference.h"
@@ -284,6 +286,35 @@ void PrintTable(const Results& results, const std::vector<int>& counts,
   if (u.n > 0) std::printf("| %d (all) | all_labeled | %zu | | | | %.3f +- %.3f | 100 %% |\n", pool, u.n, u.mean, u.stddev);
 }
 
+// The method against each other objective at each count, paired by seed (the same labeled
+// subjects, initialisation and batches): mean difference of held-out mean Dice, paired t
+// and exact Wilcoxon signed-rank p-values (bench/paired_test.h). Seeds either lacks are left out.
+void PrintPairedTests(const Results& results, const std::vector<int>& counts,
+                      const std::vector<std::string>& objectives) {
+  const std::string method = "mi";
+  if (std::find(objectives.begin(), objectives.end(), method) == objectives.end()) return;
+  std::printf("\nThe method against each objective, paired by seed (held-out mean Dice)\n\n"
+              "| labeled | against | seeds | method - it | paired t p | Wilcoxon p |\n"
+              "|---|---|---|---|---|---|\n");
+  for (int k : counts) {
+    for (const std::string& other : objectives) {
+      if (other == method) continue;
+      std::vector<double> mine, theirs;
+      for (const auto& [key, dice] : results) {
+        if (key.objective != method || key.labeled != k) continue;
+        auto found = results.find({other, k, key.seed});
+        if (found == results.end()) continue;
+        mine.push_back(MeanOf(dice));
+        theirs.push_back(MeanOf(found->second));
+      }
+      if (mine.size() < 2) continue;
+      const PairedTestResult t = PairedTest(mine, theirs);
+      std::printf("| %d | %s | %zu | %+.3f | %.3f | %.3f |\n", k, other.c_str(), t.n,
+                  t.mean_difference, t.t_p_value, t.wilcoxon_p_value);
+    }
+  }
+}
+
 void Plot(const Results& results, const std::vector<int>& counts,
           const std::vector<std::string>& objectives, const std::string& path) {
 #ifdef MISEG_EXPERIMENT_PLOT
@@ -484,6 +515,7 @@ int Main() {
               static_cast<long long>(absl::GetFlag(FLAGS_steps)),
               static_cast<long long>(absl::GetFlag(FLAGS_size)));
   PrintTable(results, plan->counts, plan->objectives, pool_size);
+  PrintPairedTests(results, plan->counts, plan->objectives);
   if (!absl::GetFlag(FLAGS_plot).empty()) {
     Plot(results, plan->counts, plan->objectives, absl::GetFlag(FLAGS_plot));
   }
