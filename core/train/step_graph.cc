@@ -1,7 +1,7 @@
 #include "core/train/step_graph.h"
 
-#include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "core/common/status_macros.h"
 #include "core/train/torch_status.h"
@@ -9,11 +9,10 @@
 namespace miseg {
 namespace {
 
-torch::Tensor CloneIfDefined(const torch::Tensor& t) { return t.defined() ? t.clone() : t; }
-
-void CopyIfDefined(torch::Tensor& to, const torch::Tensor& from) {
-  if (to.defined() != from.defined()) throw std::invalid_argument("step inputs changed branches");
-  if (to.defined()) to.copy_(from, /*non_blocking=*/true);
+// The inputs' tensors in one order, so that clones and copies treat every one alike.
+std::vector<torch::Tensor*> Fields(StepTensors& t) {
+  return {&t.labeled_input, &t.labels, &t.unlabeled, &t.perturbed, &t.dihedral_index,
+          &t.unsupervised_weight};
 }
 
 }  // namespace
@@ -34,9 +33,10 @@ absl::StatusOr<std::unique_ptr<StepGraph>> StepGraph::Capture(
     const std::vector<torch::Tensor>& buffers, const Options& options) {
   std::unique_ptr<StepGraph> graph(new StepGraph(std::move(loss_fn), std::move(parameters)));
   RETURN_IF_ERROR(GuardTorch("preparing the step graph", absl::StatusCode::kInternal, [&] {
-    graph->inputs_ = {first.labeled_input.clone(),          CloneIfDefined(first.labels),
-                      CloneIfDefined(first.unlabeled),      CloneIfDefined(first.perturbed),
-                      CloneIfDefined(first.dihedral_index), first.unsupervised_weight.clone()};
+    graph->inputs_ = first;
+    for (torch::Tensor* field : Fields(graph->inputs_)) {
+      if (field->defined()) *field = field->clone();
+    }
     return absl::OkStatus();
   }));
   if (options.static_buffers_without_graphs) return graph;
@@ -60,12 +60,14 @@ absl::StatusOr<std::unique_ptr<StepGraph>> StepGraph::Capture(
 absl::StatusOr<StepLosses> StepGraph::Run(const StepTensors& inputs) {
   RETURN_IF_ERROR(GuardTorch("copying the step's batches", absl::StatusCode::kInternal, [&] {
     torch::NoGradGuard no_grad;
-    CopyIfDefined(inputs_.labeled_input, inputs.labeled_input);
-    CopyIfDefined(inputs_.labels, inputs.labels);
-    CopyIfDefined(inputs_.unlabeled, inputs.unlabeled);
-    CopyIfDefined(inputs_.perturbed, inputs.perturbed);
-    CopyIfDefined(inputs_.dihedral_index, inputs.dihedral_index);
-    CopyIfDefined(inputs_.unsupervised_weight, inputs.unsupervised_weight);
+    StepTensors given = inputs;
+    const std::vector<torch::Tensor*> to = Fields(inputs_), from = Fields(given);
+    for (size_t i = 0; i < to.size(); ++i) {
+      if (to[i]->defined() != from[i]->defined()) {
+        return absl::InvalidArgumentError("the step's inputs changed branches since the capture");
+      }
+      if (to[i]->defined()) to[i]->copy_(*from[i], /*non_blocking=*/true);
+    }
     return absl::OkStatus();
   }));
   if (graph_) {

@@ -15,6 +15,7 @@
 #include "core/train/cuda_graph.h"
 #include "core/train/frozen_unet.h"
 #include "core/train/unet.h"
+#include "tests/core/train/unet_fixtures.h"
 
 namespace miseg {
 namespace {
@@ -25,13 +26,7 @@ FrozenUNet SmallFrozenUNet(const torch::Device& device) {
   UNetOptions options;
   options.widths = {8, 16, 32};
   UNet model(options);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& buffer : model->named_buffers()) {
-      if (buffer.key().find("running_mean") != std::string::npos) buffer.value().normal_(0, 0.1);
-      if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2);
-    }
-  }
+  testing::RandomiseBatchNormStatistics(model);
   model->eval();
   model->to(device);
   return FrozenUNet::Fold(model, /*channels_last=*/false);

@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/train/frozen_unet.h"
 #include "core/train/unet.h"
+#include "tests/core/train/unet_fixtures.h"
 
 namespace miseg {
 namespace {
@@ -217,13 +218,7 @@ TEST(SliceBatcher, FrozenUNetLogitsDoNotDependOnTheBatch) {
   UNetOptions unet_options;
   unet_options.classes = 4;
   UNet model(unet_options);
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& buffer : model->named_buffers()) {
-      if (buffer.key().find("running_mean") != std::string::npos) buffer.value().normal_(0, 0.1);
-      if (buffer.key().find("running_var") != std::string::npos) buffer.value().uniform_(0.5, 2);
-    }
-  }
+  testing::RandomiseBatchNormStatistics(model);
   model->eval();
   const FrozenUNet frozen = FrozenUNet::Fold(model, /*channels_last=*/false);
   {
