@@ -286,6 +286,35 @@ void PrintTable(const Results& results, const std::vector<int>& counts,
   if (u.n > 0) std::printf("| %d (all) | all_labeled | %zu | | | | %.3f +- %.3f | 100 %% |\n", pool, u.n, u.mean, u.stddev);
 }
 
+// The gap each objective closes per class: where the mean's gap fraction comes from.
+void PrintClassGaps(const Results& results, const std::vector<int>& counts,
+                    const std::vector<std::string>& objectives, int pool) {
+  const std::vector<std::string>& classes = PhantomClassNames();
+  if (SeedMeans(results, kAllLabeled, pool).empty()) return;
+  std::printf("\nGap closed per class (labeled-only = 0 %%, all-labeled = 100 %%)\n\n"
+              "| labeled | objective | %s |\n|---|---|",
+              absl::StrJoin(std::vector<std::string>(classes.begin() + 1, classes.end()), " | ").c_str());
+  for (size_t k = 1; k < classes.size(); ++k) std::printf("---|");
+  std::printf("\n");
+  for (int k : counts) {
+    for (const std::string& objective : objectives) {
+      if (objective == "labeled_only" || SeedMeans(results, objective, k).empty()) continue;
+      std::printf("| %d | %s |", k, objective.c_str());
+      for (size_t c = 0; c + 1 < classes.size(); ++c) {
+        const double upper = MeanOf(SeedMeans(results, kAllLabeled, pool, c));
+        const double lower = MeanOf(SeedMeans(results, "labeled_only", k, c));
+        const double value = MeanOf(SeedMeans(results, objective, k, c));
+        if (upper > lower && !SeedMeans(results, "labeled_only", k, c).empty()) {
+          std::printf(" %.0f %% |", 100 * (value - lower) / (upper - lower));
+        } else {
+          std::printf(" - |");
+        }
+      }
+      std::printf("\n");
+    }
+  }
+}
+
 // The method against each other objective at each count, paired by seed (the same labeled
 // subjects, initialisation and batches): mean difference of held-out mean Dice, paired t
 // and exact Wilcoxon signed-rank p-values (bench/paired_test.h). Seeds either lacks are left out.
@@ -515,6 +544,7 @@ int Main() {
               static_cast<long long>(absl::GetFlag(FLAGS_steps)),
               static_cast<long long>(absl::GetFlag(FLAGS_size)));
   PrintTable(results, plan->counts, plan->objectives, pool_size);
+  PrintClassGaps(results, plan->counts, plan->objectives, pool_size);
   PrintPairedTests(results, plan->counts, plan->objectives);
   if (!absl::GetFlag(FLAGS_plot).empty()) {
     Plot(results, plan->counts, plan->objectives, absl::GetFlag(FLAGS_plot));
