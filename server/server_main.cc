@@ -83,6 +83,9 @@ ABSL_FLAG(std::string, checkpoint_retention, "all",
 ABSL_FLAG(bool, verify_replicas, false,
           "Debug: data-parallel ranks compare a hash of their parameters after every step");
 ABSL_FLAG(int, training_threads, 0, "CPU threads per training job; 0 = LibTorch's default");
+ABSL_FLAG(bool, training_cuda_graphs, false,
+          "CUDA devices: each training step's forward, losses and backward replay a CUDA graph "
+          "(ignored on the CPU)");
 ABSL_FLAG(std::string, inference_device, "cpu", "Device for segmentation");
 ABSL_FLAG(int, inference_concurrency, 1, "Segmentations that run at once");
 ABSL_FLAG(int, inference_queue, 4, "Segmentations that may wait; beyond: RESOURCE_EXHAUSTED");
@@ -186,6 +189,7 @@ absl::StatusOr<JobRunnerOptions> RunnerOptionsFromFlags(const std::string& data_
   options.devices = absl::GetFlag(FLAGS_devices);
   options.work_dir = data_dir;
   options.training_threads = absl::GetFlag(FLAGS_training_threads);
+  options.training_cuda_graphs = absl::GetFlag(FLAGS_training_cuda_graphs);
   options.rendezvous_host = absl::GetFlag(FLAGS_rendezvous_host);
   options.scheduler.lease = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_worker_lease_seconds)));
   options.scheduler.heartbeat_interval =

@@ -103,6 +103,7 @@ void JobRunner::DeviceLoop(const std::string& worker_id, int slot) {
   RankRunnerOptions rank_options;
   rank_options.rendezvous_host = options_.rendezvous_host;
   rank_options.training_threads = options_.training_threads;
+  rank_options.cuda_graphs = options_.training_cuda_graphs;
   rank_options.scratch_dir = options_.work_dir + "/scratch";
   rank_options.after_step_event = options_.after_step_event;
   while (std::optional<LocalRank> local = scheduler_->AwaitLocalRank(worker_id, slot)) {

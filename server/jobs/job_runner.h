@@ -43,6 +43,7 @@ struct JobRunnerOptions {
   std::vector<std::string> devices = {"cpu"};  // the local worker's; empty: none
   std::string work_dir;                         // checkpoints/ and models/ go here
   int training_threads = 0;                     // intra-op CPU threads; 0 = LibTorch default
+  bool training_cuda_graphs = false;            // CUDA devices: the step as a CUDA graph
   std::string local_worker_name = "local";
   // Where local ranks 0 host a job's rendezvous: reachable by the remote workers.
   std::string rendezvous_host = "127.0.0.1";

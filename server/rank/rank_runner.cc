@@ -259,6 +259,7 @@ absl::StatusOr<RankResult> RunRankOrError(const v1::RankAssignment& rank, RankIo
       ToTrainerConfig(spec.hyperparameters(), static_cast<int64_t>(spec.class_names_size()));
   config.device = rank.device();
   config.threads = options.training_threads;
+  config.cuda_graphs = options.cuda_graphs;
 
   Group group;
   if (rank.world_size() > 1) {

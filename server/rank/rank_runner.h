@@ -21,6 +21,7 @@ struct RankRunnerOptions {
   // binds: an address the job's other ranks can reach.
   std::string rendezvous_host = "127.0.0.1";
   int training_threads = 0;  // intra-op CPU threads; 0: LibTorch's default
+  bool cuda_graphs = false;  // CUDA devices: TrainerConfig::cuda_graphs
   std::string scratch_dir;   // checkpoints and models are written here before commit
   // Test hook (rank 0, after the events of a step are stored); see JobRunnerOptions.
   std::function<void(int64_t job_id, int64_t step)> after_step_event;

@@ -318,6 +318,7 @@ void Worker::RankThread(RunningRank* rank) {
     RankRunnerOptions runner;
     runner.rendezvous_host = options_.advertise_host;
     runner.training_threads = options_.training_threads;
+    runner.cuda_graphs = options_.training_cuda_graphs;
     runner.scratch_dir = scratch.string();
     Log(absl::StrCat(RankName(assignment), " started on ", assignment.device()));
     result = options_.run_rank(assignment, *rank->io, runner, &rank->stop);

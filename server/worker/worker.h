@@ -59,6 +59,7 @@ struct WorkerOptions {
   std::string cache_dir;
   std::string token;  // bearer token of role worker; empty: none
   int training_threads = 0;
+  bool training_cuda_graphs = false;  // CUDA devices: the step as a CUDA graph
   RankFunction run_rank;
   // Timing: the deadline of unary calls; the backoff between attempts while the
   // coordinator is out of reach (doubling from min to max).

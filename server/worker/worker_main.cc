@@ -45,6 +45,8 @@ ABSL_FLAG(std::string, advertise_host, "127.0.0.1",
           "hosts the rendezvous store and Gloo listens there. 127.0.0.1 only works when every "
           "worker of a job runs on this machine");
 ABSL_FLAG(int, training_threads, 0, "CPU threads per rank; 0 = LibTorch's default");
+ABSL_FLAG(bool, training_cuda_graphs, false,
+          "CUDA devices: each training step's forward, losses and backward replay a CUDA graph");
 ABSL_FLAG(std::string, token_file, "",
           "File holding this worker's bearer token (role worker); empty: $MISEG_TOKEN, if set");
 ABSL_FLAG(std::string, tls_ca, "",
@@ -153,6 +155,7 @@ absl::StatusOr<WorkerOptions> OptionsFromFlags() {
   options.cache_dir = absl::GetFlag(FLAGS_cache_dir).empty() ? DefaultWorkerCacheDir()
                                                              : absl::GetFlag(FLAGS_cache_dir);
   options.training_threads = std::max(0, absl::GetFlag(FLAGS_training_threads));
+  options.training_cuda_graphs = absl::GetFlag(FLAGS_training_cuda_graphs);
   absl::StatusOr<std::string> token = LoadToken();
   if (!token.ok()) return token.status();
   options.token = *token;
