@@ -1056,4 +1056,23 @@ absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg_buffe
   return out;
 }
 
+absl::StatusOr<LabeledSeries> ReadLabeledSeries(const std::vector<DicomBuffer>& images,
+                                                const std::optional<DicomBuffer>& segmentation,
+                                                const std::vector<std::string>& class_names,
+                                                const std::string& series_uid) {
+  absl::StatusOr<std::vector<SeriesVolume>> volumes = ReadSeries(images);
+  if (!volumes.ok()) return volumes.status();
+  if (volumes->size() != 1) {
+    return absl::DataLossError(absl::StrCat("stored series ", series_uid, " is not one volume"));
+  }
+  LabeledSeries read{std::move(volumes->front()), std::nullopt};
+  if (segmentation) {
+    absl::StatusOr<SegmentationLabels> labels =
+        ReadSegmentation(*segmentation, read.series, class_names);
+    if (!labels.ok()) return labels.status();
+    read.labels = std::move(labels->labels);
+  }
+  return read;
+}
+
 }  // namespace miseg

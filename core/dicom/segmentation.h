@@ -5,6 +5,7 @@
 #ifndef MISEG_CORE_DICOM_SEGMENTATION_H_
 #define MISEG_CORE_DICOM_SEGMENTATION_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,19 @@ absl::Status CheckSegmentationSource(const SeriesVolume& source);
 absl::StatusOr<SegmentationLabels> ReadSegmentation(const DicomBuffer& seg,
                                                     const SeriesVolume& source,
                                                     const std::vector<std::string>& class_names);
+
+// A stored study read back: its one volume and, when a SEG came with it, its labels.
+struct LabeledSeries {
+  SeriesVolume series;
+  std::optional<LabelVolume> labels;
+};
+
+// `images` as one volume (DataLoss naming series_uid when they are not exactly one) and, with
+// `segmentation`, its labels for class_names (ReadSegmentation's errors).
+absl::StatusOr<LabeledSeries> ReadLabeledSeries(const std::vector<DicomBuffer>& images,
+                                                const std::optional<DicomBuffer>& segmentation,
+                                                const std::vector<std::string>& class_names,
+                                                const std::string& series_uid);
 
 }  // namespace miseg
 

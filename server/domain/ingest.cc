@@ -608,20 +608,7 @@ absl::StatusOr<LoadedStudy> LoadStoredStudy(const FileStore& files, const StudyR
       images.push_back(std::move(buffer));
     }
   }
-  absl::StatusOr<std::vector<SeriesVolume>> volumes = ReadSeries(images);
-  if (!volumes.ok()) return volumes.status();
-  if (volumes->size() != 1) {
-    return absl::DataLossError(
-        absl::StrCat("stored series ", study.series_instance_uid, " is not one volume"));
-  }
-  LoadedStudy loaded{std::move(volumes->front()), std::nullopt};
-  if (seg) {
-    absl::StatusOr<SegmentationLabels> labels =
-        ReadSegmentation(*seg, loaded.series, class_names);
-    if (!labels.ok()) return labels.status();
-    loaded.labels = std::move(labels->labels);
-  }
-  return loaded;
+  return ReadLabeledSeries(images, seg, class_names, study.series_instance_uid);
 }
 
 }  // namespace miseg

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/dicom/instance_info.h"
+#include "core/dicom/segmentation.h"
 #include "core/dicom/series_reader.h"
 #include "core/volume/dicom_series.h"
 #include "server/store/file_store.h"
@@ -144,10 +145,7 @@ class IngestSession {
 // Reads a stored study back: the image series as a volume, and for labeled and validation
 // studies the labels from its SEG (mapped to the dataset's classes). Empty class_names:
 // the images alone.
-struct LoadedStudy {
-  SeriesVolume series;
-  std::optional<LabelVolume> labels;
-};
+using LoadedStudy = LabeledSeries;
 absl::StatusOr<LoadedStudy> LoadStoredStudy(const FileStore& files, const StudyRecord& study,
                                             const std::vector<std::string>& class_names);
 

@@ -50,23 +50,16 @@ absl::StatusOr<TrainingVolume> LoadStudy(const v1::RankAssignment& rank, RankIo&
       images.push_back(std::move(buffer));
     }
   }
-  ASSIGN_OR_RETURN(std::vector<SeriesVolume> volumes, ReadSeries(images));
-  if (volumes.size() != 1) {
+  if (with_labels && !seg) {
     return absl::DataLossError(
-        absl::StrCat("stored series ", study.series_instance_uid(), " is not one volume"));
+        absl::StrCat("series ", study.series_instance_uid(), " has no segmentation"));
   }
+  ASSIGN_OR_RETURN(LabeledSeries read,
+                   ReadLabeledSeries(images, seg, class_names, study.series_instance_uid()));
   TrainingVolume volume;
   volume.id = study.series_instance_uid();
-  if (with_labels) {
-    if (!seg) {
-      return absl::DataLossError(
-          absl::StrCat("series ", study.series_instance_uid(), " has no segmentation"));
-    }
-    ASSIGN_OR_RETURN(SegmentationLabels labels,
-                     ReadSegmentation(*seg, volumes.front(), class_names));
-    volume.labels = std::move(labels.labels);
-  }
-  volume.image = std::move(volumes.front().image);
+  volume.image = std::move(read.series.image);
+  volume.labels = std::move(read.labels);
   return volume;
 }
 
