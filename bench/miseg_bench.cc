@@ -7,28 +7,30 @@
 // train and infer also run the Python reference (bench/reference/) on the same shapes and
 // threads and print its figures and the ratios: PyTorch eager on the same libtorch.
 // Prints one JSON object with --json, a readable table otherwise.
-#include <ATen/Parallel.h>
 #include <sys/resource.h>
-#include <torch/csrc/autograd/profiler.h>
-#include <torch/nn/functional/activation.h>
-#include <torch/utils.h>
-#include <unistd.h>
+
+#include <cstdlib>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/profiler.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/utils.h>
+
+#include "bench/bench_figures.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "bench/bench_figures.h"
 #include "core/common/allocator_tuning.h"
 #include "core/common/status_macros.h"
 #include "core/phantom/phantom.h"

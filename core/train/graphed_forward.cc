@@ -1,12 +1,11 @@
 #include "core/train/graphed_forward.h"
 
-#include <ATen/core/grad_mode.h>
-#include <torch/csrc/autograd/generated/variable_factories.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include <torch/csrc/autograd/generated/variable_factories.h>
 
 #include "core/train/cuda_graph.h"
 

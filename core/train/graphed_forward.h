@@ -12,13 +12,13 @@
 #ifndef MISEG_CORE_TRAIN_GRAPHED_FORWARD_H_
 #define MISEG_CORE_TRAIN_GRAPHED_FORWARD_H_
 
-#include <torch/types.h>
-
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <vector>
+
+#include <torch/types.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"

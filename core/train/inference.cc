@@ -1,14 +1,14 @@
 // Segmenter: a model loaded once, applied to whole volumes.
 #include "core/train/inference.h"
 
-#include <torch/script.h>
-
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <vector>
+
+#include <torch/script.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/common/status_macros.h"

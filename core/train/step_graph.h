@@ -13,11 +13,11 @@
 #ifndef MISEG_CORE_TRAIN_STEP_GRAPH_H_
 #define MISEG_CORE_TRAIN_STEP_GRAPH_H_
 
-#include <torch/types.h>
-
 #include <functional>
 #include <memory>
 #include <vector>
+
+#include <torch/types.h>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"

@@ -1,11 +1,6 @@
 // Trainer: sampling, the full objective, the schedule, validation and checkpoints.
 #include "core/train/trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
-#include <torch/nn/functional/activation.h>
-#include <torch/optim/adam.h>
-
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -16,6 +11,11 @@
 #include <stdexcept>
 #include <utility>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <torch/nn/functional/activation.h>
+#include <torch/optim/adam.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/train/collectives.h"
 #include "core/train/cuda_graph.h"
@@ -24,10 +24,10 @@
 #include "core/train/memory_layout.h"
 #include "core/train/mixed_precision.h"
 #include "core/train/model_io.h"
+#include "core/train/segment_prepared.h"
 #include "core/train/perturbation.h"
 #include "core/train/prefetcher.h"
 #include "core/train/preprocess.h"
-#include "core/train/segment_prepared.h"
 #include "core/train/step_graph.h"
 #include "core/train/torch_status.h"
 

@@ -5,12 +5,12 @@
 // is checked where a CUDA device and a CUDA LibTorch are (bench/gpu.sh runs this test there).
 #include "core/train/graphed_forward.h"
 
-#include <gtest/gtest.h>
-#include <torch/cuda.h>
-
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "core/train/cuda_graph.h"
 #include "core/train/frozen_unet.h"

@@ -1,11 +1,11 @@
 // Dihedral perturbations invert exactly; augmentation keeps labels valid and is seeded.
 #include "core/train/perturbation.h"
 
+#include <vector>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
-
-#include <vector>
 
 namespace miseg {
 namespace {

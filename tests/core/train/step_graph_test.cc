@@ -5,12 +5,12 @@
 // batch-norm statistics against their values before the capture's warm-up.
 #include "core/train/step_graph.h"
 
-#include <gtest/gtest.h>
-#include <torch/cuda.h>
-
 #include <cmath>
 #include <memory>
 #include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include "core/train/cuda_graph.h"
 #include "core/train/losses.h"
