@@ -56,8 +56,11 @@ GraphedForward::Shape* GraphedForward::ShapeFor(const torch::Tensor& x) {
     auto graph =
         CudaGraph::Capture(device_.index() < 0 ? 0 : device_.index(), options_.warmup, work);
     // A failed capture (an op that cannot be captured, memory): this shape runs eagerly.
-    if (!graph.ok()) shape.reset();
-    if (shape) shape->graph = std::move(*graph);
+    if (graph.ok()) {
+      shape->graph = std::move(*graph);
+    } else {
+      shape.reset();
+    }
   }
   Shape* result = shape.get();
   shapes_.emplace(key, std::move(shape));
